@@ -1,0 +1,170 @@
+#pragma once
+// The backend interface: memory, and the op set every backend implements. The CPU backend
+// (backend/cpu/) is the reference; the CUDA backend implements the same ops. Ops take
+// non-owning views with explicit strides; attention returns the log-sum-exp next to its output
+// so that parts of one head's attention merge exactly.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "headinfer/dtype.h"
+
+namespace headinfer {
+
+// Row-major 2-D view: `rows` x `cols` elements of `dtype`, rows `row_stride` elements apart.
+struct MatView {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_stride = 0;
+
+  template <typename T>
+  T* row(int64_t r) const { return static_cast<T*>(data) + r * row_stride; }
+  MatView slice_rows(int64_t begin, int64_t n) const {
+    return {static_cast<char*>(data) + begin * row_stride * static_cast<int64_t>(dtype_size(dtype)), dtype, n, cols,
+            row_stride};
+  }
+  MatView slice_cols(int64_t begin, int64_t n) const {
+    return {static_cast<char*>(data) + begin * static_cast<int64_t>(dtype_size(dtype)), dtype, rows, n, row_stride};
+  }
+};
+
+// A weight matrix [out_features, in_features] (nn.Linear layout), any checkpoint dtype.
+struct WeightView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+};
+
+// A vector parameter (norm weight, bias) [n].
+struct VecView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t n = 0;
+};
+
+// RoPE for one model: the per-pair inverse frequencies [head_dim/2] (fp32, as transformers
+// computes them for the configured scaling) and the factor applied to cos and sin.
+struct RopeTable {
+  const float* inv_freq = nullptr;
+  int64_t head_dim = 0;
+  float attention_factor = 1.0f;
+};
+
+// One kv head's stored keys and values: K and V [n_keys, head_dim], rows `row_stride` apart.
+struct KvHeadView {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  DType dtype = DType::F32;
+  int64_t row_stride = 0;
+};
+
+// Attention of a chunk of queries against a contiguous run of one kv head's keys.
+// Query t sits at absolute position q_pos0 + t; key j at k_pos0 + j. Key j is visible to query t
+// when k_pos <= q_pos (causal) and, with window > 0, q_pos - k_pos < window.
+struct AttentionArgs {
+  MatView q;            // F32 [n_queries, n_q_heads * head_dim]: the q heads sharing this kv head
+  KvHeadView kv;        // [n_keys, head_dim]
+  int64_t n_keys = 0;
+  int64_t head_dim = 0;
+  int64_t n_q_heads = 0;  // GQA: query heads per kv head
+  int64_t q_pos0 = 0;
+  int64_t k_pos0 = 0;
+  int64_t window = 0;
+  float scale = 1.0f;
+  MatView out;          // F32 [n_queries, n_q_heads * head_dim]
+  MatView lse;          // F32 [n_queries, n_q_heads]: natural log-sum-exp of the scaled scores
+                        //     (-inf where a query sees no key of this part)
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  // out[t] = table[ids[t]]; ids on the host. out F32 [T, hidden].
+  virtual void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) = 0;
+  // out = x / sqrt(mean(x^2) + eps) * weight, per row. x and out may alias.
+  virtual void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) = 0;
+  // y = x W^T (+ bias). x F32 [T, in], y F32 [T, out].
+  virtual void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) = 0;
+  // In place, rotate-half convention: x F32 [T, n_heads * head_dim], row t at position pos0 + t.
+  virtual void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) = 0;
+  virtual void attention(const AttentionArgs& args) = 0;
+  // Merges part b into part a: (out_a, lse_a) := softmax-weighted union of a and b.
+  virtual void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b,
+                               const MatView& lse_b, int64_t head_dim) = 0;
+  // out = silu(gate) * up, elementwise. out may alias gate.
+  virtual void silu_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
+  // x += y
+  virtual void add(const MatView& x, const MatView& y) = 0;
+  // Copies a view's rows into another view of the same shape (dtype conversion allowed).
+  virtual void copy(const MatView& src, const MatView& dst) = 0;
+};
+
+// A device: where weights, activations and GPU-tier head blocks live, and the ops that run
+// there. Every byte allocated through it counts against its budget.
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual std::string name() const = 0;
+  virtual Ops& ops() = 0;
+  // Device memory; throws headinfer::Error when the budget would be exceeded.
+  virtual void* alloc(size_t bytes, const char* what) = 0;
+  virtual void free(void* p) = 0;
+  virtual size_t bytes_in_use() const = 0;
+  virtual size_t peak_bytes() const = 0;
+  // Copies device memory to the host and waits: only for results leaving the engine (logits).
+  virtual void read_to_host(void* host_dst, const void* device_src, size_t bytes) = 0;
+  virtual void write_from_host(void* device_dst, const void* host_src, size_t bytes) = 0;
+};
+
+struct CpuDeviceOptions {
+  int n_threads = 0;            // 0: hardware concurrency
+  size_t memory_budget = 0;     // 0: unlimited
+};
+std::unique_ptr<Device> make_cpu_device(const CpuDeviceOptions& options = {});
+
+// A device allocation released on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Device& device, size_t bytes, const char* what)
+      : device_(&device), data_(device.alloc(bytes, what)), bytes_(bytes) {}
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      device_ = o.device_;
+      data_ = o.data_;
+      bytes_ = o.bytes_;
+      o.device_ = nullptr;
+      o.data_ = nullptr;
+      o.bytes_ = 0;
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data_); }
+  void reset() {
+    if (device_ != nullptr && data_ != nullptr) device_->free(data_);
+    device_ = nullptr;
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+
+ private:
+  Device* device_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace headinfer

@@ -1,0 +1,80 @@
+#pragma once
+// Checkpoint: a Hugging Face model folder (config.json, *.safetensors, optional sharded index),
+// memory-mapped and fully validated before any tensor is used.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "headinfer/config.h"
+#include "headinfer/dtype.h"
+
+namespace headinfer {
+
+// A read-only view of one tensor inside a mapped file. Row-major, `shape` as stored.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;  // points into the mapping; valid while the owning file lives
+  size_t nbytes = 0;
+  std::string file;            // for error messages
+
+  int64_t numel() const;
+  std::string shape_string() const;  // "[320, 64]"
+};
+
+// One .safetensors file, mmap'ed. open() validates: header length against the file size, JSON,
+// dtype names, shapes, offsets (ordered, contiguous, no overlap, inside the file),
+// byte size = numel x dtype size, duplicate names.
+class SafetensorsFile {
+ public:
+  static std::unique_ptr<SafetensorsFile> open(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::vector<TensorView>& tensors() const { return tensors_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  SafetensorsFile() = default;
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::vector<TensorView> tensors_;
+};
+
+// A tensor to write: used by `headinfer make-model` and by tests that build broken files.
+struct TensorToWrite {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;  // numel x dtype_size, little-endian
+};
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors);
+
+class Checkpoint {
+ public:
+  // DIR holds config.json and either model.safetensors.index.json + its shards, or *.safetensors.
+  static std::unique_ptr<Checkpoint> open(const std::filesystem::path& dir);
+
+  const ModelConfig& config() const { return config_; }
+  const std::filesystem::path& dir() const { return dir_; }
+  // nullptr when absent.
+  const TensorView* find(const std::string& name) const;
+  // The tensor, checked against the expected shape; throws a clear Error otherwise.
+  const TensorView& require(const std::string& name, std::span<const int64_t> shape) const;
+  size_t total_bytes() const;
+
+ private:
+  std::filesystem::path dir_;
+  ModelConfig config_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> by_name_;
+};
+
+}  // namespace headinfer

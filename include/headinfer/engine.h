@@ -1,0 +1,73 @@
+#pragma once
+// Engine: a model, its KV store and the prefill/decode loop; generate() adds sampling, stop
+// conditions and timings.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "headinfer/backend.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/kv_cache.h"
+#include "headinfer/model.h"
+#include "headinfer/sampler.h"
+
+namespace headinfer {
+
+struct EngineOptions {
+  int64_t context = 0;      // positions the KV store holds (required, > 0)
+  int64_t chunk = 512;      // prefill tokens per forward call
+  int64_t mlp_chunk = 512;  // MLP rows at once
+};
+
+class Engine {
+ public:
+  Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options);
+
+  const ModelConfig& config() const { return model_.config(); }
+  int64_t context() const { return options_.context; }
+  int64_t n_past() const { return n_past_; }
+  Model& model() { return model_; }
+
+  // Feeds tokens (in chunks) and returns the last token's logits ([vocab], valid until the next
+  // call). `progress(done, total)` is called after each chunk when given.
+  std::span<const float> prefill(std::span<const int32_t> ids,
+                                 const std::function<void(int64_t, int64_t)>& progress = {});
+  std::span<const float> decode(int32_t id) { return prefill(std::span<const int32_t>(&id, 1)); }
+  void reset();
+
+ private:
+  EngineOptions options_;
+  Model model_;
+  std::unique_ptr<KvCache> kv_;
+  std::vector<float> logits_;  // host [vocab]
+  int64_t n_past_ = 0;
+};
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 32;
+  bool ignore_eos = false;
+  SamplerOptions sampling;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated ids (the eos that stopped generation included)
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0.0;
+  double decode_seconds = 0.0;  // for tokens after the first
+  bool stopped_at_eos = false;
+  bool stopped_at_context = false;
+  double decode_tokens_per_second() const;
+};
+
+struct GenerateCallbacks {
+  std::function<void(int32_t)> on_token;                        // each sampled id, as it comes
+  std::function<void(std::span<const float>)> on_logits;        // logits each token was sampled from
+  std::function<void(int64_t, int64_t)> on_prefill_progress;    // (tokens done, total)
+};
+
+GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const GenerateOptions& options,
+                        const GenerateCallbacks& callbacks = {});
+
+}  // namespace headinfer

@@ -1,0 +1,36 @@
+#pragma once
+// The KV interface the model talks to: one call per layer per chunk that stores the chunk's new
+// K/V and returns the attention output. Where the KV lives (all on the device, or head blocks
+// split across tiers and streamed) is the implementation's business, so replacing the simple
+// cache with the head-wise store is local to kv/.
+#include <cstdint>
+#include <memory>
+
+#include "headinfer/backend.h"
+#include "headinfer/config.h"
+
+namespace headinfer {
+
+struct LayerAttention {
+  MatView q;      // F32 [T, n_heads * head_dim], RoPE applied
+  MatView k_new;  // F32 [T, n_kv_heads * head_dim], RoPE applied: keys of positions pos0 .. pos0+T-1
+  MatView v_new;  // F32 [T, n_kv_heads * head_dim]
+  int64_t pos0 = 0;
+  MatView out;    // F32 [T, n_heads * head_dim]
+  MatView lse;    // F32 [T, n_heads], scratch for the log-sum-exp of each head
+};
+
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  virtual void attend(int64_t layer, const LayerAttention& args) = 0;
+  // Positions the cache can hold.
+  virtual int64_t capacity() const = 0;
+  // Forgets all positions (the next chunk starts at position 0).
+  virtual void reset() = 0;
+};
+
+// Every head block on the device, K and V [capacity, head_dim] per (layer, kv head), F32.
+std::unique_ptr<KvCache> make_simple_kv_cache(Device& device, const ModelConfig& config, int64_t capacity);
+
+}  // namespace headinfer

@@ -1,0 +1,84 @@
+#pragma once
+// The model: weights on the device and one layer sequence for every supported architecture.
+// Architectural differences are ModelConfig flags (biases, q/k norm, rope scaling, windows,
+// tied embeddings), never a second forward.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "headinfer/backend.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/kv_cache.h"
+
+namespace headinfer {
+
+// transformers' inverse RoPE frequencies [head_dim / 2] for the configured scaling, computed in
+// fp32 the way transformers computes them.
+std::vector<float> rope_inv_freq(const RopeConfig& rope, int64_t head_dim);
+
+struct LayerWeights {
+  VecView input_norm;                    // [hidden]
+  WeightView wq, wk, wv, wo;             // [q_dim, hidden], [kv_dim, hidden] x2, [hidden, q_dim]
+  VecView bq, bk, bv, bo;                // biases when the config has them (data == nullptr otherwise)
+  VecView q_norm, k_norm;                // [head_dim] (qwen3)
+  VecView post_attention_norm;           // [hidden]
+  WeightView w_gate, w_up, w_down;       // [ffn, hidden] x2, [hidden, ffn]
+  VecView b_gate, b_up, b_down;          // mlp_bias
+};
+
+struct ModelWeights {
+  WeightView embed;    // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  VecView final_norm;  // [hidden]
+  WeightView lm_head;  // [vocab, hidden]; the embedding table when tied
+};
+
+// Activation buffers, sized once for the largest chunk (nothing allocates per token).
+struct ForwardWorkspaceSizes {
+  int64_t max_chunk = 512;      // tokens per forward call
+  int64_t max_mlp_chunk = 512;  // rows of the MLP intermediate at once
+};
+
+class Model {
+ public:
+  // Checks every tensor the config needs (names and shapes) and copies the weights to `device`.
+  Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes);
+
+  const ModelConfig& config() const { return config_; }
+  Device& device() const { return device_; }
+  size_t weight_bytes() const { return weight_bytes_; }
+  int64_t max_chunk() const { return sizes_.max_chunk; }
+
+  // Runs ids (at positions pos0 ..) through the model, storing their K/V in `kv`, and writes the
+  // logits of the last token to `logits` (host, [vocab]).
+  void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits);
+
+ private:
+  void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, KvCache& kv);
+  void mlp_block(const LayerWeights& w, int64_t n);
+
+  ModelConfig config_;
+  Device& device_;
+  ForwardWorkspaceSizes sizes_;
+  std::vector<DeviceBuffer> weight_buffers_;
+  size_t weight_bytes_ = 0;
+  ModelWeights weights_;
+  std::vector<float> inv_freq_host_;
+  DeviceBuffer inv_freq_;  // F32 [head_dim / 2]
+  RopeTable rope_;
+
+  // Workspace, F32, row-major with rows = tokens of the chunk:
+  DeviceBuffer x_;       // [C, hidden] residual stream
+  DeviceBuffer xn_;      // [C, hidden] normed input of a block
+  DeviceBuffer q_;       // [C, q_dim]
+  DeviceBuffer k_;       // [C, kv_dim]
+  DeviceBuffer v_;       // [C, kv_dim]
+  DeviceBuffer attn_;    // [C, q_dim] attention output
+  DeviceBuffer lse_;     // [C, n_heads]
+  DeviceBuffer proj_;    // [C, hidden] o_proj / down_proj output before the residual add
+  DeviceBuffer gate_;    // [M, ffn] MLP sub-chunk
+  DeviceBuffer up_;      // [M, ffn]
+  DeviceBuffer logits_;  // [1, vocab]
+};
+
+}  // namespace headinfer

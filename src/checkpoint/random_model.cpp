@@ -1,0 +1,147 @@
+#include "headinfer/random_model.h"
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include "headinfer/checkpoint.h"
+#include "headinfer/config.h"
+#include "headinfer/error.h"
+
+namespace headinfer {
+namespace {
+
+using nlohmann::json;
+
+json llama_like(const char* type, int64_t hidden, int64_t layers, int64_t heads, int64_t kv_heads, int64_t ffn,
+                int64_t vocab, double theta) {
+  return json{{"model_type", type},
+              {"hidden_size", hidden},
+              {"num_hidden_layers", layers},
+              {"num_attention_heads", heads},
+              {"num_key_value_heads", kv_heads},
+              {"intermediate_size", ffn},
+              {"vocab_size", vocab},
+              {"rms_norm_eps", 1e-5},
+              {"rope_theta", theta},
+              {"max_position_embeddings", 131072},
+              {"tie_word_embeddings", false},
+              {"hidden_act", "silu"},
+              {"bos_token_id", 1},
+              {"eos_token_id", 2}};
+}
+
+}  // namespace
+
+std::vector<std::string> builtin_shape_names() {
+  return {"tiny", "llama3-8b", "llama3.2-1b", "qwen2.5-7b", "mistral-7b"};
+}
+
+json builtin_shape_config(const std::string& shape) {
+  if (shape == "tiny") {
+    json c = llama_like("llama", 64, 2, 4, 2, 176, 320, 10000.0);
+    c["max_position_embeddings"] = 4096;
+    return c;
+  }
+  if (shape == "llama3-8b") {
+    json c = llama_like("llama", 4096, 32, 32, 8, 14336, 128256, 500000.0);
+    c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+    c["bos_token_id"] = 128000;
+    c["eos_token_id"] = 128001;
+    return c;
+  }
+  if (shape == "llama3.2-1b") {
+    json c = llama_like("llama", 2048, 16, 32, 8, 8192, 128256, 500000.0);
+    c["head_dim"] = 64;
+    c["tie_word_embeddings"] = true;
+    c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+    c["bos_token_id"] = 128000;
+    c["eos_token_id"] = 128001;
+    return c;
+  }
+  if (shape == "qwen2.5-7b") {
+    json c = llama_like("qwen2", 3584, 28, 28, 4, 18944, 152064, 1000000.0);
+    c["rms_norm_eps"] = 1e-6;
+    c["bos_token_id"] = 151643;
+    c["eos_token_id"] = 151645;
+    return c;
+  }
+  if (shape == "mistral-7b") {
+    json c = llama_like("mistral", 4096, 32, 32, 8, 14336, 32000, 10000.0);
+    c["sliding_window"] = nullptr;
+    return c;
+  }
+  std::string names;
+  for (const std::string& n : builtin_shape_names()) names += (names.empty() ? "" : ", ") + n;
+  throw Error("unknown shape '" + shape + "' (built-in shapes: " + names + ")");
+}
+
+void write_random_checkpoint(const std::filesystem::path& dir, const json& config_json, DType dtype, uint64_t seed) {
+  const ModelConfig c = parse_model_config(config_json, "built-in config");
+  std::filesystem::create_directories(dir);
+  std::mt19937_64 rng(seed);
+  std::vector<TensorToWrite> tensors;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float scale, float offset) {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    TensorToWrite t{name, dtype, shape, std::vector<uint8_t>(static_cast<size_t>(numel) * dtype_size(dtype))};
+    std::uniform_real_distribution<float> u(-scale, scale);
+    for (int64_t i = 0; i < numel; ++i) {
+      const float v = offset + (scale > 0.0f ? u(rng) : 0.0f);
+      if (dtype == DType::F32) {
+        std::memcpy(t.bytes.data() + i * 4, &v, 4);
+      } else {
+        const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(t.bytes.data() + i * 2, &h, 2);
+      }
+    }
+    tensors.push_back(std::move(t));
+  };
+  auto linear = [&](const std::string& name, int64_t out, int64_t in) {
+    add(name, {out, in}, 1.0f / std::sqrt(static_cast<float>(in)), 0.0f);
+  };
+  auto norm = [&](const std::string& name, int64_t n) { add(name, {n}, 0.05f, 1.0f); };
+  auto bias = [&](const std::string& name, int64_t n) { add(name, {n}, 0.02f, 0.0f); };
+
+  add("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, 1.0f, 0.0f);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    norm(p + "input_layernorm.weight", c.hidden_size);
+    linear(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
+    linear(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
+    linear(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    linear(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
+    if (c.qkv_bias) {
+      bias(p + "self_attn.q_proj.bias", c.q_dim());
+      bias(p + "self_attn.k_proj.bias", c.kv_dim());
+      bias(p + "self_attn.v_proj.bias", c.kv_dim());
+    }
+    if (c.o_bias) bias(p + "self_attn.o_proj.bias", c.hidden_size);
+    if (c.qk_norm) {
+      norm(p + "self_attn.q_norm.weight", c.head_dim);
+      norm(p + "self_attn.k_norm.weight", c.head_dim);
+    }
+    norm(p + "post_attention_layernorm.weight", c.hidden_size);
+    linear(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
+    linear(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    linear(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
+    if (c.mlp_bias) {
+      bias(p + "mlp.gate_proj.bias", c.intermediate_size);
+      bias(p + "mlp.up_proj.bias", c.intermediate_size);
+      bias(p + "mlp.down_proj.bias", c.hidden_size);
+    }
+  }
+  norm("model.norm.weight", c.hidden_size);
+  if (!c.tie_word_embeddings) linear("lm_head.weight", c.vocab_size, c.hidden_size);
+  write_safetensors(dir / "model.safetensors", tensors);
+
+  json out = config_json;
+  out["torch_dtype"] = dtype == DType::F32 ? "float32" : dtype == DType::BF16 ? "bfloat16" : "float16";
+  std::ofstream f(dir / "config.json");
+  f << out.dump(2) << "\n";
+  if (!f) throw Error((dir / "config.json").string() + ": write failed");
+}
+
+}  // namespace headinfer

@@ -1,0 +1,73 @@
+#include <cmath>
+#include <vector>
+
+#include "headinfer/error.h"
+#include "headinfer/kv_cache.h"
+
+namespace headinfer {
+namespace {
+
+class SimpleKvCache final : public KvCache {
+ public:
+  SimpleKvCache(Device& device, const ModelConfig& config, int64_t capacity)
+      : device_(device), config_(config), capacity_(capacity) {
+    const size_t block_bytes = static_cast<size_t>(capacity) * static_cast<size_t>(config.head_dim) * sizeof(float);
+    const size_t n_blocks = static_cast<size_t>(config.n_layers * config.n_kv_heads);
+    // One K and one V block per (layer, kv head): [capacity, head_dim] F32, contiguous, so a
+    // head's keys are a single run the attention op reads in place.
+    k_blocks_.reserve(n_blocks);
+    v_blocks_.reserve(n_blocks);
+    for (size_t i = 0; i < n_blocks; ++i) {
+      k_blocks_.emplace_back(device, block_bytes, "KV cache (K)");
+      v_blocks_.emplace_back(device, block_bytes, "KV cache (V)");
+    }
+  }
+
+  int64_t capacity() const override { return capacity_; }
+  void reset() override {}
+
+  void attend(int64_t layer, const LayerAttention& a) override {
+    const int64_t d = config_.head_dim;
+    const int64_t n_new = a.q.rows;
+    if (a.pos0 + n_new > capacity_)
+      throw Error("context full: " + std::to_string(a.pos0 + n_new) + " positions needed, KV cache holds " +
+                  std::to_string(capacity_) + " (raise --ctx)");
+    const int64_t gs = config_.group_size();
+    Ops& ops = device_.ops();
+    for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
+      const size_t block = static_cast<size_t>(layer * config_.n_kv_heads + h);
+      float* k = k_blocks_[block].as<float>();
+      float* v = v_blocks_[block].as<float>();
+      ops.copy(a.k_new.slice_cols(h * d, d), MatView{k + a.pos0 * d, DType::F32, n_new, d, d});
+      ops.copy(a.v_new.slice_cols(h * d, d), MatView{v + a.pos0 * d, DType::F32, n_new, d, d});
+      AttentionArgs args;
+      args.q = a.q.slice_cols(h * gs * d, gs * d);
+      args.kv = KvHeadView{k, v, DType::F32, d};
+      args.n_keys = a.pos0 + n_new;
+      args.head_dim = d;
+      args.n_q_heads = gs;
+      args.q_pos0 = a.pos0;
+      args.k_pos0 = 0;
+      args.window = config_.layer_window[static_cast<size_t>(layer)];
+      args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
+      args.out = a.out.slice_cols(h * gs * d, gs * d);
+      args.lse = a.lse.slice_cols(h * gs, gs);
+      ops.attention(args);
+    }
+  }
+
+ private:
+  Device& device_;
+  const ModelConfig config_;
+  const int64_t capacity_;
+  std::vector<DeviceBuffer> k_blocks_;
+  std::vector<DeviceBuffer> v_blocks_;
+};
+
+}  // namespace
+
+std::unique_ptr<KvCache> make_simple_kv_cache(Device& device, const ModelConfig& config, int64_t capacity) {
+  return std::make_unique<SimpleKvCache>(device, config, capacity);
+}
+
+}  // namespace headinfer

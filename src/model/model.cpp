@@ -1,0 +1,166 @@
+#include "headinfer/model.h"
+
+#include <array>
+#include <string>
+
+#include "headinfer/error.h"
+
+namespace headinfer {
+namespace {
+
+MatView mat(const DeviceBuffer& b, int64_t rows, int64_t cols) {
+  return MatView{b.data(), DType::F32, rows, cols, cols};
+}
+
+}  // namespace
+
+Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes& sizes)
+    : config_(ckpt.config()), device_(device), sizes_(sizes) {
+  const ModelConfig& c = config_;
+  if (sizes_.max_chunk < 1 || sizes_.max_mlp_chunk < 1) throw Error("chunk sizes must be positive");
+
+  // Copies one checkpoint tensor to the device after checking its shape.
+  auto upload = [&](const std::string& name, std::initializer_list<int64_t> shape) -> const void* {
+    const std::vector<int64_t> s(shape);
+    const TensorView& t = ckpt.require(name, s);
+    weight_buffers_.emplace_back(device_, t.nbytes, "weights");
+    device_.write_from_host(weight_buffers_.back().data(), t.data, t.nbytes);
+    weight_bytes_ += t.nbytes;
+    return weight_buffers_.back().data();
+  };
+  auto dtype_of = [&](const std::string& name) { return ckpt.find(name)->dtype; };
+  auto weight = [&](const std::string& name, int64_t out, int64_t in) {
+    const void* p = upload(name, {out, in});
+    return WeightView{p, dtype_of(name), out, in};
+  };
+  auto vec = [&](const std::string& name, int64_t n) {
+    const void* p = upload(name, {n});
+    return VecView{p, dtype_of(name), n};
+  };
+
+  weights_.embed = weight("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
+  weights_.layers.resize(static_cast<size_t>(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    w.input_norm = vec(p + "input_layernorm.weight", c.hidden_size);
+    w.wq = weight(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
+    w.wk = weight(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
+    w.wv = weight(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    w.wo = weight(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
+    if (c.qkv_bias) {
+      w.bq = vec(p + "self_attn.q_proj.bias", c.q_dim());
+      w.bk = vec(p + "self_attn.k_proj.bias", c.kv_dim());
+      w.bv = vec(p + "self_attn.v_proj.bias", c.kv_dim());
+    }
+    if (c.o_bias) w.bo = vec(p + "self_attn.o_proj.bias", c.hidden_size);
+    if (c.qk_norm) {
+      w.q_norm = vec(p + "self_attn.q_norm.weight", c.head_dim);
+      w.k_norm = vec(p + "self_attn.k_norm.weight", c.head_dim);
+    }
+    w.post_attention_norm = vec(p + "post_attention_layernorm.weight", c.hidden_size);
+    w.w_gate = weight(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
+    w.w_up = weight(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    w.w_down = weight(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
+    if (c.mlp_bias) {
+      w.b_gate = vec(p + "mlp.gate_proj.bias", c.intermediate_size);
+      w.b_up = vec(p + "mlp.up_proj.bias", c.intermediate_size);
+      w.b_down = vec(p + "mlp.down_proj.bias", c.hidden_size);
+    }
+  }
+  weights_.final_norm = vec("model.norm.weight", c.hidden_size);
+  weights_.lm_head = c.tie_word_embeddings ? weights_.embed : weight("lm_head.weight", c.vocab_size, c.hidden_size);
+
+  inv_freq_host_ = rope_inv_freq(c.rope, c.head_dim);
+  inv_freq_ = DeviceBuffer(device_, inv_freq_host_.size() * sizeof(float), "rope table");
+  device_.write_from_host(inv_freq_.data(), inv_freq_host_.data(), inv_freq_host_.size() * sizeof(float));
+  rope_ = RopeTable{inv_freq_.as<float>(), c.head_dim, static_cast<float>(c.rope.attention_factor)};
+
+  const auto C = static_cast<size_t>(sizes_.max_chunk);
+  const auto M = static_cast<size_t>(std::min(sizes_.max_mlp_chunk, sizes_.max_chunk));
+  const size_t f = sizeof(float);
+  x_ = DeviceBuffer(device_, C * c.hidden_size * f, "activations");
+  xn_ = DeviceBuffer(device_, C * c.hidden_size * f, "activations");
+  q_ = DeviceBuffer(device_, C * c.q_dim() * f, "activations");
+  k_ = DeviceBuffer(device_, C * c.kv_dim() * f, "activations");
+  v_ = DeviceBuffer(device_, C * c.kv_dim() * f, "activations");
+  attn_ = DeviceBuffer(device_, C * c.q_dim() * f, "activations");
+  lse_ = DeviceBuffer(device_, C * c.n_heads * f, "activations");
+  proj_ = DeviceBuffer(device_, C * c.hidden_size * f, "activations");
+  gate_ = DeviceBuffer(device_, M * c.intermediate_size * f, "activations");
+  up_ = DeviceBuffer(device_, M * c.intermediate_size * f, "activations");
+  logits_ = DeviceBuffer(device_, c.vocab_size * f, "logits");
+}
+
+void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits) {
+  const ModelConfig& c = config_;
+  const auto n = static_cast<int64_t>(ids.size());
+  if (n < 1 || n > sizes_.max_chunk)
+    throw Error("forward: chunk of " + std::to_string(n) + " tokens (1.." + std::to_string(sizes_.max_chunk) + ")");
+  if (static_cast<int64_t>(logits.size()) != c.vocab_size) throw Error("forward: logits span has the wrong size");
+  Ops& ops = device_.ops();
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  ops.embedding(ids, weights_.embed, mat(x_, n, c.hidden_size));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    ops.rms_norm(mat(x_, n, c.hidden_size), w.input_norm, eps, mat(xn_, n, c.hidden_size));
+    attention_block(w, l, n, pos0, kv);
+    ops.rms_norm(mat(x_, n, c.hidden_size), w.post_attention_norm, eps, mat(xn_, n, c.hidden_size));
+    mlp_block(w, n);
+  }
+  // Only the last token's logits leave the model.
+  const MatView last = mat(x_, n, c.hidden_size).slice_rows(n - 1, 1);
+  const MatView last_normed = mat(xn_, 1, c.hidden_size);
+  ops.rms_norm(last, weights_.final_norm, eps, last_normed);
+  ops.linear(last_normed, weights_.lm_head, nullptr, mat(logits_, 1, c.vocab_size));
+  device_.read_to_host(logits.data(), logits_.data(), logits.size() * sizeof(float));
+}
+
+void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, KvCache& kv) {
+  const ModelConfig& c = config_;
+  Ops& ops = device_.ops();
+  const MatView xn = mat(xn_, n, c.hidden_size);
+  const MatView q = mat(q_, n, c.q_dim()), k = mat(k_, n, c.kv_dim()), v = mat(v_, n, c.kv_dim());
+  auto bias = [](const VecView& b) { return b.data != nullptr ? &b : nullptr; };
+  ops.linear(xn, w.wq, bias(w.bq), q);
+  ops.linear(xn, w.wk, bias(w.bk), k);
+  ops.linear(xn, w.wv, bias(w.bv), v);
+  if (c.qk_norm) {  // per head: view [n * heads, head_dim]
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    const MatView qh{q.data, DType::F32, n * c.n_heads, c.head_dim, c.head_dim};
+    const MatView kh{k.data, DType::F32, n * c.n_kv_heads, c.head_dim, c.head_dim};
+    ops.rms_norm(qh, w.q_norm, eps, qh);
+    ops.rms_norm(kh, w.k_norm, eps, kh);
+  }
+  ops.rope(q, c.n_heads, rope_, pos0);
+  ops.rope(k, c.n_kv_heads, rope_, pos0);
+
+  LayerAttention a{q, k, v, pos0, mat(attn_, n, c.q_dim()), mat(lse_, n, c.n_heads)};
+  kv.attend(layer, a);
+
+  const MatView proj = mat(proj_, n, c.hidden_size);
+  ops.linear(a.out, w.wo, bias(w.bo), proj);
+  ops.add(mat(x_, n, c.hidden_size), proj);
+}
+
+void Model::mlp_block(const LayerWeights& w, int64_t n) {
+  const ModelConfig& c = config_;
+  Ops& ops = device_.ops();
+  auto bias = [](const VecView& b) { return b.data != nullptr ? &b : nullptr; };
+  const int64_t m_max = std::min(sizes_.max_mlp_chunk, sizes_.max_chunk);
+  // Sub-chunks keep the [rows, ffn] intermediates small on long prefills.
+  for (int64_t r0 = 0; r0 < n; r0 += m_max) {
+    const int64_t m = std::min(m_max, n - r0);
+    const MatView xn = mat(xn_, n, c.hidden_size).slice_rows(r0, m);
+    const MatView gate = mat(gate_, m, c.intermediate_size), up = mat(up_, m, c.intermediate_size);
+    ops.linear(xn, w.w_gate, bias(w.b_gate), gate);
+    ops.linear(xn, w.w_up, bias(w.b_up), up);
+    ops.silu_mul(gate, up, gate);
+    const MatView down = mat(proj_, n, c.hidden_size).slice_rows(r0, m);
+    ops.linear(gate, w.w_down, bias(w.b_down), down);
+    ops.add(mat(x_, n, c.hidden_size).slice_rows(r0, m), down);
+  }
+}
+
+}  // namespace headinfer

@@ -1,0 +1,95 @@
+#include "headinfer/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "headinfer/error.h"
+
+namespace headinfer {
+namespace {
+
+ForwardWorkspaceSizes workspace_sizes(const EngineOptions& o) {
+  if (o.context < 1) throw Error("context must be at least 1 token");
+  if (o.chunk < 1) throw Error("--chunk must be at least 1");
+  if (o.mlp_chunk < 1) throw Error("MLP chunk must be at least 1");
+  return {std::min(o.chunk, o.context), o.mlp_chunk};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options)
+    : options_(options),
+      model_(checkpoint, device, workspace_sizes(options)),
+      kv_(make_simple_kv_cache(device, checkpoint.config(), options.context)),
+      logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {}
+
+std::span<const float> Engine::prefill(std::span<const int32_t> ids,
+                                       const std::function<void(int64_t, int64_t)>& progress) {
+  const auto total = static_cast<int64_t>(ids.size());
+  if (total == 0) throw Error("prefill needs at least one token");
+  if (n_past_ + total > options_.context)
+    throw Error("context full: " + std::to_string(n_past_ + total) + " tokens needed, context is " +
+                std::to_string(options_.context) + " (raise --ctx)");
+  const int64_t chunk = model_.max_chunk();
+  for (int64_t done = 0; done < total; done += chunk) {
+    const int64_t n = std::min(chunk, total - done);
+    model_.forward(ids.subspan(static_cast<size_t>(done), static_cast<size_t>(n)), n_past_, *kv_, logits_);
+    n_past_ += n;
+    if (progress) progress(done + n, total);
+  }
+  return logits_;
+}
+
+void Engine::reset() {
+  n_past_ = 0;
+  kv_->reset();
+}
+
+double GenerateResult::decode_tokens_per_second() const {
+  const auto n = static_cast<double>(tokens.size() > 1 ? tokens.size() - 1 : 0);
+  return decode_seconds > 0.0 ? n / decode_seconds : 0.0;
+}
+
+GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const GenerateOptions& options,
+                        const GenerateCallbacks& callbacks) {
+  if (prompt.empty()) throw Error("the prompt is empty: give at least one token");
+  const auto n_prompt = static_cast<int64_t>(prompt.size());
+  if (n_prompt > engine.context() - engine.n_past())
+    throw Error("prompt of " + std::to_string(n_prompt) + " tokens does not fit the context of " +
+                std::to_string(engine.context()) + " tokens (raise --ctx)");
+  const std::vector<int64_t>& eos = engine.config().eos_token_ids;
+  Sampler sampler(options.sampling);
+  GenerateResult result;
+  result.prompt_tokens = n_prompt;
+
+  auto t0 = std::chrono::steady_clock::now();
+  std::span<const float> logits = engine.prefill(prompt, callbacks.on_prefill_progress);
+  result.prefill_seconds = seconds_since(t0);
+  auto t_decode = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < options.max_new_tokens; ++i) {
+    if (callbacks.on_logits) callbacks.on_logits(logits);
+    const int32_t id = sampler.sample(logits);
+    result.tokens.push_back(id);
+    if (callbacks.on_token) callbacks.on_token(id);
+    if (!options.ignore_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
+      result.stopped_at_eos = true;
+      break;
+    }
+    if (i + 1 == options.max_new_tokens) break;
+    if (engine.n_past() >= engine.context()) {
+      result.stopped_at_context = true;
+      break;
+    }
+    if (i == 0) t_decode = std::chrono::steady_clock::now();
+    logits = engine.decode(id);
+  }
+  // The first token comes from the prefill's logits; decode time covers the tokens after it.
+  if (result.tokens.size() > 1) result.decode_seconds = seconds_since(t_decode);
+  return result;
+}
+
+}  // namespace headinfer

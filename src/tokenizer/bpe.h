@@ -1,0 +1,93 @@
+#pragma once
+// The BPE model of tokenizer.json: vocabulary, ranked merges, byte fallback, unk handling.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "components.h"
+
+namespace headinfer::tok {
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+using StringToId = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+// (left id, right id) -> (rank, merged id); open addressing, sized at load.
+class MergeTable {
+ public:
+  struct Entry {
+    uint64_t key;  // (uint64(left) << 32) | uint32(right); kEmpty when free
+    uint32_t rank;
+    int32_t merged;
+  };
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+
+  void reserve(size_t n);
+  void insert(int32_t left, int32_t right, uint32_t rank, int32_t merged);
+  const Entry* find(int32_t left, int32_t right) const {
+    uint64_t key = (uint64_t(uint32_t(left)) << 32) | uint32_t(right);
+    for (size_t slot = hash(key) & mask_;; slot = (slot + 1) & mask_) {
+      const Entry& e = slots_[slot];
+      if (e.key == key) return &e;
+      if (e.key == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static uint64_t hash(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    return k;
+  }
+  std::vector<Entry> slots_;  // power-of-two size, at most half full
+  size_t mask_ = 0;
+};
+
+class BpeModel {
+ public:
+  // `node` is the "model" object; throws headinfer::Error on any inconsistency.
+  BpeModel(const Json& node, std::string_view where);
+
+  // Builds the raw-bytes views used when the pre-tokenizer is ByteLevel.
+  void enable_byte_level_input();
+
+  // Appends the ids of one pre-token. With byte-level input, `piece` holds raw bytes that each
+  // stand for their byte-level character.
+  void tokenize(std::string_view piece, bool byte_level_input, std::vector<int32_t>& out) const;
+
+  size_t vocab_size() const { return id_to_token_.size(); }
+  const std::string* id_to_token(int32_t id) const {
+    return id >= 0 && size_t(id) < id_to_token_.size() && has_id_[id] ? &id_to_token_[id] : nullptr;
+  }
+  bool token_to_id(std::string_view token, int32_t& id) const;
+
+ private:
+  void initial_symbols(std::string_view piece, std::vector<int32_t>& symbols) const;
+  void merge(std::vector<int32_t>& symbols) const;
+  void merge_long(std::vector<int32_t>& symbols) const;
+
+  StringToId vocab_;
+  std::vector<std::string> id_to_token_;  // [max id + 1]; holes are empty with has_id_ false
+  std::vector<bool> has_id_;
+  MergeTable merges_;
+  std::string unk_token_;
+  int32_t unk_id_ = -1;
+  bool fuse_unk_ = false;
+  bool byte_fallback_ = false;
+  bool ignore_merges_ = false;
+  std::string continuing_subword_prefix_;
+  std::string end_of_word_suffix_;
+  int32_t byte_fallback_ids_[256];  // id of "<0xXX>", -1 when absent
+
+  bool byte_level_ready_ = false;
+  bool byte_level_fast_ = false;
+  int32_t byte_level_ids_[256];  // id of the byte-level character of each byte, -1 when absent
+  StringToId byte_level_vocab_;  // raw bytes of each byte-level token -> id (ignore_merges)
+};
+
+}  // namespace headinfer::tok

@@ -1,0 +1,122 @@
+// One-turn chat prompts in the three formats our models use, built from special-token ids and
+// separately encoded text, so text can never smuggle in a role header.
+#include "headinfer/error.h"
+#include "headinfer/tokenizer.h"
+
+namespace headinfer {
+namespace {
+
+int32_t require_token(const Tokenizer& tokenizer, const char* token, ChatFormat format) {
+  if (auto id = tokenizer.token_to_id(token)) return *id;
+  throw Error(std::string("chat format ") + to_string(format) + " needs the token " + token +
+              ", which this tokenizer does not have");
+}
+
+void append(std::vector<int32_t>& out, const std::vector<int32_t>& more) { out.insert(out.end(), more.begin(), more.end()); }
+
+std::vector<int32_t> text_ids(const Tokenizer& tokenizer, std::string_view text) {
+  return tokenizer.encode(text, EncodeOptions{.add_special_tokens = false, .split_special_tokens = true});
+}
+
+std::string trim(std::string_view s) {
+  const char* space = " \t\n\r\f\v";
+  size_t begin = s.find_first_not_of(space);
+  if (begin == std::string_view::npos) return {};
+  size_t end = s.find_last_not_of(space);
+  return std::string(s.substr(begin, end - begin + 1));
+}
+
+std::vector<int32_t> llama3(const Tokenizer& tok, const ChatPrompt& prompt) {
+  ChatFormat f = ChatFormat::llama3;
+  int32_t begin = require_token(tok, "<|begin_of_text|>", f), header_start = require_token(tok, "<|start_header_id|>", f),
+          header_end = require_token(tok, "<|end_header_id|>", f), eot = require_token(tok, "<|eot_id|>", f);
+  std::vector<int32_t> ids{begin};
+  auto header = [&](std::string_view role) {
+    ids.push_back(header_start);
+    append(ids, text_ids(tok, role));
+    ids.push_back(header_end);
+  };
+  auto turn = [&](std::string_view role, std::string_view content) {
+    header(role);
+    append(ids, text_ids(tok, "\n\n" + trim(content)));
+    ids.push_back(eot);
+  };
+  if (prompt.system) turn("system", *prompt.system);
+  turn("user", prompt.user);
+  header("assistant");
+  append(ids, text_ids(tok, "\n\n"));
+  return ids;
+}
+
+std::vector<int32_t> chatml(const Tokenizer& tok, const ChatPrompt& prompt) {
+  ChatFormat f = ChatFormat::chatml;
+  int32_t start = require_token(tok, "<|im_start|>", f), end = require_token(tok, "<|im_end|>", f);
+  std::vector<int32_t> ids;
+  auto turn = [&](std::string_view role, std::string_view content) {
+    ids.push_back(start);
+    append(ids, text_ids(tok, std::string(role) + "\n" + std::string(content)));
+    ids.push_back(end);
+    append(ids, text_ids(tok, "\n"));
+  };
+  if (prompt.system) turn("system", *prompt.system);
+  turn("user", prompt.user);
+  ids.push_back(start);
+  append(ids, text_ids(tok, "assistant\n"));
+  return ids;
+}
+
+std::vector<int32_t> inst(const Tokenizer& tok, const ChatPrompt& prompt) {
+  std::optional<int32_t> bos = tok.bos_id();
+  if (!bos) bos = tok.token_to_id("<s>");
+  if (!bos) throw Error("chat format inst needs a BOS token (<s>), which this tokenizer does not have");
+  std::string body = prompt.system ? *prompt.system + "\n\n" + prompt.user : prompt.user;
+  std::vector<int32_t> ids{*bos};
+  auto open = tok.token_to_id("[INST]"), close = tok.token_to_id("[/INST]");
+  if (open && close && tok.is_special(*open)) {
+    // Control-token vocabularies (Mistral v3): [INST] and [/INST] are single special tokens.
+    ids.push_back(*open);
+    append(ids, text_ids(tok, " " + body));
+    ids.push_back(*close);
+  } else {
+    append(ids, text_ids(tok, "[INST] " + body + " [/INST]"));
+  }
+  return ids;
+}
+
+}  // namespace
+
+const char* to_string(ChatFormat format) {
+  switch (format) {
+    case ChatFormat::llama3: return "llama3";
+    case ChatFormat::chatml: return "chatml";
+    case ChatFormat::inst: return "inst";
+  }
+  return "unknown";
+}
+
+std::optional<ChatFormat> detect_chat_format(const Tokenizer& tok) {
+  if (tok.token_to_id("<|start_header_id|>") && tok.token_to_id("<|end_header_id|>") && tok.token_to_id("<|eot_id|>"))
+    return ChatFormat::llama3;
+  if (tok.token_to_id("<|im_start|>") && tok.token_to_id("<|im_end|>")) return ChatFormat::chatml;
+  if (tok.token_to_id("[INST]") || (tok.token_to_id("<s>") && tok.token_to_id("</s>"))) return ChatFormat::inst;
+  return std::nullopt;
+}
+
+std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& prompt) {
+  std::optional<ChatFormat> format = detect_chat_format(tokenizer);
+  if (!format)
+    throw Error("--chat: this tokenizer has none of the special tokens of a known chat format (Llama-3 "
+                "<|start_header_id|>, ChatML <|im_start|>, Mistral [INST] or <s>/</s>); use -p without --chat");
+  return encode_chat(tokenizer, prompt, *format);
+}
+
+std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& prompt, ChatFormat format) {
+  switch (format) {
+    case ChatFormat::llama3: return llama3(tokenizer, prompt);
+    case ChatFormat::chatml: return chatml(tokenizer, prompt);
+    case ChatFormat::inst: return inst(tokenizer, prompt);
+  }
+  throw Error("unknown chat format");
+}
+
+}  // namespace headinfer

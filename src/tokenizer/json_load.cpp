@@ -1,0 +1,125 @@
+// tokenizer.json -> Tokenizer::Impl, validating everything up front.
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "headinfer/error.h"
+#include "impl.h"
+
+namespace headinfer {
+namespace {
+
+std::vector<tok::AddedToken> parse_added_tokens(const tok::Json& root, const std::string& where) {
+  std::vector<tok::AddedToken> tokens;
+  if (!root.contains("added_tokens") || root.at("added_tokens").is_null()) return tokens;
+  const tok::Json& list = root.at("added_tokens");
+  if (!list.is_array()) throw Error(where + ".added_tokens: expected an array");
+  for (size_t i = 0; i < list.size(); ++i) {
+    std::string item_where = where + ".added_tokens[" + std::to_string(i) + "]";
+    const tok::Json& node = list[i];
+    tok::AddedToken token;
+    const tok::Json& id = tok::require_field(node, "id", item_where);
+    if (!id.is_number_unsigned() || id.get<uint64_t>() > INT32_MAX) throw Error(item_where + ".id: expected a token id");
+    token.id = id.get<int32_t>();
+    token.content = tok::require_string(node, "content", item_where);
+    if (token.content.empty()) throw Error(item_where + ".content: empty added token");
+    token.special = tok::optional_bool(node, "special", false, item_where);
+    token.single_word = tok::optional_bool(node, "single_word", false, item_where);
+    token.lstrip = tok::optional_bool(node, "lstrip", false, item_where);
+    token.rstrip = tok::optional_bool(node, "rstrip", false, item_where);
+    token.normalized = tok::optional_bool(node, "normalized", !token.special, item_where);
+    tokens.push_back(std::move(token));
+  }
+  return tokens;
+}
+
+bool present(const tok::Json& root, const char* key) { return root.contains(key) && !root.at(key).is_null(); }
+
+}  // namespace
+
+Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view origin_view) {
+  std::string origin(origin_view);
+  tok::Json root;
+  try {
+    root = tok::Json::parse(json_text.begin(), json_text.end());
+  } catch (const tok::Json::parse_error& e) {
+    throw Error(origin + ": not valid JSON (byte " + std::to_string(e.byte) +
+                "); the file is truncated or corrupt, download it again");
+  }
+  if (!root.is_object()) throw Error(origin + ": expected a JSON object at the top level");
+
+  auto impl = std::make_unique<Impl>();
+  try {
+    const tok::Json& model = tok::require_field(root, "model", origin);
+    std::string model_type = model.contains("type") ? tok::type_of(model, origin + ".model")
+                             : model.contains("merges") ? "BPE" : "unknown";
+    if (model_type != "BPE")
+      throw Error(origin + ".model: unsupported model type '" + model_type + "' (supported: BPE)");
+    impl->model = std::make_unique<tok::BpeModel>(model, origin + ".model");
+
+    if (present(root, "normalizer")) impl->normalizer = tok::make_normalizer(root.at("normalizer"), origin + ".normalizer");
+    if (present(root, "pre_tokenizer")) {
+      impl->pre_tokenizer = tok::make_pre_tokenizer(root.at("pre_tokenizer"), origin + ".pre_tokenizer");
+      impl->byte_level_input = impl->pre_tokenizer->maps_to_byte_level();
+      if (impl->byte_level_input) impl->model->enable_byte_level_input();
+    }
+    if (present(root, "post_processor"))
+      impl->post_processor = tok::make_post_processor(root.at("post_processor"), origin + ".post_processor");
+    if (present(root, "decoder")) impl->decoder = tok::make_decoder(root.at("decoder"), origin + ".decoder");
+    // "truncation" and "padding" are ignored, as transformers does for single prompts: an
+    // inference prompt is never cut silently.
+
+    impl->added_tokens = parse_added_tokens(root, origin);
+  } catch (const tok::Json::exception& e) {
+    throw Error(origin + ": unexpected JSON structure: " + e.what());
+  }
+
+  int32_t max_id = int32_t(impl->model->vocab_size()) - 1;
+  std::vector<tok::AddedToken> raw, normalized;
+  std::vector<std::string> raw_patterns, normalized_patterns;
+  for (size_t k = 0; k < impl->added_tokens.size(); ++k) {
+    const tok::AddedToken& token = impl->added_tokens[k];
+    if (!impl->added_by_id.emplace(token.id, k).second)
+      throw Error(origin + ".added_tokens: id " + std::to_string(token.id) + " is listed twice");
+    impl->added_by_content.emplace(token.content, token.id);
+    max_id = std::max(max_id, token.id);
+    if (token.normalized) {
+      std::string pattern = token.content;
+      if (impl->normalizer) impl->normalizer->normalize(pattern);
+      normalized.push_back(token);
+      normalized_patterns.push_back(std::move(pattern));
+    } else {
+      raw.push_back(token);
+      raw_patterns.push_back(token.content);
+    }
+  }
+  impl->raw_matcher = tok::AddedTokenMatcher(std::move(raw), raw_patterns);
+  impl->normalized_matcher = tok::AddedTokenMatcher(std::move(normalized), normalized_patterns);
+  impl->vocab_size = max_id + 1;
+  return Tokenizer(std::move(impl));
+}
+
+Tokenizer Tokenizer::from_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot open the tokenizer file");
+  std::string text;
+  in.seekg(0, std::ios::end);
+  auto size = in.tellg();
+  if (size < 0) throw Error(path.string() + ": cannot read the tokenizer file");
+  text.resize(size_t(size));
+  in.seekg(0);
+  in.read(text.data(), std::streamsize(text.size()));
+  if (!in) throw Error(path.string() + ": cannot read the tokenizer file");
+  return from_json(text, path.string());
+}
+
+Tokenizer Tokenizer::from_model_dir(const std::filesystem::path& dir) {
+  std::filesystem::path file = dir / "tokenizer.json";
+  if (!std::filesystem::exists(file))
+    throw Error(file.string() + ": not found; the model folder needs a Hugging Face tokenizer.json");
+  return from_file(file);
+}
+
+}  // namespace headinfer

@@ -30,6 +30,36 @@ void MergeTable::insert(int32_t left, int32_t right, uint32_t rank, int32_t merg
   }
 }
 
+void StringIdMap::reserve(size_t n) {
+  size_t size = 16;
+  while (size < 2 * n) size <<= 1;
+  if (size <= slots_.size()) return;
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(size, Slot{0, 0, kEmpty});
+  mask_ = size - 1;
+  keys_.reserve(n);
+  for (const Slot& s : old) {
+    if (s.key == kEmpty) continue;
+    size_t slot = s.hash & mask_;
+    while (slots_[slot].key != kEmpty) slot = (slot + 1) & mask_;
+    slots_[slot] = s;
+  }
+}
+
+bool StringIdMap::emplace(std::string key, int32_t value) {
+  if (2 * (keys_.size() + 1) > slots_.size()) reserve(2 * keys_.size() + 16);
+  uint64_t h = hash(key);
+  size_t slot = h & mask_;
+  for (;; slot = (slot + 1) & mask_) {
+    const Slot& s = slots_[slot];
+    if (s.key == kEmpty) break;
+    if (s.hash == h && keys_[s.key] == key) return false;
+  }
+  slots_[slot] = Slot{h, value, uint32_t(keys_.size())};
+  keys_.push_back(std::move(key));
+  return true;
+}
+
 namespace {
 
 std::string optional_string(const Json& node, const char* key, std::string_view where) {
@@ -45,9 +75,38 @@ std::string byte_token_name(unsigned b) {
 
 }  // namespace
 
-BpeModel::BpeModel(const Json& node, std::string_view where_view) {
+namespace {
+
+// Moves vocab and merges out of the JSON model node (the slow path), validating their shapes.
+void tables_from_json(const Json& node, const std::string& where, ModelTables& tables) {
+  const Json& vocab = require_field(node, "vocab", where);
+  if (!vocab.is_object()) throw Error(where + ".vocab: expected an object of token -> id");
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    if (!it.value().is_number_integer())
+      throw Error(where + ".vocab: token '" + it.key() + "' has an invalid id");
+    tables.vocab.emplace_back(it.key(), it.value().get<int64_t>());
+  }
+  const Json& merges = require_field(node, "merges", where);
+  if (!merges.is_array()) throw Error(where + ".merges: expected an array");
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const Json& m = merges[rank];
+    if (m.is_string()) {
+      tables.merges.push_back({m.get<std::string>(), {}, true});
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      tables.merges.push_back({m[0].get<std::string>(), m[1].get<std::string>(), false});
+    } else {
+      throw Error(where + ".merges[" + std::to_string(rank) + "]: expected \"left right\" or [left, right]");
+    }
+  }
+  tables.present = true;
+}
+
+}  // namespace
+
+BpeModel::BpeModel(const Json& node, ModelTables tables, std::string_view where_view) {
   std::string where(where_view);
-  if (node.contains("dropout") && !node.at("dropout").is_null() && node.at("dropout").get<double>() != 0.0)
+  if (node.contains("dropout") && !node.at("dropout").is_null() &&
+      (!node.at("dropout").is_number() || node.at("dropout").get<double>() != 0.0))
     throw Error(where + ".dropout: BPE dropout is random and not supported for inference");
   fuse_unk_ = optional_bool(node, "fuse_unk", false, where);
   byte_fallback_ = optional_bool(node, "byte_fallback", false, where);
@@ -55,65 +114,58 @@ BpeModel::BpeModel(const Json& node, std::string_view where_view) {
   continuing_subword_prefix_ = optional_string(node, "continuing_subword_prefix", where);
   end_of_word_suffix_ = optional_string(node, "end_of_word_suffix", where);
   unk_token_ = optional_string(node, "unk_token", where);
+  if (!tables.present) tables_from_json(node, where, tables);
 
-  const Json& vocab = require_field(node, "vocab", where);
-  if (!vocab.is_object()) throw Error(where + ".vocab: expected an object of token -> id");
-  vocab_.reserve(vocab.size());
+  vocab_.reserve(tables.vocab.size());
   int64_t max_id = -1;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_unsigned() || it.value().get<uint64_t>() > INT32_MAX)
-      throw Error(where + ".vocab: token '" + it.key() + "' has an invalid id");
-    auto id = it.value().get<int32_t>();
-    vocab_.emplace(it.key(), id);
-    max_id = std::max<int64_t>(max_id, id);
+  for (auto& [token, id] : tables.vocab) {
+    if (id < 0 || id > INT32_MAX) throw Error(where + ".vocab: token '" + token + "' has an invalid id");
+    max_id = std::max(max_id, id);
+    if (!vocab_.emplace(std::move(token), int32_t(id)))
+      throw Error(where + ".vocab: a token is listed twice");
   }
   id_to_token_.resize(size_t(max_id + 1));
   has_id_.assign(size_t(max_id + 1), false);
-  for (const auto& [token, id] : vocab_) {
+  vocab_.for_each([&](const std::string& token, int32_t id) {
     if (has_id_[id]) throw Error(where + ".vocab: id " + std::to_string(id) + " is used by two tokens");
     id_to_token_[id] = token;
     has_id_[id] = true;
-  }
+  });
 
   if (!unk_token_.empty()) {
-    auto it = vocab_.find(unk_token_);
-    if (it == vocab_.end()) throw Error(where + ".unk_token: '" + unk_token_ + "' is not in the vocabulary");
-    unk_id_ = it->second;
+    const int32_t* id = vocab_.find(unk_token_);
+    if (!id) throw Error(where + ".unk_token: '" + unk_token_ + "' is not in the vocabulary");
+    unk_id_ = *id;
   }
   for (unsigned b = 0; b < 256; ++b) {
-    auto it = vocab_.find(byte_token_name(b));
-    byte_fallback_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    const int32_t* id = vocab_.find(byte_token_name(b));
+    byte_fallback_ids_[b] = id ? *id : -1;
   }
 
-  const Json& merges = require_field(node, "merges", where);
-  if (!merges.is_array()) throw Error(where + ".merges: expected an array");
-  merges_.reserve(merges.size());
-  std::string left, right, merged;
-  for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const Json& m = merges[rank];
-    if (m.is_string()) {
-      const std::string& line = m.get_ref<const std::string&>();
-      size_t space = line.find(' ');
-      if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos)
-        throw Error(where + ".merges[" + std::to_string(rank) + "]: expected \"left right\", got \"" + line + "\"");
-      left.assign(line, 0, space);
-      right.assign(line, space + 1);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
-    } else {
-      throw Error(where + ".merges[" + std::to_string(rank) + "]: expected \"left right\" or [left, right]");
+  merges_.reserve(tables.merges.size());
+  std::string merged;
+  for (size_t rank = 0; rank < tables.merges.size(); ++rank) {
+    const ModelTables::Merge& m = tables.merges[rank];
+    std::string_view left = m.left, right = m.right;
+    if (m.spaced) {
+      size_t space = left.find(' ');
+      if (space == std::string_view::npos || left.find(' ', space + 1) != std::string_view::npos)
+        throw Error(where + ".merges[" + std::to_string(rank) + "]: expected \"left right\", got \"" + m.left + "\"");
+      right = left.substr(space + 1);
+      left = left.substr(0, space);
     }
-    auto find = [&](const std::string& token) {
-      auto it = vocab_.find(token);
-      if (it == vocab_.end())
-        throw Error(where + ".merges[" + std::to_string(rank) + "]: token '" + token + "' is not in the vocabulary");
-      return it->second;
+    auto find = [&](std::string_view token) {
+      const int32_t* id = vocab_.find(token);
+      if (!id)
+        throw Error(where + ".merges[" + std::to_string(rank) + "]: token '" + std::string(token) +
+                    "' is not in the vocabulary");
+      return *id;
     };
     int32_t left_id = find(left), right_id = find(right);
+    merged.assign(left);
     size_t prefix = continuing_subword_prefix_.size();
-    if (prefix && right.starts_with(continuing_subword_prefix_)) merged = left + right.substr(prefix);
-    else merged = left + right;
+    if (prefix && right.starts_with(continuing_subword_prefix_)) merged.append(right.substr(prefix));
+    else merged.append(right);
     merges_.insert(left_id, right_id, uint32_t(rank), find(merged));
   }
 }
@@ -128,21 +180,22 @@ void BpeModel::enable_byte_level_input() {
   for (unsigned b = 0; b < 256; ++b) {
     std::string ch;
     append_utf8(ch, alphabet.byte_to_cp[b]);
-    auto it = vocab_.find(ch);
-    byte_level_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    const int32_t* id = vocab_.find(ch);
+    byte_level_ids_[b] = id ? *id : -1;
   }
   if (ignore_merges_) {
     std::string bytes;
     byte_level_vocab_.reserve(vocab_.size());
-    for (const auto& [token, id] : vocab_)
+    vocab_.for_each([&](const std::string& token, int32_t id) {
       if (byte_level_token_to_bytes(token, bytes)) byte_level_vocab_.emplace(bytes, id);
+    });
   }
 }
 
 bool BpeModel::token_to_id(std::string_view token, int32_t& id) const {
-  auto it = vocab_.find(token);
-  if (it == vocab_.end()) return false;
-  id = it->second;
+  const int32_t* found = vocab_.find(token);
+  if (!found) return false;
+  id = *found;
   return true;
 }
 
@@ -164,13 +217,12 @@ void BpeModel::initial_symbols(std::string_view piece, std::vector<int32_t>& sym
       if (i == piece.size()) with_affixes += end_of_word_suffix_;
       ch = with_affixes;
     }
-    auto it = vocab_.find(ch);
-    if (it != vocab_.end()) {
+    if (const int32_t* id = vocab_.find(ch)) {
       if (pending_unk >= 0) {
         symbols.push_back(pending_unk);
         pending_unk = -1;
       }
-      symbols.push_back(it->second);
+      symbols.push_back(*id);
       continue;
     }
     if (byte_fallback_) {
@@ -202,9 +254,8 @@ void BpeModel::tokenize(std::string_view piece, bool byte_level_input, std::vect
   }
   if (byte_level_input) {
     if (ignore_merges_) {
-      auto it = byte_level_vocab_.find(piece);
-      if (it != byte_level_vocab_.end()) {
-        out.push_back(it->second);
+      if (const int32_t* id = byte_level_vocab_.find(piece)) {
+        out.push_back(*id);
         return;
       }
     }
@@ -215,9 +266,8 @@ void BpeModel::tokenize(std::string_view piece, bool byte_level_input, std::vect
     }
   } else {
     if (ignore_merges_) {
-      auto it = vocab_.find(piece);
-      if (it != vocab_.end()) {
-        out.push_back(it->second);
+      if (const int32_t* id = vocab_.find(piece)) {
+        out.push_back(*id);
         return;
       }
     }

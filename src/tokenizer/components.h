@@ -81,6 +81,7 @@ std::unique_ptr<PostProcessor> make_post_processor(const Json& node, std::string
 // byte -> the code point standing for it, and back (-1 where a code point stands for no byte).
 struct ByteLevelAlphabet {
   uint32_t byte_to_cp[256];
+  int cp_to_byte_table[512];  // the alphabet lies below U+0200
   static const ByteLevelAlphabet& instance();
   int cp_to_byte(uint32_t cp) const;  // -1 when cp is not in the alphabet
 };

@@ -16,19 +16,14 @@ const ByteLevelAlphabet& ByteLevelAlphabet::instance() {
       bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
       a.byte_to_cp[b] = printable ? b : next++;
     }
+    for (int& b : a.cp_to_byte_table) b = -1;
+    for (uint32_t b = 0; b < 256; ++b) a.cp_to_byte_table[a.byte_to_cp[b]] = int(b);
     return a;
   }();
   return alphabet;
 }
 
-int ByteLevelAlphabet::cp_to_byte(uint32_t cp) const {
-  if (cp < 256) return byte_to_cp[cp] == cp ? int(cp) : -1;
-  if (cp < 256 + 68) {
-    for (int b = 0; b < 256; ++b)
-      if (byte_to_cp[b] == cp) return b;
-  }
-  return -1;
-}
+int ByteLevelAlphabet::cp_to_byte(uint32_t cp) const { return cp < 512 ? cp_to_byte_table[cp] : -1; }
 
 bool byte_level_token_to_bytes(std::string_view token, std::string& bytes) {
   const ByteLevelAlphabet& alphabet = ByteLevelAlphabet::instance();

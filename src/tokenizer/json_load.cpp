@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fast_json.h"
 #include "headinfer/error.h"
 #include "impl.h"
 
@@ -42,11 +43,15 @@ bool present(const tok::Json& root, const char* key) { return root.contains(key)
 Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view origin_view) {
   std::string origin(origin_view);
   tok::Json root;
-  try {
-    root = tok::Json::parse(json_text.begin(), json_text.end());
-  } catch (const tok::Json::parse_error& e) {
-    throw Error(origin + ": not valid JSON (byte " + std::to_string(e.byte) +
-                "); the file is truncated or corrupt, download it again");
+  tok::ModelTables tables;
+  if (!tok::parse_tokenizer_json(json_text, root, tables)) {
+    tables = tok::ModelTables{};
+    try {
+      root = tok::Json::parse(json_text.begin(), json_text.end());
+    } catch (const tok::Json::parse_error& e) {
+      throw Error(origin + ": not valid JSON (byte " + std::to_string(e.byte) +
+                  "); the file is truncated or corrupt, download it again");
+    }
   }
   if (!root.is_object()) throw Error(origin + ": expected a JSON object at the top level");
 
@@ -57,7 +62,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view orig
                              : model.contains("merges") ? "BPE" : "unknown";
     if (model_type != "BPE")
       throw Error(origin + ".model: unsupported model type '" + model_type + "' (supported: BPE)");
-    impl->model = std::make_unique<tok::BpeModel>(model, origin + ".model");
+    impl->model = std::make_unique<tok::BpeModel>(model, std::move(tables), origin + ".model");
 
     if (present(root, "normalizer")) impl->normalizer = tok::make_normalizer(root.at("normalizer"), origin + ".normalizer");
     if (present(root, "pre_tokenizer")) {

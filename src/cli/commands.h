@@ -9,5 +9,6 @@ namespace headinfer::cli {
 void add_generate_command(CLI::App& app);
 void add_make_model_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
 
 }  // namespace headinfer::cli

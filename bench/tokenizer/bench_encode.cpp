@@ -1,8 +1,9 @@
 // Encode throughput of headinfer's tokenizer, single thread: load time of tokenizer.json, then
 // MB/s over a corpus file encoded document by document (documents are separated by blank
 // lines), best of several passes. Prints one JSON object; bench/tokenizer/run.sh puts it next
-// to Hugging Face tokenizers on the same corpus.
-//   tokenizer_bench TOKENIZER_JSON CORPUS [PASSES]
+// to Hugging Face tokenizers on the same corpus. With IDS_OUT, writes the ids of each document
+// as one line, for bench_hf.py to check that both produced the same tokens.
+//   tokenizer_bench TOKENIZER_JSON CORPUS [PASSES [IDS_OUT]]
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -36,7 +37,7 @@ std::vector<std::string> split_documents(const std::string& corpus) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s TOKENIZER_JSON CORPUS [PASSES]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s TOKENIZER_JSON CORPUS [PASSES [IDS_OUT]]\n", argv[0]);
     return 2;
   }
   int passes = argc > 3 ? std::atoi(argv[3]) : 3;
@@ -58,6 +59,14 @@ int main(int argc, char** argv) {
       start = std::chrono::steady_clock::now();
       for (const std::string& doc : docs) n_tokens += tok.encode(doc, false).size();
       best = std::min(best, seconds_since(start));
+    }
+    if (argc > 4) {
+      std::ofstream out(argv[4], std::ios::binary);
+      for (const std::string& doc : docs) {
+        std::string line;
+        for (int32_t id : tok.encode(doc, false)) line += (line.empty() ? "" : " ") + std::to_string(id);
+        out << line << '\n';
+      }
     }
     double mb = double(corpus.size()) / 1e6;
     std::printf("{\"impl\": \"headinfer\", \"tokenizer\": \"%s\", \"load_s\": %.3f, \"corpus_mb\": %.2f, "

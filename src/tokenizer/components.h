@@ -11,7 +11,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "regex.h"
+#include "hf_regex.h"
 
 namespace headinfer::tok {
 

@@ -3,7 +3,7 @@
 
 #include "components.h"
 #include "headinfer/error.h"
-#include "regex.h"
+#include "hf_regex.h"
 #include "unicode.h"
 
 namespace headinfer::tok {

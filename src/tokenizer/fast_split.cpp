@@ -4,7 +4,7 @@
 // alternative each branch implements; tests/tokenizer compare the scanners with Oniguruma.
 #include <string_view>
 
-#include "regex.h"
+#include "hf_regex.h"
 #include "unicode.h"
 
 namespace headinfer::tok {

@@ -4,7 +4,7 @@
 #include <oniguruma.h>
 
 #include "headinfer/error.h"
-#include "regex.h"
+#include "hf_regex.h"
 
 namespace headinfer::tok {
 

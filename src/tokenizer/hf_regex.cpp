@@ -1,5 +1,5 @@
 // Oniguruma wrapper with Hugging Face's find_iter semantics.
-#include "regex.h"
+#include "hf_regex.h"
 
 #include <oniguruma.h>
 

@@ -16,9 +16,9 @@ std::vector<tok::AddedToken> parse_added_tokens(const tok::Json& root, const std
   std::vector<tok::AddedToken> tokens;
   if (!root.contains("added_tokens") || root.at("added_tokens").is_null()) return tokens;
   const tok::Json& list = root.at("added_tokens");
-  if (!list.is_array()) throw Error(where + ".added_tokens: expected an array");
+  if (!list.is_array()) throw Error(where + ": added_tokens: expected an array");
   for (size_t i = 0; i < list.size(); ++i) {
-    std::string item_where = where + ".added_tokens[" + std::to_string(i) + "]";
+    std::string item_where = where + ": added_tokens[" + std::to_string(i) + "]";
     const tok::Json& node = list[i];
     tok::AddedToken token;
     const tok::Json& id = tok::require_field(node, "id", item_where);
@@ -58,21 +58,21 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view orig
   auto impl = std::make_unique<Impl>();
   try {
     const tok::Json& model = tok::require_field(root, "model", origin);
-    std::string model_type = model.contains("type") ? tok::type_of(model, origin + ".model")
+    std::string model_type = model.contains("type") ? tok::type_of(model, origin + ": model")
                              : model.contains("merges") ? "BPE" : "unknown";
     if (model_type != "BPE")
-      throw Error(origin + ".model: unsupported model type '" + model_type + "' (supported: BPE)");
-    impl->model = std::make_unique<tok::BpeModel>(model, std::move(tables), origin + ".model");
+      throw Error(origin + ": model: unsupported model type '" + model_type + "' (supported: BPE)");
+    impl->model = std::make_unique<tok::BpeModel>(model, std::move(tables), origin + ": model");
 
-    if (present(root, "normalizer")) impl->normalizer = tok::make_normalizer(root.at("normalizer"), origin + ".normalizer");
+    if (present(root, "normalizer")) impl->normalizer = tok::make_normalizer(root.at("normalizer"), origin + ": normalizer");
     if (present(root, "pre_tokenizer")) {
-      impl->pre_tokenizer = tok::make_pre_tokenizer(root.at("pre_tokenizer"), origin + ".pre_tokenizer");
+      impl->pre_tokenizer = tok::make_pre_tokenizer(root.at("pre_tokenizer"), origin + ": pre_tokenizer");
       impl->byte_level_input = impl->pre_tokenizer->maps_to_byte_level();
       if (impl->byte_level_input) impl->model->enable_byte_level_input();
     }
     if (present(root, "post_processor"))
-      impl->post_processor = tok::make_post_processor(root.at("post_processor"), origin + ".post_processor");
-    if (present(root, "decoder")) impl->decoder = tok::make_decoder(root.at("decoder"), origin + ".decoder");
+      impl->post_processor = tok::make_post_processor(root.at("post_processor"), origin + ": post_processor");
+    if (present(root, "decoder")) impl->decoder = tok::make_decoder(root.at("decoder"), origin + ": decoder");
     // "truncation" and "padding" are ignored, as transformers does for single prompts: an
     // inference prompt is never cut silently.
 
@@ -87,7 +87,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view orig
   for (size_t k = 0; k < impl->added_tokens.size(); ++k) {
     const tok::AddedToken& token = impl->added_tokens[k];
     if (!impl->added_by_id.emplace(token.id, k).second)
-      throw Error(origin + ".added_tokens: id " + std::to_string(token.id) + " is listed twice");
+      throw Error(origin + ": added_tokens: id " + std::to_string(token.id) + " is listed twice");
     impl->added_by_content.emplace(token.content, token.id);
     max_id = std::max(max_id, token.id);
     if (token.normalized) {

@@ -49,27 +49,27 @@ TEST(Malformed, TruncatedFile) {
 
 TEST(Malformed, UnknownComponentsAreNamed) {
   expect_error(tiny_json("", R"( "normalizer": {"type": "Precompiled", "precompiled_charsmap": ""},)"),
-               "tokenizer.json.normalizer: unsupported normalizer type 'Precompiled'");
+               "tokenizer.json: normalizer: unsupported normalizer type 'Precompiled'");
   expect_error(tiny_json("", R"( "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Punctuation"}]},)"),
-               "tokenizer.json.pre_tokenizer.pretokenizers[0]: unsupported pre-tokenizer type 'Punctuation'");
+               "tokenizer.json: pre_tokenizer.pretokenizers[0]: unsupported pre-tokenizer type 'Punctuation'");
   expect_error(tiny_json("", R"( "decoder": {"type": "WordPiece"},)"), "unsupported decoder type 'WordPiece'");
   expect_error(tiny_json("", R"( "post_processor": {"type": "Nope"},)"), "unsupported post-processor type 'Nope'");
   expect_error(R"({"model": {"type": "Unigram", "vocab": []}})", "unsupported model type 'Unigram'");
   expect_error(tiny_json("", R"( "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"}, "behavior": "Isolated"},)"),
-               "tokenizer.json.pre_tokenizer.pattern: invalid regex '(a'");
+               "tokenizer.json: pre_tokenizer.pattern: invalid regex '(a'");
   expect_error(tiny_json("", R"( "pre_tokenizer": {"type": "Split", "pattern": {"String": "a"}, "behavior": "Sideways"},)"),
                "unknown split behavior 'Sideways'");
 }
 
 TEST(Malformed, MergeNamingAMissingToken) {
-  expect_error(tiny_json("", "", R"(["a b", "ab x"])"), "tokenizer.json.model.merges[1]: token 'x' is not in the vocabulary");
+  expect_error(tiny_json("", "", R"(["a b", "ab x"])"), "tokenizer.json: model.merges[1]: token 'x' is not in the vocabulary");
   expect_error(tiny_json("", "", R"([["a", "b"], ["b", "c"]])"), "merges[1]: token 'bc' is not in the vocabulary");
   expect_error(tiny_json("", "", R"(["a b c"])"), "merges[0]: expected \"left right\"");
   expect_error(tiny_json("", "", R"([42])"), "merges[0]: expected \"left right\" or [left, right]");
 }
 
 TEST(Malformed, InconsistentFields) {
-  expect_error(R"({"model": {"type": "BPE", "merges": []}})", "tokenizer.json.model: missing field 'vocab'");
+  expect_error(R"({"model": {"type": "BPE", "merges": []}})", "tokenizer.json: model: missing field 'vocab'");
   expect_error(tiny_json(R"(, "unk_token": "<unk>")"), "unk_token: '<unk>' is not in the vocabulary");
   expect_error(tiny_json(R"(, "dropout": 0.1)"), "dropout");
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}})", "id 0 is used by two tokens");

@@ -68,7 +68,7 @@ class Tokenizer {
   // {<|begin_of_text|>}, Qwen2: none); bos_id() is the first of them.
   std::vector<int32_t> prefix_special_ids() const;
   std::optional<int32_t> bos_id() const;
-  // Ids of the well-known end-of-sequence / end-of-turn tokens present in this tokenizer
+  // Ids of the well-known end-of-sequence / end-of-turn added tokens of this tokenizer
   // (</s>, <|end_of_text|>, <|eot_id|>, <|eom_id|>, <|endoftext|>, <|im_end|>). A fallback
   // for when the checkpoint's config/generation_config names no eos_token_id.
   std::vector<int32_t> stop_ids() const;

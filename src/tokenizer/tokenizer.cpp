@@ -119,7 +119,8 @@ std::optional<int32_t> Tokenizer::bos_id() const {
 std::vector<int32_t> Tokenizer::stop_ids() const {
   std::vector<int32_t> ids;
   for (const char* name : {"</s>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>", "<|im_end|>"})
-    if (auto id = token_to_id(name)) ids.push_back(*id);
+    if (auto it = impl_->added_by_content.find(std::string_view(name)); it != impl_->added_by_content.end())
+      ids.push_back(it->second);
   return ids;
 }
 

@@ -1,5 +1,8 @@
 // `headinfer generate`: load a checkpoint folder, run a prompt, print the continuation.
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +13,7 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
+#include "headinfer/tokenizer.h"
 #include "parse_util.h"
 
 namespace headinfer::cli {
@@ -18,6 +22,10 @@ namespace {
 struct GenerateArgs {
   std::string model_dir;
   std::string prompt_ids;
+  std::string prompt_text;  // -p
+  std::string prompt_file;  // -f
+  bool chat = false;
+  std::string system;
   int64_t n_new = 32;
   float temperature = 0.0f;
   int64_t top_k = 0;
@@ -30,13 +38,33 @@ struct GenerateArgs {
   int64_t chunk = 512;
 };
 
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open prompt file");
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 void run_generate(const GenerateArgs& a) {
-  std::vector<int32_t> prompt = parse_id_list(a.prompt_ids, "--prompt-ids");
-  if (prompt.empty()) throw Error("no prompt: give --prompt-ids");
+  const int n_prompt_sources = !a.prompt_ids.empty() + !a.prompt_text.empty() + !a.prompt_file.empty();
+  if (n_prompt_sources != 1) throw Error("give exactly one prompt: -p TEXT, -f FILE or --prompt-ids 1,2,3");
   if (a.n_new < 0) throw Error("-n must be >= 0");
+  if (a.chat && a.prompt_ids.size() > 0) throw Error("--chat needs a text prompt (-p or -f)");
 
   auto checkpoint = Checkpoint::open(a.model_dir);
   const ModelConfig& config = checkpoint->config();
+  // The tokenizer is needed for text prompts and to print text; --prompt-ids works without one.
+  std::optional<Tokenizer> tokenizer;
+  const bool have_tokenizer_file = std::filesystem::exists(std::filesystem::path(a.model_dir) / "tokenizer.json");
+  if (a.prompt_ids.empty() || have_tokenizer_file) tokenizer = Tokenizer::from_model_dir(a.model_dir);
+  std::vector<int32_t> prompt;
+  if (!a.prompt_ids.empty()) {
+    prompt = parse_id_list(a.prompt_ids, "--prompt-ids");
+  } else {
+    const std::string text = a.prompt_text.empty() ? read_text_file(a.prompt_file) : a.prompt_text;
+    prompt = a.chat ? encode_chat(*tokenizer, ChatPrompt{a.system.empty() ? std::nullopt : std::optional(a.system), text})
+                    : tokenizer->encode(text, true);
+  }
+  if (prompt.empty()) throw Error("the prompt is empty after tokenization");
   for (int32_t id : prompt)
     if (id < 0 || id >= config.vocab_size)
       throw Error("--prompt-ids: token id " + std::to_string(id) + " is outside the vocabulary (" +
@@ -60,14 +88,23 @@ void run_generate(const GenerateArgs& a) {
   go.max_new_tokens = a.n_new;
   go.ignore_eos = a.ignore_eos;
   go.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
+  if (config.eos_token_ids.empty() && tokenizer)
+    for (int32_t id : tokenizer->stop_ids()) go.eos_ids.push_back(id);
   GenerateCallbacks cb;
+  std::optional<StreamDecoder> stream;
+  if (tokenizer) {
+    stream.emplace(*tokenizer);
+    stream->prime(prompt);
+  }
   if (!a.json) {
-    cb.on_token = [](int32_t id) {
-      std::printf("%d ", id);
+    cb.on_token = [&](int32_t id) {
+      if (stream) std::fputs(stream->push(id).c_str(), stdout);
+      else std::printf("%d ", id);
       std::fflush(stdout);
     };
   }
   const GenerateResult r = generate(engine, prompt, go, cb);
+  if (stream && !a.json) std::fputs(stream->flush().c_str(), stdout);
 
   if (a.json) {
     nlohmann::json out = {{"prompt_tokens", r.prompt_tokens},
@@ -80,6 +117,7 @@ void run_generate(const GenerateArgs& a) {
                           {"context", context},
                           {"device", device->name()},
                           {"device_peak_bytes", device->peak_bytes()}};
+    if (tokenizer) out["text"] = tokenizer->decode(r.tokens, true);
     std::printf("%s\n", out.dump().c_str());
   } else {
     std::printf("\n");
@@ -97,7 +135,11 @@ void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate a continuation of a prompt");
   cmd->add_option("-m,--model", args->model_dir, "Checkpoint folder (config.json, *.safetensors)")->required();
+  cmd->add_option("-p,--prompt", args->prompt_text, "Prompt text (tokenized with the model's tokenizer.json)");
+  cmd->add_option("-f,--file", args->prompt_file, "Read the prompt text from a file");
   cmd->add_option("--prompt-ids", args->prompt_ids, "Prompt as token ids: 1,2,3");
+  cmd->add_flag("--chat", args->chat, "Wrap the prompt as a user turn in the model's chat format");
+  cmd->add_option("--system", args->system, "System message for --chat");
   cmd->add_option("-n,--n-predict", args->n_new, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temp", args->temperature, "Sampling temperature (0: greedy)")->capture_default_str();
   cmd->add_option("--top-k", args->top_k, "Keep the k most likely tokens (0: off)")->capture_default_str();

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The one script to run on the GPU machine: configures and builds the CUDA tests there with CMake,
+# runs cuda_ops_tests (every CUDA op against the CPU reference, then the tiny models end to end),
+# and writes logs under $OUT (./out when unset).
+#
+# The GPU machine has CMake and nvcc but neither the nlohmann-json, CLI11 nor GoogleTest packages,
+# and no network. So, on a machine that has them (the dev box), first run
+#     scripts/gpu_check.sh --prepare
+# which copies those packages' headers, static libraries and CMake configs into .carry/deps/usr
+# and the shared test models into .carry/testdata (both git-ignored, ~12 MiB), then send the
+# repository with `.carry` carried and run `scripts/gpu_check.sh` there. It builds in build-gpu/
+# for the card's own architecture only (sm_90 on H100/H200: a third of the compile time of the
+# sm_80/89/90 build CI does), reusing build-gpu/ when the machine is still warm.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DEPS=$ROOT/.carry/deps/usr
+
+if [[ "${1:-}" == "--prepare" ]]; then
+  rm -rf "$ROOT/.carry/deps" "$ROOT/.carry/testdata"
+  mkdir -p "$DEPS/include" "$DEPS/lib/x86_64-linux-gnu/cmake" "$DEPS/share/cmake" "$ROOT/.carry/testdata"
+  cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/gtest /usr/include/gmock "$DEPS/include/"
+  cp /usr/lib/x86_64-linux-gnu/libgtest*.a /usr/lib/x86_64-linux-gnu/libgmock*.a "$DEPS/lib/x86_64-linux-gnu/"
+  cp -r /usr/lib/x86_64-linux-gnu/cmake/GTest "$DEPS/lib/x86_64-linux-gnu/cmake/"
+  cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 "$DEPS/share/cmake/"
+  cp -r "${HEADINFER_SHARED:-$ROOT/../shared}/testdata/models" "$ROOT/.carry/testdata/"
+  chmod -R u+w "$ROOT/.carry"
+  du -sh "$ROOT/.carry"
+  exit 0
+fi
+
+OUT=${OUT:-$ROOT/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee "$OUT/gpu.txt"
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
+[[ -n "$ARCH" ]] || ARCH=90
+
+start=$(date +%s)
+cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" >"$OUT/configure.log" 2>&1 ||
+  { tail -30 "$OUT/configure.log"; exit 1; }
+cmake --build "$ROOT/build-gpu" --target cuda_ops_tests -j "$(nproc)" >"$OUT/build.log" 2>&1 ||
+  { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+echo "configure + build: $(( $(date +%s) - start )) s (sm_$ARCH)"
+
+export HEADINFER_TESTDATA=$ROOT/.carry/testdata
+rc=0
+"$ROOT/build-gpu/tests/cuda/cuda_ops_tests" --gtest_output="xml:$OUT/cuda_ops_tests.xml" "$@" \
+  >"$OUT/cuda_ops_tests.log" 2>&1 || rc=$?
+grep -E "^\[model\]|FAILED|Failure|error" "$OUT/cuda_ops_tests.log" | head -60 || true
+grep -E "^\[max-err\]" "$OUT/cuda_ops_tests.log" | sort -t= -k3 -g -r | head -12 || true
+tail -4 "$OUT/cuda_ops_tests.log"
+exit $rc

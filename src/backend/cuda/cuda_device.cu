@@ -1,0 +1,147 @@
+// The CUDA device: cudaMalloc'ed memory under a byte budget, one non-blocking compute stream and
+// one cuBLASLt handle per device object (no process-wide state, so two engines can coexist).
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <unordered_map>
+
+#include "cuda_common.h"
+#include "cuda_ops.h"
+#include "headinfer/cuda_device.h"
+
+namespace headinfer {
+namespace cuda {
+
+void throw_cuda_error(cudaError_t e, const char* expr, const char* file, int line) {
+  throw Error(std::string("CUDA error: ") + cudaGetErrorString(e) + " in " + expr + " (" + file + ":" +
+              std::to_string(line) + ")");
+}
+
+void* Scratch::get(size_t bytes) {
+  if (bytes <= buffer_.bytes() && buffer_.data() != nullptr) return buffer_.data();
+  // Queued kernels may still read the old buffer: let them finish before it is released.
+  HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  buffer_.reset();
+  buffer_ = DeviceBuffer(device_, bytes, what_);
+  return buffer_.data();
+}
+
+namespace {
+
+class CudaDevice final : public Device {
+ public:
+  explicit CudaDevice(const CudaDeviceOptions& o) : ordinal_(o.ordinal) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();  // clear the sticky "no device" error for later callers
+      throw Error("no CUDA GPU found: run on a machine with an NVIDIA GPU and driver, or use the CPU backend");
+    }
+    if (o.ordinal < 0 || o.ordinal >= count)
+      throw Error("CUDA device " + std::to_string(o.ordinal) + " does not exist (" + std::to_string(count) +
+                  " GPU(s) present)");
+    HEADINFER_CUDA_CHECK(cudaSetDevice(o.ordinal));
+    cudaDeviceProp prop{};
+    HEADINFER_CUDA_CHECK(cudaGetDeviceProperties(&prop, o.ordinal));
+    name_ = std::string("cuda:") + std::to_string(o.ordinal) + " (" + prop.name + ")";
+    size_t free_bytes = 0, total_bytes = 0;
+    HEADINFER_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    budget_ = o.memory_budget != 0 ? o.memory_budget : free_bytes;
+    HEADINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) {
+      cudaStreamDestroy(stream_);
+      throw Error("cannot create a cuBLASLt handle on " + name_);
+    }
+    ops_ = std::make_unique<cuda::CudaOps>(*this, stream_, lt_, prop.multiProcessorCount);
+  }
+
+  ~CudaDevice() override {
+    cudaSetDevice(ordinal_);
+    ops_.reset();  // returns its scratch buffers while the allocator is still alive
+    cudaStreamSynchronize(stream_);
+    for (auto& [p, n] : sizes_) cudaFree(p);
+    cublasLtDestroy(lt_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  Ops& ops() override { return *ops_; }
+
+  void* alloc(size_t bytes, const char* what) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (in_use_ + bytes > budget_)
+      throw Error(std::string("GPU memory budget exceeded allocating ") + what + ": " + std::to_string(bytes) +
+                  " bytes requested, " + std::to_string(budget_ - in_use_) + " of " + std::to_string(budget_) +
+                  " left on " + name_);
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes == 0 ? 256 : bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw Error(std::string("cudaMalloc of ") + std::to_string(bytes) + " bytes for " + what + " failed on " +
+                  name_ + ": " + cudaGetErrorString(e));
+    }
+    sizes_[p] = bytes;
+    in_use_ += bytes;
+    peak_ = std::max(peak_, in_use_);
+    return p;
+  }
+
+  void free(void* p) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sizes_.find(p);
+    if (it == sizes_.end()) return;
+    in_use_ -= it->second;
+    sizes_.erase(it);
+    // cudaFree waits for the device, so no queued kernel still uses p.
+    cudaFree(p);
+  }
+
+  size_t bytes_in_use() const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return in_use_;
+  }
+  size_t peak_bytes() const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return peak_;
+  }
+
+  void read_to_host(void* dst, const void* src, size_t bytes) override {
+    HEADINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void write_from_host(void* dst, const void* src, size_t bytes) override {
+    HEADINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    // The caller may release `src` as soon as we return.
+    HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+ private:
+  int ordinal_;
+  std::string name_;
+  size_t budget_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  std::unique_ptr<cuda::CudaOps> ops_;
+  mutable std::mutex mutex_;
+  std::unordered_map<void*, size_t> sizes_;
+  size_t in_use_ = 0;
+  size_t peak_ = 0;
+};
+
+}  // namespace
+}  // namespace cuda
+
+std::unique_ptr<Device> make_cuda_device(const CudaDeviceOptions& options) {
+  return std::make_unique<cuda::CudaDevice>(options);
+}
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace headinfer

@@ -1,0 +1,69 @@
+#pragma once
+// The CUDA op set. Each op family defines its CudaOps methods in its own .cu file (gemm.cu,
+// norm.cu, rope.cu, attention.cu, merge.cu, elementwise.cu); everything runs on one stream that
+// the device owns, so ops are ordered without host synchronisation.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <map>
+
+#include "headinfer/backend.h"
+
+namespace headinfer::cuda {
+
+// Device memory that grows to the largest request seen and is then reused, counted against the
+// device's budget like every other allocation. Grows only on a size not seen before, so a steady
+// token loop never allocates.
+class Scratch {
+ public:
+  Scratch(Device& device, cudaStream_t stream, const char* what) : device_(device), stream_(stream), what_(what) {}
+  void* get(size_t bytes);
+
+ private:
+  Device& device_;
+  cudaStream_t stream_;
+  const char* what_;
+  DeviceBuffer buffer_;
+};
+
+class CudaOps final : public Ops {
+ public:
+  CudaOps(Device& device, cudaStream_t stream, cublasLtHandle_t lt, int sm_count)
+      : stream_(stream),
+        lt_(lt),
+        sm_count_(sm_count),
+        ids_(device, stream, "token ids"),
+        gemm_cast_(device, stream, "linear input cast"),
+        gemm_workspace_(device, stream, "cuBLASLt workspace"),
+        attn_partials_(device, stream, "attention split-KV partials") {}
+
+  void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) override;
+  void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) override;
+  void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) override;
+  void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) override;
+  void attention(const AttentionArgs& args) override;
+  void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b, const MatView& lse_b,
+                       int64_t head_dim) override;
+  void silu_mul(const MatView& gate, const MatView& up, const MatView& out) override;
+  void add(const MatView& x, const MatView& y) override;
+  void copy(const MatView& src, const MatView& dst) override;
+
+ private:
+  // cuBLASLt matmul y = x W^T for one shape: the heuristic's pick, cached by shape, leading
+  // dimensions and pointer alignments (the heuristic's answer depends on all of them).
+  void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,
+                 int64_t n_tokens, int64_t k_in);
+  void add_bias(const VecView& bias, const MatView& y);
+
+  cudaStream_t stream_;
+  cublasLtHandle_t lt_;
+  int sm_count_;
+  Scratch ids_;             // I32 [T]: token ids uploaded for embedding
+  Scratch gemm_cast_;       // BF16/F16 [T, in]: x rounded to the weight dtype for tensor-core GEMMs
+  Scratch gemm_workspace_;  // bytes: cuBLASLt's workspace
+  Scratch attn_partials_;   // F32 [splits, tasks, head_dim + 1]: split-KV outputs and their LSE
+  std::map<std::array<int64_t, 10>, cublasLtMatmulAlgo_t> gemm_algos_;
+};
+
+}  // namespace headinfer::cuda

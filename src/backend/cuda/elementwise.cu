@@ -1,0 +1,114 @@
+// Row-wise elementwise ops: embedding lookup, SiLU gate, residual add, strided copy with dtype
+// conversion. All memory-bound; one thread per element, rows on grid.y so strides cost nothing.
+#include <algorithm>
+
+#include "cuda_common.h"
+#include "cuda_ops.h"
+
+namespace headinfer::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// grid.y is capped at 65535; kernels loop over rows in steps of gridDim.y.
+dim3 row_grid(int64_t rows, int64_t cols) {
+  return dim3(grid_1d(cols, kThreads), static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(rows, 1), 65535)));
+}
+
+template <typename T>
+__global__ void embedding_kernel(const int32_t* ids, int64_t n_ids, const T* table, int64_t hidden, float* out,
+                                 int64_t out_stride) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= hidden) return;
+  for (int64_t t = blockIdx.y; t < n_ids; t += gridDim.y)
+    out[t * out_stride + c] = to_f32(table[static_cast<int64_t>(ids[t]) * hidden + c]);
+}
+
+__global__ void silu_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride,
+                                float* out, int64_t out_stride, int64_t rows, int64_t cols) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float g = gate[r * gate_stride + c];
+    // expf, not __expf: the CPU reference uses std::exp.
+    out[r * out_stride + c] = g * (1.0f / (1.0f + expf(-g))) * up[r * up_stride + c];
+  }
+}
+
+__global__ void add_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, int64_t rows, int64_t cols) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) x[r * x_stride + c] += y[r * y_stride + c];
+}
+
+template <typename S, typename D>
+__global__ void copy_kernel(const S* src, int64_t src_stride, D* dst, int64_t dst_stride, int64_t rows,
+                            int64_t cols) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+    dst[r * dst_stride + c] = from_f32<D>(to_f32(src[r * src_stride + c]));
+}
+
+void require_f32(const MatView& m, const char* op) {
+  if (m.dtype != DType::F32) throw Error(std::string("cuda backend: ") + op + " needs F32 activations");
+}
+
+}  // namespace
+
+void CudaOps::embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) {
+  require_f32(out, "embedding");
+  const auto n = static_cast<int64_t>(ids.size());
+  if (out.rows != n || out.cols != table.in_features) throw Error("cuda backend: embedding shape mismatch");
+  for (int32_t id : ids)
+    if (id < 0 || id >= table.out_features)
+      throw Error("token id " + std::to_string(id) + " is outside the vocabulary (" +
+                  std::to_string(table.out_features) + " tokens)");
+  if (n == 0) return;
+  auto* d_ids = static_cast<int32_t*>(ids_.get(static_cast<size_t>(n) * sizeof(int32_t)));
+  // From pageable memory this returns once `ids` is staged, so the caller's span may go away.
+  HEADINFER_CUDA_CHECK(
+      cudaMemcpyAsync(d_ids, ids.data(), static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  dispatch_dtype(table.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    embedding_kernel<T><<<row_grid(n, table.in_features), kThreads, 0, stream_>>>(
+        d_ids, n, static_cast<const T*>(table.data), table.in_features, static_cast<float*>(out.data),
+        out.row_stride);
+  });
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::silu_mul(const MatView& gate, const MatView& up, const MatView& out) {
+  require_f32(gate, "silu_mul");
+  if (gate.rows == 0 || gate.cols == 0) return;
+  silu_mul_kernel<<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
+      static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+      static_cast<float*>(out.data), out.row_stride, gate.rows, gate.cols);
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::add(const MatView& x, const MatView& y) {
+  require_f32(x, "add");
+  if (x.rows == 0 || x.cols == 0) return;
+  add_kernel<<<row_grid(x.rows, x.cols), kThreads, 0, stream_>>>(static_cast<float*>(x.data), x.row_stride,
+                                                                  static_cast<const float*>(y.data), y.row_stride,
+                                                                  x.rows, x.cols);
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::copy(const MatView& src, const MatView& dst) {
+  if (src.rows != dst.rows || src.cols != dst.cols) throw Error("cuda backend: copy shape mismatch");
+  if (src.rows == 0 || src.cols == 0) return;
+  dispatch_dtype(src.dtype, [&](auto stag) {
+    dispatch_dtype(dst.dtype, [&](auto dtag) {
+      using S = typename decltype(stag)::type;
+      using D = typename decltype(dtag)::type;
+      copy_kernel<S, D><<<row_grid(src.rows, src.cols), kThreads, 0, stream_>>>(
+          static_cast<const S*>(src.data), src.row_stride, static_cast<D*>(dst.data), dst.row_stride, src.rows,
+          src.cols);
+    });
+  });
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace headinfer::cuda

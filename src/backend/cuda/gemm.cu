@@ -1,0 +1,216 @@
+// linear: y = x W^T (+ bias), x F32 [T, in], W [out, in] in the checkpoint dtype, y F32 [T, out].
+//  - F32 weights: cuBLASLt with CUBLAS_COMPUTE_32F (TF32 off), so f32 checkpoints track the CPU
+//    reference to fp32 rounding.
+//  - BF16/F16 weights, few tokens (decode): a warp-per-row GEMV that widens W to fp32 and keeps x
+//    in fp32; it is bound by reading W once, and its numbers match the CPU's fp32 arithmetic.
+//  - BF16/F16 weights, many tokens (prefill): x is rounded to W's dtype and cuBLASLt runs the
+//    tensor cores with fp32 accumulation and fp32 output.
+#include <cublasLt.h>
+
+#include <algorithm>
+
+#include "cuda_common.h"
+#include "cuda_ops.h"
+
+namespace headinfer::cuda {
+namespace {
+
+constexpr int64_t kGemvMaxTokens = 8;     // above this, the tensor-core GEMM wins
+constexpr int kGemvWarps = 8;             // output rows per block
+constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;  // cuBLASLt's recommendation for Hopper
+
+void check_lt(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw Error(std::string("cuBLASLt error ") + std::to_string(static_cast<int>(s)) + " in " + what);
+}
+
+// Largest power of two (up to 256) dividing the address: what cuBLASLt's heuristic must assume.
+int64_t pointer_alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  int64_t align = 256;
+  while (align > 1 && a % static_cast<uintptr_t>(align) != 0) align /= 2;
+  return align;
+}
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::BF16: return CUDA_R_16BF;
+    case DType::F16: return CUDA_R_16F;
+  }
+  throw Error("cuda backend: unsupported dtype");
+}
+
+// One warp per output feature j; each lane accumulates a strided part of the dot products of all
+// T rows of x with W[j], then the warp reduces. VEC: 16-byte loads (8 weights, 2x4 inputs).
+template <typename W, bool VEC>
+__global__ void gemv_kernel(const float* x, int64_t x_ld, const W* w, int64_t in, int64_t out, int n_tokens,
+                            float* y, int64_t y_ld) {
+  const int64_t j = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (j >= out) return;
+  const W* wr = w + j * in;
+  float acc[kGemvMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kGemvMaxTokens; ++t) acc[t] = 0.0f;
+  if constexpr (VEC) {
+    for (int64_t i = int64_t{lane} * 8; i < in; i += 32 * 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
+      const W* wv = reinterpret_cast<const W*>(&raw);
+      float wf[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) wf[e] = to_f32(wv[e]);
+#pragma unroll
+      for (int t = 0; t < kGemvMaxTokens; ++t) {
+        if (t >= n_tokens) break;
+        const float4 x0 = *reinterpret_cast<const float4*>(x + t * x_ld + i);
+        const float4 x1 = *reinterpret_cast<const float4*>(x + t * x_ld + i + 4);
+        acc[t] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
+                  x1.z * wf[6] + x1.w * wf[7];
+      }
+    }
+  } else {
+    for (int64_t i = lane; i < in; i += 32) {
+      const float wf = to_f32(wr[i]);
+#pragma unroll
+      for (int t = 0; t < kGemvMaxTokens; ++t) {
+        if (t >= n_tokens) break;
+        acc[t] += x[t * x_ld + i] * wf;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kGemvMaxTokens; ++t) {
+    if (t >= n_tokens) break;
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) y[t * y_ld + j] = s;
+  }
+}
+
+template <typename D>
+__global__ void cast_rows_kernel(const float* x, int64_t x_ld, D* dst, int64_t rows, int64_t cols) {
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= rows * cols) return;
+  const int64_t r = idx / cols, c = idx % cols;
+  dst[idx] = from_f32<D>(x[r * x_ld + c]);
+}
+
+template <typename B>
+__global__ void add_bias_kernel(float* y, int64_t y_ld, const B* bias, int64_t rows, int64_t cols) {
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= rows * cols) return;
+  const int64_t r = idx / cols, c = idx % cols;
+  y[r * y_ld + c] += to_f32(bias[c]);
+}
+
+}  // namespace
+
+void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld,
+                        int64_t m_out, int64_t n_tokens, int64_t k_in) {
+  const cudaDataType_t ab = cuda_type(ab_type);
+  // Column-major view: W^T is W [out, in] row-major read as [in, out] col-major, transposed;
+  // x [T, in] row-major is [in, T] col-major; y [T, out] row-major is [out, T] col-major.
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  check_lt(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+  check_lt(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)), "transa");
+  check_lt(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)), "transb");
+  check_lt(cublasLtMatrixLayoutCreate(&a, ab, static_cast<uint64_t>(k_in), static_cast<uint64_t>(m_out), k_in), "A");
+  check_lt(cublasLtMatrixLayoutCreate(&b, ab, static_cast<uint64_t>(k_in), static_cast<uint64_t>(n_tokens), x_ld),
+           "B");
+  check_lt(
+      cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, static_cast<uint64_t>(m_out), static_cast<uint64_t>(n_tokens), y_ld),
+      "C");
+  void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
+
+  const std::array<int64_t, 10> key{static_cast<int64_t>(ab), m_out,           n_tokens,
+                                    k_in,                     x_ld,            y_ld,
+                                    pointer_alignment(w),     pointer_alignment(x), pointer_alignment(y),
+                                    0};
+  auto it = gemm_algos_.find(key);
+  if (it == gemm_algos_.end()) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    const uint64_t ws = kLtWorkspaceBytes;
+    const auto al_a = static_cast<uint32_t>(key[6]), al_b = static_cast<uint32_t>(key[7]),
+               al_c = static_cast<uint32_t>(key[8]);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, op, a, b, c, c, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
+      cublasLtMatrixLayoutDestroy(a);
+      cublasLtMatrixLayoutDestroy(b);
+      cublasLtMatrixLayoutDestroy(c);
+      cublasLtMatmulDescDestroy(op);
+      throw Error("cuBLASLt has no algorithm for linear [" + std::to_string(n_tokens) + " x " + std::to_string(k_in) +
+                  "] x [" + std::to_string(m_out) + " x " + std::to_string(k_in) + "]^T");
+    }
+    it = gemm_algos_.emplace(key, result.algo).first;
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  const cublasStatus_t s = cublasLtMatmul(lt_, op, &alpha, w, a, x, b, &beta, y, c, y, c, &it->second, workspace,
+                                          kLtWorkspaceBytes, stream_);
+  cublasLtMatrixLayoutDestroy(a);
+  cublasLtMatrixLayoutDestroy(b);
+  cublasLtMatrixLayoutDestroy(c);
+  cublasLtMatmulDescDestroy(op);
+  check_lt(s, "cublasLtMatmul");
+}
+
+void CudaOps::add_bias(const VecView& bias, const MatView& y) {
+  dispatch_dtype(bias.dtype, [&](auto tag) {
+    using B = typename decltype(tag)::type;
+    add_bias_kernel<B><<<grid_1d(y.rows * y.cols, 256), 256, 0, stream_>>>(
+        static_cast<float*>(y.data), y.row_stride, static_cast<const B*>(bias.data), y.rows, y.cols);
+  });
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) {
+  if (x.dtype != DType::F32 || y.dtype != DType::F32) throw Error("cuda backend: linear needs F32 activations");
+  if (x.cols != w.in_features || y.cols != w.out_features || x.rows != y.rows)
+    throw Error("cuda backend: linear shape mismatch");
+  if (bias != nullptr && bias->n != w.out_features) throw Error("cuda backend: linear bias shape mismatch");
+  const int64_t n_tokens = x.rows, in = w.in_features, out = w.out_features;
+  if (n_tokens == 0 || out == 0) return;
+  auto* yp = static_cast<float*>(y.data);
+  const auto* xp = static_cast<const float*>(x.data);
+  if (w.dtype == DType::F32) {
+    lt_matmul(DType::F32, w.data, xp, x.row_stride, yp, y.row_stride, out, n_tokens, in);
+  } else if (n_tokens <= kGemvMaxTokens) {
+    const bool vec = in % 8 == 0 && x.row_stride % 4 == 0 && pointer_alignment(w.data) >= 16 &&
+                     pointer_alignment(xp) >= 16;
+    dispatch_dtype(w.dtype, [&](auto tag) {
+      using W = typename decltype(tag)::type;
+      const auto* wp = static_cast<const W*>(w.data);
+      const unsigned blocks = grid_1d(out, kGemvWarps);
+      if (vec)
+        gemv_kernel<W, true><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, wp, in, out,
+                                                                      static_cast<int>(n_tokens), yp, y.row_stride);
+      else
+        gemv_kernel<W, false><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, wp, in, out,
+                                                                       static_cast<int>(n_tokens), yp, y.row_stride);
+    });
+    HEADINFER_CUDA_CHECK_LAUNCH();
+  } else {
+    // x [T, in] rounded to W's dtype, contiguous (ld = in).
+    void* x_cast = gemm_cast_.get(static_cast<size_t>(n_tokens * in) * dtype_size(w.dtype));
+    dispatch_dtype(w.dtype, [&](auto tag) {
+      using D = typename decltype(tag)::type;
+      cast_rows_kernel<D><<<grid_1d(n_tokens * in, 256), 256, 0, stream_>>>(xp, x.row_stride,
+                                                                            static_cast<D*>(x_cast), n_tokens, in);
+    });
+    HEADINFER_CUDA_CHECK_LAUNCH();
+    lt_matmul(w.dtype, w.data, x_cast, in, yp, y.row_stride, out, n_tokens, in);
+  }
+  if (bias != nullptr) add_bias(*bias, y);
+}
+
+}  // namespace headinfer::cuda

@@ -1,0 +1,105 @@
+// Attention on the GPU (prefill tiles and split-KV decode) against the CPU reference: GQA groups,
+// head dims, sliding windows, parts that start after some queries (lse = -inf), 16-bit KV.
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_test_util.h"
+
+namespace headinfer::test {
+namespace {
+
+struct AttnCase {
+  int64_t n_queries, n_keys, head_dim, group, q_pos0, k_pos0, window, kv_pad;
+  DType kv_dtype;
+};
+
+void PrintTo(const AttnCase& c, std::ostream* os) {
+  *os << "T=" << c.n_queries << " keys=" << c.n_keys << " d=" << c.head_dim << " g=" << c.group
+      << " q_pos0=" << c.q_pos0 << " k_pos0=" << c.k_pos0 << " window=" << c.window << " kv=" << dtype_name(c.kv_dtype);
+}
+
+class CudaAttentionTest : public CudaTest, public ::testing::WithParamInterface<AttnCase> {};
+
+// Scores differ by at most ds = scale * (fp32 dot bound of q.k); softmax weights then move by at
+// most 2 ds relatively, so the output (a convex combination of V rows) by 2 ds max|v|, plus the
+// roundings of exp (a few ulp) and of the two n-term sums. lse moves by ds plus the sum's rounding.
+TEST_P(CudaAttentionTest, MatchesCpu) {
+  const AttnCase c = GetParam();
+  const int64_t d = c.head_dim, g = c.group, T = c.n_queries, n = c.n_keys;
+  const int64_t q_cols = g * d, q_stride = q_cols + 8, kv_stride = d + c.kv_pad;
+  auto q = random_floats(T * q_stride, -3.0f, 3.0f);
+  auto k = random_floats(std::max<int64_t>(n, 1) * kv_stride);
+  auto v = random_floats(std::max<int64_t>(n, 1) * kv_stride);
+  const auto kbytes = encode(k, c.kv_dtype);  // k, v now hold the values the GPU sees
+  const auto vbytes = encode(v, c.kv_dtype);
+  auto d_q = upload(q), d_k = upload(kbytes), d_v = upload(vbytes);
+  auto d_out = poisoned(T * q_cols), d_lse = poisoned(T * g);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+
+  AttentionArgs a;
+  a.n_keys = n;
+  a.head_dim = d;
+  a.n_q_heads = g;
+  a.q_pos0 = c.q_pos0;
+  a.k_pos0 = c.k_pos0;
+  a.window = c.window;
+  a.scale = scale;
+  AttentionArgs ga = a;
+  ga.q = view(d_q.data(), T, q_cols, q_stride);
+  ga.kv = KvHeadView{d_k.data(), d_v.data(), c.kv_dtype, kv_stride};
+  ga.out = view(d_out.data(), T, q_cols, q_cols);
+  ga.lse = view(d_lse.data(), T, g, g);
+  gpu_->ops().attention(ga);
+
+  std::vector<float> ref_out(T * q_cols), ref_lse(T * g);
+  AttentionArgs ca = a;
+  ca.q = view(q.data(), T, q_cols, q_stride);
+  ca.kv = KvHeadView{k.data(), v.data(), DType::F32, kv_stride};
+  ca.out = view(ref_out.data(), T, q_cols, q_cols);
+  ca.lse = view(ref_lse.data(), T, g, g);
+  cpu_->ops().attention(ca);
+
+  double max_v = 0;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < d; ++i) max_v = std::max(max_v, std::fabs(static_cast<double>(v[j * kv_stride + i])));
+  const double sum_round = 2 * kF32Eps * (4 * std::sqrt(static_cast<double>(n)) + 16);
+  std::vector<double> tol_out(ref_out.size()), tol_lse(ref_lse.size());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < g; ++h) {
+      double max_abs_dot = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        double s = 0;
+        for (int64_t i = 0; i < d; ++i) s += std::fabs(q[t * q_stride + h * d + i] * k[j * kv_stride + i]);
+        max_abs_dot = std::max(max_abs_dot, s);
+      }
+      const double ds = scale * dot_tolerance(d, max_abs_dot);
+      for (int64_t i = 0; i < d; ++i) tol_out[t * q_cols + h * d + i] = max_v * (2 * ds + 8 * kF32Eps + 2 * sum_round);
+      tol_lse[t * g + h] = ds + sum_round + 4 * kF32Eps * std::fabs(ref_lse[t * g + h]);
+    }
+  std::ostringstream name;
+  PrintTo(c, &name);
+  expect_within(download(d_out, ref_out.size()), ref_out, tol_out, "attention out " + name.str());
+  expect_within(download(d_lse, ref_lse.size()), ref_lse, tol_lse, "attention lse " + name.str());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaAttentionTest,
+    ::testing::Values(
+        // prefill from position 0, every head dim and GQA group
+        AttnCase{97, 97, 16, 1, 0, 0, 0, 0, DType::F32}, AttnCase{97, 97, 32, 2, 0, 0, 0, 3, DType::F32},
+        AttnCase{97, 97, 64, 4, 0, 0, 0, 0, DType::F32}, AttnCase{97, 97, 128, 4, 0, 0, 0, 0, DType::F32},
+        AttnCase{17, 17, 8, 2, 0, 0, 0, 0, DType::F32}, AttnCase{17, 17, 256, 2, 0, 0, 0, 0, DType::F32},
+        // a chunk after 1500 past positions, and with a sliding window
+        AttnCase{17, 1517, 128, 2, 1500, 0, 0, 0, DType::F32},
+        AttnCase{97, 1500, 32, 1, 1403, 0, 200, 0, DType::F32},
+        AttnCase{97, 1500, 64, 4, 1403, 0, 1000, 0, DType::BF16},
+        // decode: one query against many keys (split-KV), window, 16-bit KV
+        AttnCase{1, 1500, 128, 4, 1499, 0, 0, 0, DType::F32}, AttnCase{1, 1500, 64, 1, 1499, 0, 0, 0, DType::F16},
+        AttnCase{1, 5000, 128, 8, 4999, 0, 0, 0, DType::BF16}, AttnCase{1, 5000, 64, 2, 4999, 0, 1500, 0, DType::F32},
+        // a part that starts after the first queries (they see nothing: lse = -inf, out = 0)
+        AttnCase{17, 50, 16, 2, 100, 110, 0, 0, DType::F32},
+        // a part that ends before the queries (all keys visible, not the last ones of the context)
+        AttnCase{17, 600, 64, 2, 2000, 700, 0, 0, DType::F32}, AttnCase{1, 3000, 128, 4, 9000, 100, 0, 0, DType::F32}));
+
+}  // namespace
+}  // namespace headinfer::test

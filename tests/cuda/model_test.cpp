@@ -1,0 +1,123 @@
+// End to end: the Model on the CUDA device against the same Model on the CPU device, with the
+// simple KV cache, for every shared tiny model and stories260k. f32 checkpoints: greedy ids must be
+// identical (to each other and to the recorded greedy_f32). bf16 checkpoints: identical ids for
+// the short prompt (decode-sized GEMMs run in fp32 like the CPU); for longer prompts the prefill
+// GEMMs round activations to bf16, so only the logits' relative error is checked.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "cuda_test_util.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/model.h"
+#include "testdata.h"
+
+namespace headinfer::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Run {
+  std::vector<int32_t> greedy;
+  std::vector<float> prefill_logits;  // [vocab] after the prompt
+};
+
+int32_t argmax(const std::vector<float>& v) {
+  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+Run generate(const Checkpoint& ckpt, Device& device, const std::vector<int32_t>& prompt, size_t n_new) {
+  const ForwardWorkspaceSizes sizes{512, 512};
+  Model model(ckpt, device, sizes);
+  auto kv = make_simple_kv_cache(device, ckpt.config(), static_cast<int64_t>(prompt.size() + n_new));
+  std::vector<float> logits(static_cast<size_t>(ckpt.config().vocab_size));
+  Run run;
+  int64_t pos = 0;
+  for (size_t i = 0; i < prompt.size(); i += 512) {
+    const size_t len = std::min<size_t>(512, prompt.size() - i);
+    model.forward(std::span(prompt).subspan(i, len), pos, *kv, logits);
+    pos += static_cast<int64_t>(len);
+  }
+  run.prefill_logits = logits;
+  for (size_t s = 0; s < n_new; ++s) {
+    const int32_t id = argmax(logits);
+    run.greedy.push_back(id);
+    if (s + 1 == n_new) break;
+    model.forward(std::span(&id, 1), pos++, *kv, logits);
+  }
+  return run;
+}
+
+double relative_error(const std::vector<float>& got, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (got[i] - ref[i]) * static_cast<double>(got[i] - ref[i]);
+    den += ref[i] * static_cast<double>(ref[i]);
+  }
+  return std::sqrt(num / den);
+}
+
+void check_model(Device& gpu, Device& cpu, const fs::path& dir, const std::vector<int32_t>& prompt,
+                 const std::vector<int32_t>& expected, bool exact, const std::string& label) {
+  auto ckpt = Checkpoint::open(dir);
+  const size_t n_new = expected.size();
+  const Run g = generate(*ckpt, gpu, prompt, n_new);
+  const Run c = generate(*ckpt, cpu, prompt, n_new);
+  const double rel = relative_error(g.prefill_logits, c.prefill_logits);
+  std::printf("[model] %-40s prompt=%zu new=%zu logits rel err=%.3e greedy %s\n", label.c_str(), prompt.size(), n_new,
+              rel, g.greedy == c.greedy ? "identical" : "DIFFERENT");
+  if (exact) {
+    EXPECT_EQ(g.greedy, c.greedy) << label;
+    EXPECT_EQ(g.greedy, expected) << label << " against the recorded greedy ids";
+    // fp32 end to end, different summation orders: far under the bf16 scale.
+    EXPECT_LT(rel, 1e-4) << label;
+  } else {
+    // bf16 rounding of activations in each prefill GEMM (2^-9 relative), through a few layers.
+    EXPECT_LT(rel, 3e-2) << label;
+  }
+}
+
+TEST_F(CudaTest, TinyModelsMatchCpu) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const fs::path root = testdata_dir() / "models" / "tiny";
+  ASSERT_TRUE(fs::is_directory(root)) << root;
+  int n_models = 0;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const fs::path dir = entry.path();
+    const std::string name = dir.filename().string();
+    const bool f32 = name.ends_with("-f32");
+    std::ifstream in(dir / "ref.json");
+    ASSERT_TRUE(in) << dir;
+    const auto ref = nlohmann::json::parse(in);
+    int case_index = 0;
+    for (const auto& c : ref["cases"]) {
+      const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
+      const auto expected = c[f32 ? "greedy_f32" : "greedy_bf16"].get<std::vector<int32_t>>();
+      // bf16 prompts above 8 tokens take the bf16 tensor-core GEMM: not bit-comparable to the CPU.
+      const bool exact = f32 || prompt.size() <= 8;
+      check_model(*gpu_, *cpu_, dir, prompt, expected, exact, name + " case " + std::to_string(case_index++));
+    }
+    ++n_models;
+  }
+  EXPECT_GE(n_models, 14);
+}
+
+TEST_F(CudaTest, Stories260kMatchesCpu) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const fs::path dir = testdata_dir() / "models" / "stories260k";
+  std::ifstream in(dir / "reference.json");
+  ASSERT_TRUE(in) << dir;
+  const auto ref = nlohmann::json::parse(in);
+  for (const auto& c : ref) {
+    const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
+    auto expected = c["greedy_ids"].get<std::vector<int32_t>>();
+    expected.resize(std::min<size_t>(expected.size(), 32));
+    check_model(*gpu_, *cpu_, dir, prompt, expected, true, "stories260k");
+  }
+}
+
+}  // namespace
+}  // namespace headinfer::test

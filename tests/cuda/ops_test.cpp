@@ -1,0 +1,224 @@
+// Every CUDA op except attention against the CPU reference, on fresh random inputs and awkward
+// sizes; tolerances come from the arithmetic each op does (see each test).
+#include <cmath>
+#include <limits>
+
+#include "cuda_test_util.h"
+#include "headinfer/error.h"
+
+namespace headinfer::test {
+namespace {
+
+const DType kWeightTypes[] = {DType::F32, DType::BF16, DType::F16};
+
+TEST_F(CudaTest, FactoryRejectsMissingOrdinal) {
+  EXPECT_THROW(make_cuda_device({.ordinal = 99}), Error);
+}
+
+TEST_F(CudaTest, BudgetIsEnforcedAndCounted) {
+  auto dev = make_cuda_device({.ordinal = 0, .memory_budget = 1 << 20});
+  void* p = dev->alloc(1000, "a");
+  EXPECT_EQ(dev->bytes_in_use(), 1000u);
+  EXPECT_THROW(dev->alloc(1 << 20, "too much"), Error);
+  dev->free(p);
+  EXPECT_EQ(dev->bytes_in_use(), 0u);
+  EXPECT_EQ(dev->peak_bytes(), 1000u);
+}
+
+// Widening is exact, so the rows must match bit for bit.
+TEST_F(CudaTest, Embedding) {
+  for (DType t : kWeightTypes) {
+    const int64_t vocab = 97, hidden = 1500;
+    auto table = random_floats(vocab * hidden);
+    const auto bytes = encode(table, t);
+    auto d_table = upload(bytes);
+    std::vector<int32_t> ids(17);
+    for (auto& id : ids) id = static_cast<int32_t>(rng_() % vocab);
+    auto d_out = poisoned(ids.size() * hidden);
+    gpu_->ops().embedding(ids, WeightView{d_table.data(), t, vocab, hidden}, view(d_out.data(), 17, hidden, hidden));
+    std::vector<float> ref(ids.size() * hidden);
+    cpu_->ops().embedding(ids, WeightView{bytes.data(), t, vocab, hidden}, view(ref.data(), 17, hidden, hidden));
+    expect_within(download(d_out, ref.size()), ref, 0.0, 0.0, "embedding " + std::string(dtype_name(t)));
+  }
+  std::vector<int32_t> bad{5, 97};
+  DeviceBuffer table(*gpu_, 97 * 16 * 4, "t"), out(*gpu_, 2 * 16 * 4, "o");
+  EXPECT_THROW(gpu_->ops().embedding(bad, WeightView{table.data(), DType::F32, 97, 16}, view(out.data(), 2, 16, 16)),
+               Error);
+}
+
+// Sum of squares in a different order: worst case (n/8 + n/32 + 16) roundings of a positive sum,
+// halved by the square root, plus a few roundings in the final products.
+TEST_F(CudaTest, RmsNorm) {
+  for (DType wt : {DType::F32, DType::BF16}) {
+    for (int64_t cols : {16, 97, 1500, 4096}) {
+      for (int64_t rows : {1, 17, 97}) {
+        const int64_t stride = cols + 3;  // a strided input catches row-indexing mistakes
+        auto x = random_floats(rows * stride, -3.0f, 3.0f);
+        auto w = random_floats(cols, 0.5f, 1.5f);
+        const auto wbytes = encode(w, wt);
+        auto d_x = upload(x);
+        auto d_w = upload(wbytes);
+        auto d_out = poisoned(rows * cols);
+        gpu_->ops().rms_norm(view(d_x.data(), rows, cols, stride), VecView{d_w.data(), wt, cols}, 1e-5f,
+                             view(d_out.data(), rows, cols, cols));
+        std::vector<float> ref(rows * cols);
+        cpu_->ops().rms_norm(view(x.data(), rows, cols, stride), VecView{wbytes.data(), wt, cols}, 1e-5f,
+                             view(ref.data(), rows, cols, cols));
+        const double rtol = kF32Eps * ((cols / 8 + cols / 32 + 16) / 2.0 + 4);
+        expect_within(download(d_out, ref.size()), ref, 0.0, rtol,
+                      "rms_norm " + std::string(dtype_name(wt)) + " " + std::to_string(rows) + "x" +
+                          std::to_string(cols));
+        // In place (x and out alias), as the model's q/k norm calls it.
+        gpu_->ops().rms_norm(view(d_x.data(), rows, cols, stride), VecView{d_w.data(), wt, cols}, 1e-5f,
+                             view(d_x.data(), rows, cols, stride));
+        auto inplace = download(d_x, rows * stride);
+        std::vector<float> got(rows * cols);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) got[r * cols + c] = inplace[r * stride + c];
+        expect_within(got, ref, 0.0, rtol, "rms_norm in place " + std::to_string(cols));
+      }
+    }
+  }
+}
+
+// y = x W^T (+ b): per output the fp32 dot-product bound (dot_tolerance); with 16-bit weights and
+// more than 8 rows, x is rounded to the weight dtype first, adding u_w * sum|x w|.
+TEST_F(CudaTest, Linear) {
+  struct Shape { int64_t rows, in, out; };
+  const Shape shapes[] = {{1, 64, 17}, {1, 1500, 97}, {7, 97, 1500}, {17, 1500, 97}, {97, 64, 1500}, {1, 4096, 4096}};
+  for (DType wt : kWeightTypes) {
+    for (const Shape& s : shapes) {
+      for (bool with_bias : {false, true}) {
+        const int64_t x_stride = s.in + (s.rows > 1 ? 4 : 0);
+        auto x = random_floats(s.rows * x_stride);
+        auto w = random_floats(s.out * s.in);
+        auto b = random_floats(s.out);
+        const auto wbytes = encode(w, wt);
+        const auto bbytes = encode(b, wt);
+        auto d_x = upload(x);
+        auto d_w = upload(wbytes);
+        auto d_b = upload(bbytes);
+        auto d_y = poisoned(s.rows * s.out);
+        const VecView gb{d_b.data(), wt, s.out}, cb{bbytes.data(), wt, s.out};
+        gpu_->ops().linear(view(d_x.data(), s.rows, s.in, x_stride), WeightView{d_w.data(), wt, s.out, s.in},
+                           with_bias ? &gb : nullptr, view(d_y.data(), s.rows, s.out, s.out));
+        std::vector<float> ref(s.rows * s.out);
+        cpu_->ops().linear(view(x.data(), s.rows, s.in, x_stride), WeightView{wbytes.data(), wt, s.out, s.in},
+                           with_bias ? &cb : nullptr, view(ref.data(), s.rows, s.out, s.out));
+        const bool rounds_x = wt != DType::F32 && s.rows > 8;
+        std::vector<double> tol(ref.size());
+        for (int64_t t = 0; t < s.rows; ++t)
+          for (int64_t j = 0; j < s.out; ++j) {
+            double abs_sum = 0;
+            for (int64_t i = 0; i < s.in; ++i) abs_sum += std::fabs(x[t * x_stride + i] * w[j * s.in + i]);
+            tol[t * s.out + j] = dot_tolerance(s.in, abs_sum) + (rounds_x ? unit_roundoff(wt) * abs_sum : 0.0) +
+                                 2 * kF32Eps * std::fabs(ref[t * s.out + j]);
+          }
+        expect_within(download(d_y, ref.size()), ref, tol,
+                      "linear " + std::string(dtype_name(wt)) + " " + std::to_string(s.rows) + "x" +
+                          std::to_string(s.in) + "->" + std::to_string(s.out) + (with_bias ? " +bias" : ""));
+      }
+    }
+  }
+}
+
+// The angle is the same fp32 product on both sides; cosf/sinf and std::cos/sin differ by a few
+// ulp, so each output is off by at most ~8u (|x1| + |x2|) times the attention factor.
+TEST_F(CudaTest, Rope) {
+  for (int64_t head_dim : {16, 64, 128}) {
+    for (int64_t pos0 : {0, 1500, 100000}) {
+      for (float factor : {1.0f, 1.2f}) {
+        const int64_t rows = 17, n_heads = 3, cols = n_heads * head_dim + 5;
+        std::vector<float> inv_freq(head_dim / 2);
+        for (int64_t i = 0; i < head_dim / 2; ++i)
+          inv_freq[i] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * i / head_dim));
+        auto x = random_floats(rows * cols);
+        auto d_x = upload(x);
+        auto d_f = upload(inv_freq);
+        gpu_->ops().rope(view(d_x.data(), rows, cols, cols), n_heads, RopeTable{d_f.as<float>(), head_dim, factor},
+                         pos0);
+        std::vector<float> ref = x;
+        cpu_->ops().rope(view(ref.data(), rows, cols, cols), n_heads, RopeTable{inv_freq.data(), head_dim, factor},
+                         pos0);
+        std::vector<double> tol(ref.size(), 0.0);
+        const int64_t half = head_dim / 2;
+        for (int64_t t = 0; t < rows; ++t)
+          for (int64_t h = 0; h < n_heads; ++h)
+            for (int64_t i = 0; i < half; ++i) {
+              const int64_t a = t * cols + h * head_dim + i, b = a + half;
+              const double bound = 8 * kF32Eps * factor * (std::fabs(x[a]) + std::fabs(x[b]));
+              tol[a] = tol[b] = bound;
+            }
+        expect_within(download(d_x, x.size()), ref, tol,
+                      "rope d=" + std::to_string(head_dim) + " pos0=" + std::to_string(pos0) +
+                          " factor=" + std::to_string(factor));
+      }
+    }
+  }
+}
+
+// Same formula as the CPU; expf/logf against std::exp/log differ by an ulp or two.
+TEST_F(CudaTest, AttentionMerge) {
+  const int64_t rows = 17, n_heads = 4, head_dim = 64, cols = n_heads * head_dim;
+  auto out_a = random_floats(rows * cols), out_b = random_floats(rows * cols);
+  auto lse_a = random_floats(rows * n_heads, -5.0f, 20.0f), lse_b = random_floats(rows * n_heads, -5.0f, 20.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  lse_a[3] = -inf;  // a empty: b is copied
+  lse_b[5] = -inf;  // b empty: a stays
+  lse_a[7] = lse_b[7] = -inf;
+  auto d_oa = upload(out_a), d_ob = upload(out_b), d_la = upload(lse_a), d_lb = upload(lse_b);
+  gpu_->ops().attention_merge(view(d_oa.data(), rows, cols, cols), view(d_la.data(), rows, n_heads, n_heads),
+                              view(d_ob.data(), rows, cols, cols), view(d_lb.data(), rows, n_heads, n_heads),
+                              head_dim);
+  cpu_->ops().attention_merge(view(out_a.data(), rows, cols, cols), view(lse_a.data(), rows, n_heads, n_heads),
+                              view(out_b.data(), rows, cols, cols), view(lse_b.data(), rows, n_heads, n_heads),
+                              head_dim);
+  expect_within(download(d_oa, out_a.size()), out_a, 16 * kF32Eps, 16 * kF32Eps, "attention_merge out");
+  expect_within(download(d_la, lse_a.size()), lse_a, 16 * kF32Eps, 4 * kF32Eps, "attention_merge lse");
+}
+
+TEST_F(CudaTest, SiluMulAddCopy) {
+  const int64_t rows = 97, cols = 1500, stride = 1503;
+  auto gate = random_floats(rows * stride, -8.0f, 8.0f), up = random_floats(rows * stride);
+  auto d_gate = upload(gate), d_up = upload(up);
+  // In place into gate, as the model calls it. expf vs std::exp: a few ulp through the sigmoid.
+  gpu_->ops().silu_mul(view(d_gate.data(), rows, cols, stride), view(d_up.data(), rows, cols, stride),
+                       view(d_gate.data(), rows, cols, stride));
+  cpu_->ops().silu_mul(view(gate.data(), rows, cols, stride), view(up.data(), rows, cols, stride),
+                       view(gate.data(), rows, cols, stride));
+  expect_within(download(d_gate, gate.size()), gate, 0.0, 8 * kF32Eps, "silu_mul");
+
+  auto x = random_floats(rows * stride), y = random_floats(rows * cols);
+  auto d_x = upload(x), d_y = upload(y);
+  gpu_->ops().add(view(d_x.data(), rows, cols, stride), view(d_y.data(), rows, cols, cols));
+  cpu_->ops().add(view(x.data(), rows, cols, stride), view(y.data(), rows, cols, cols));
+  expect_within(download(d_x, x.size()), x, 0.0, 0.0, "add");
+
+  // Strided copies, with widening (exact) and narrowing to the KV dtypes (round to nearest even).
+  for (DType st : kWeightTypes) {
+    auto src = random_floats(rows * stride);
+    const auto sbytes = encode(src, st);
+    auto d_src = upload(sbytes);
+    auto d_dst = poisoned(rows * cols);
+    gpu_->ops().copy(view(d_src.data(), rows, cols, stride, st), view(d_dst.data(), rows, cols, cols));
+    std::vector<float> ref(rows * cols);
+    cpu_->ops().copy(view(const_cast<uint8_t*>(sbytes.data()), rows, cols, stride, st),
+                     view(ref.data(), rows, cols, cols));
+    expect_within(download(d_dst, ref.size()), ref, 0.0, 0.0, "copy " + std::string(dtype_name(st)) + "->F32");
+  }
+  for (DType dt : {DType::BF16, DType::F16}) {
+    auto src = random_floats(rows * cols);
+    auto d_src = upload(src);
+    DeviceBuffer d_dst(*gpu_, rows * cols * 2, "narrow");
+    gpu_->ops().copy(view(d_src.data(), rows, cols, cols), view(d_dst.data(), rows, cols, cols, dt));
+    std::vector<uint16_t> got(rows * cols);
+    gpu_->read_to_host(got.data(), d_dst.data(), got.size() * 2);
+    size_t bad = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      bad += got[i] != (dt == DType::BF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]));
+    EXPECT_EQ(bad, 0u) << "copy F32->" << dtype_name(dt);
+  }
+}
+
+}  // namespace
+}  // namespace headinfer::test

@@ -1,4 +1,219 @@
+// `headinfer plan`: the Planner's placement for a model and a context, as a table or JSON, before
+// any weight is loaded. Exits non-zero (after printing the plan) when it does not fit.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
 #include "commands.h"
+#include "headinfer/backend.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/error.h"
+#include "headinfer/planner.h"
+#include "headinfer/transfer.h"
+#include "parse_util.h"
+#include "size_parse.h"
+
 namespace headinfer::cli {
-void add_plan_command(CLI::App&) {}
+namespace {
+
+struct PlanArgs {
+  std::string model_dir;
+  std::string config_path;
+  std::string ctx;
+  std::string gpu_mem;
+  std::string host_mem;
+  double link_gbps = 0.0;
+  std::string kv_dtype;  // "" = from the config's torch_dtype / dtype
+  std::string offload = "auto";
+  int64_t kv_group = 0;
+  int64_t chunk = 512;
+  bool json = false;
+};
+
+// Element size of a dtype name as config.json or --kv-dtype spell it; 0 when unknown.
+int64_t dtype_bytes(const std::string& name) {
+  if (name == "bfloat16" || name == "bf16" || name == "float16" || name == "f16" || name == "fp16") return 2;
+  if (name == "float32" || name == "f32" || name == "fp32") return 4;
+  return 0;
+}
+
+std::string table_row(const std::string& label, const std::string& value) {
+  std::string row = "  " + label;
+  row.resize(std::max<size_t>(row.size() + 1, 33), ' ');
+  return row + value + "\n";
+}
+
+std::string bytes_cell(int64_t n) { return format_bytes(n) + "  (" + std::to_string(n) + " B)"; }
+
+void print_table(const Plan& p, const ModelConfig& c, const std::string& source, double link_gbps,
+                 const std::string& link_source, int64_t weight_elem, OffloadMode mode) {
+  std::string t;
+  t += "plan for " + source + " (" + c.model_type + ", " + std::to_string(c.n_layers) + " layers, " +
+       std::to_string(c.n_kv_heads) + " kv heads x " + std::to_string(c.head_dim) + ")\n";
+  t += table_row("fits", p.fits ? "yes" : "NO");
+  t += table_row("context", std::to_string(p.context) + " tokens");
+  t += table_row("offload", offload_mode_name(mode));
+  t += table_row("KV element", std::to_string(p.kv_elem_bytes) + " B; weights " + std::to_string(weight_elem) + " B");
+  t += table_row("head group G", std::to_string(p.group_size) + " kv heads (" + std::to_string(p.groups_per_layer) +
+                                     " groups per layer, " + std::to_string(p.n_groups) + " in all)");
+  t += table_row("resident groups", std::to_string(p.n_resident_groups) + " of " + std::to_string(p.n_groups));
+  t += table_row("streamed groups", std::to_string(p.n_streamed_groups));
+  t += table_row("ring depth", std::to_string(p.ring_depth) + " slots");
+  t += table_row("prefill chunk C", std::to_string(p.chunk) + " tokens");
+  t += table_row("MLP sub-chunk", std::to_string(p.mlp_chunk) + " rows");
+  t += table_row("KV per token", bytes_cell(p.kv_bytes_per_token));
+  t += table_row("head block (K+V, full ctx)", bytes_cell(p.head_block_bytes));
+  t += table_row("KV total", bytes_cell(p.kv_bytes_total));
+  t += table_row("KV on GPU (resident)", bytes_cell(p.kv_bytes_gpu));
+  t += table_row("KV on host", bytes_cell(p.kv_bytes_host));
+  t += table_row("weights", bytes_cell(p.weight_bytes));
+  t += table_row("activations", bytes_cell(p.activation_bytes));
+  t += table_row("ring", bytes_cell(p.ring_bytes));
+  t += table_row("GPU total", bytes_cell(p.gpu_bytes_total));
+  t += table_row("GPU cap (--gpu-mem)", p.gpu_mem > 0 ? bytes_cell(p.gpu_mem) : "unlimited");
+  t += table_row("host memory", p.host_mem > 0 ? bytes_cell(p.host_mem) : "unlimited");
+  t += table_row("link bytes per decoded token", bytes_cell(p.link_bytes_per_token));
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "%.2f GB/s (%s)", link_gbps, link_source.c_str());
+  t += table_row("link bandwidth", buf);
+  std::snprintf(buf, sizeof buf, "%.4f s (link time at full context)", p.decode_seconds_per_token);
+  t += table_row("predicted decode per token", buf);
+  if (p.n_groups <= 512 && p.n_resident_groups > 0 && p.n_streamed_groups > 0) {
+    std::string map;
+    for (uint8_t r : p.resident) map += r != 0 ? 'R' : '.';
+    t += table_row("placement (R = resident)", map);
+  }
+  std::fputs(t.c_str(), stdout);
+}
+
+void run_plan(const PlanArgs& a) {
+  if (a.model_dir.empty() == a.config_path.empty()) throw Error("give exactly one of -m DIR or --config FILE");
+  if (a.ctx.empty()) throw Error("give --ctx (for example --ctx 1M)");
+  if (a.gpu_mem.empty()) throw Error("give --gpu-mem (for example --gpu-mem 24GiB)");
+
+  // The raw config for its dtype key; the parsed one for the shapes.
+  std::filesystem::path config_file;
+  ModelConfig config;
+  std::string source;
+  if (!a.model_dir.empty()) {
+    config = load_model_config(a.model_dir);
+    config_file = std::filesystem::path(a.model_dir) / "config.json";
+    source = a.model_dir;
+  } else {
+    config_file = a.config_path;
+    if (std::filesystem::is_directory(config_file)) config_file /= "config.json";
+    source = config_file.string();
+  }
+  std::ifstream in(config_file);
+  if (!in) throw Error("cannot read " + config_file.string() + ": check the path");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(config_file.string() + ": not valid JSON (" + e.what() + ")");
+  }
+  if (a.model_dir.empty()) config = parse_model_config(j, config_file.string());
+
+  std::string dtype_name = "bfloat16";
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (j.contains(key) && j[key].is_string()) dtype_name = j[key].get<std::string>();
+  int64_t weight_elem = dtype_bytes(dtype_name);
+  if (weight_elem == 0) weight_elem = 2;  // unknown (e.g. quantised) names: plan as bf16
+  int64_t kv_elem = weight_elem;
+  if (!a.kv_dtype.empty()) {
+    kv_elem = dtype_bytes(a.kv_dtype);
+    if (kv_elem == 0) throw Error("--kv-dtype: '" + a.kv_dtype + "' is not bf16, f16 or f32");
+  }
+
+  PlannerInput pi;
+  pi.config = config;
+  pi.context = parse_count(a.ctx, "--ctx");
+  pi.kv_elem_bytes = kv_elem;
+  pi.weight_elem_bytes = weight_elem;
+  pi.gpu_mem = parse_byte_size(a.gpu_mem, "--gpu-mem");
+  pi.host_mem = a.host_mem.empty() ? detect_host_memory() : parse_byte_size(a.host_mem, "--host-mem");
+  if (a.host_mem.empty() && pi.host_mem == 0)
+    throw Error("cannot read the host memory from /proc/meminfo: give --host-mem");
+  pi.offload = parse_offload_mode(a.offload, "--offload");
+  pi.kv_group = a.kv_group;
+  pi.chunk = a.chunk;
+  std::string link_source = "--link-gbps";
+  pi.link_gbps = a.link_gbps;
+  if (a.link_gbps < 0) throw Error("--link-gbps must be positive");
+  if (a.link_gbps == 0) {
+    // No flag: measure the copy path this build has (the CPU copy worker).
+    auto device = make_cpu_device({1, 0});
+    auto transfer = make_cpu_transfer();
+    pi.link_gbps = measure_copy_gbps(*transfer, *device, size_t{64} << 20);
+    link_source = "measured, cpu copy worker";
+  }
+  const Plan p = make_plan(pi);
+
+  for (const std::string& w : p.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  if (a.json) {
+    nlohmann::json out = {{"fits", p.fits},
+                          {"message", p.message},
+                          {"warnings", p.warnings},
+                          {"source", source},
+                          {"context", p.context},
+                          {"offload", offload_mode_name(pi.offload)},
+                          {"kv_elem_bytes", p.kv_elem_bytes},
+                          {"weight_elem_bytes", weight_elem},
+                          {"group_size", p.group_size},
+                          {"groups_per_layer", p.groups_per_layer},
+                          {"n_groups", p.n_groups},
+                          {"n_resident_groups", p.n_resident_groups},
+                          {"n_streamed_groups", p.n_streamed_groups},
+                          {"ring_depth", p.ring_depth},
+                          {"chunk", p.chunk},
+                          {"mlp_chunk", p.mlp_chunk},
+                          {"resident", p.resident},
+                          {"kv_bytes_per_token", p.kv_bytes_per_token},
+                          {"head_block_bytes", p.head_block_bytes},
+                          {"group_block_bytes", p.group_block_bytes},
+                          {"kv_bytes_total", p.kv_bytes_total},
+                          {"kv_bytes_gpu", p.kv_bytes_gpu},
+                          {"kv_bytes_host", p.kv_bytes_host},
+                          {"weight_bytes", p.weight_bytes},
+                          {"activation_bytes", p.activation_bytes},
+                          {"ring_bytes", p.ring_bytes},
+                          {"gpu_bytes_total", p.gpu_bytes_total},
+                          {"gpu_mem", p.gpu_mem},
+                          {"host_mem", p.host_mem},
+                          {"link_bytes_per_token", p.link_bytes_per_token},
+                          {"link_gbps", p.link_gbps},
+                          {"link_gbps_source", link_source},
+                          {"decode_seconds_per_token", p.decode_seconds_per_token}};
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    print_table(p, config, source, p.link_gbps, link_source, weight_elem, pi.offload);
+  }
+  std::fflush(stdout);
+  if (!p.fits) throw Error("does not fit: " + p.message);
+}
+
+}  // namespace
+
+void add_plan_command(CLI::App& app) {
+  auto args = std::make_shared<PlanArgs>();
+  CLI::App* cmd = app.add_subcommand("plan", "Plan the KV placement for a model and a context (no weights loaded)");
+  cmd->add_option("-m,--model", args->model_dir, "Checkpoint folder (its config.json)");
+  cmd->add_option("--config", args->config_path, "A config.json (or a folder holding one)");
+  cmd->add_option("--ctx", args->ctx, "Context length: 4096, 128K, 1M, 4M");
+  cmd->add_option("--gpu-mem", args->gpu_mem, "GPU memory cap: 24GiB, 80GB");
+  cmd->add_option("--host-mem", args->host_mem, "Host memory for offloaded KV (default: MemAvailable)");
+  cmd->add_option("--link-gbps", args->link_gbps, "Host-to-GPU bandwidth in GB/s (default: measured)");
+  cmd->add_option("--kv-dtype", args->kv_dtype, "KV element type: bf16, f16, f32 (default: the config's dtype)");
+  cmd->add_option("--offload", args->offload, "auto, all or none")->capture_default_str();
+  cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();
+  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
+  cmd->add_flag("--json", args->json, "Print the plan as JSON");
+  cmd->callback([args] { run_plan(*args); });
+}
+
 }  // namespace headinfer::cli

@@ -1,0 +1,116 @@
+#pragma once
+// HeadStore: the KV cache as head blocks. A head block (layer l, kv head h) holds K and V of that
+// head for every position, [capacity, head_dim] each, contiguous, in one tier: `Gpu` (the compute
+// device's memory, attended in place) or `Host` (the host tier, streamed to the device through a
+// ring). G adjacent kv heads of a layer form a group that shares a tier and moves as one 2-D copy.
+//
+// The offload KV cache built on it runs the schedule of ../shared/DESIGN.md ("The schedule"): per
+// layer, per head group, the past is present (resident, or prefetched into a ring slot, ahead
+// across layer boundaries), attention runs over it, and the chunk's new K/V go to the home tier.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "headinfer/backend.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/config.h"
+#include "headinfer/kv_cache.h"
+#include "headinfer/planner.h"
+#include "headinfer/transfer.h"
+
+namespace headinfer {
+
+enum class Tier : uint8_t { Gpu, Host };
+
+class HeadStore {
+ public:
+  // Allocates every group's storage up front in its home tier (resident groups on `device`,
+  // the others through `transfer`'s host allocator): nothing allocates while tokens run.
+  HeadStore(Device& device, Transfer& transfer, const ModelConfig& config, const Plan& plan, DType dtype);
+  ~HeadStore();
+  HeadStore(const HeadStore&) = delete;
+  HeadStore& operator=(const HeadStore&) = delete;
+
+  int64_t capacity() const { return capacity_; }
+  int64_t head_dim() const { return head_dim_; }
+  int64_t group_size() const { return group_size_; }
+  int64_t groups_per_layer() const { return groups_per_layer_; }
+  DType dtype() const { return dtype_; }
+  size_t elem_bytes() const { return elem_bytes_; }
+  // Bytes from one head's K to the next head's (or to its V): one block, capacity * head_dim.
+  size_t block_pitch() const { return block_pitch_; }
+
+  Tier tier(int64_t layer, int64_t group) const { return groups_[index(layer, group)].tier; }
+  // A group's storage: [2][G][capacity][head_dim] of dtype: the G heads' K blocks, then their V
+  // blocks. Row r of head j's K is base + (j * capacity + r) * head_dim elements; V adds G blocks.
+  // One layout for both tiers, so a fetch or a write-back of any row range of the whole group is
+  // a single 2-D copy of 2G rows with pitch block_pitch().
+  void* group_base(int64_t layer, int64_t group) const { return groups_[index(layer, group)].base; }
+  void* k_block(int64_t layer, int64_t kv_head) const;
+  void* v_block(int64_t layer, int64_t kv_head) const;
+
+  // Positions written so far (the same for every head block). Writers append; reset() forgets.
+  int64_t length() const { return length_; }
+  void set_length(int64_t n);
+  void reset() { length_ = 0; }
+
+  size_t bytes_gpu() const { return bytes_gpu_; }
+  size_t bytes_host() const { return bytes_host_; }
+
+ private:
+  struct Group {
+    Tier tier = Tier::Gpu;
+    void* base = nullptr;
+  };
+  void release();
+  size_t index(int64_t layer, int64_t group) const { return static_cast<size_t>(layer * groups_per_layer_ + group); }
+
+  Device& device_;
+  Transfer& transfer_;
+  const int64_t capacity_;
+  const int64_t head_dim_;
+  const int64_t group_size_;
+  const int64_t groups_per_layer_;
+  const DType dtype_;
+  const size_t elem_bytes_;
+  const size_t block_pitch_;
+  std::vector<Group> groups_;  // [n_layers * groups_per_layer]
+  int64_t length_ = 0;
+  size_t bytes_gpu_ = 0;
+  size_t bytes_host_ = 0;
+};
+
+// The offload KV cache: a HeadStore placed as `plan` says, a ring of plan.ring_depth device slots
+// for streamed groups, and copy streams from `transfer` (owned by the cache). Every placement
+// gives bit-identical attention: each head attends over one contiguous run of its keys, exactly
+// as when everything is resident. Throws Error if the plan does not fit.
+std::unique_ptr<KvCache> make_offload_kv_cache(Device& device, std::unique_ptr<Transfer> transfer,
+                                               const ModelConfig& config, const Plan& plan);
+
+// What the engine knows when it builds its KV store.
+struct KvPlacementOptions {
+  OffloadMode offload = OffloadMode::Auto;
+  int64_t gpu_mem = 0;    // the device's byte cap (the budget the device was made with); 0: unlimited
+  int64_t host_mem = 0;   // host-tier bytes; 0: detected (MemAvailable)
+  int64_t kv_group = 0;   // 0: the planner picks
+  int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
+};
+
+// Plans against what is already on `device` (weights, activations: device.bytes_in_use() when
+// called, of which `weight_bytes` are weights) and builds the offload cache on a CPU transfer.
+// Throws Error with the planner's message when it does not fit.
+std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig& config, int64_t context,
+                                               int64_t chunk, int64_t weight_bytes, const KvPlacementOptions& options);
+
+// The same plan made before any weight is loaded, with the weights estimated from the config and
+// the checkpoint's dtype: a cap below the weights, a ring that cannot fit or a host too small
+// fails here, in one line, before minutes of loading. Throws Error when it does not fit.
+void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk,
+                        const KvPlacementOptions& options);
+
+// The plan an offload cache runs (nullptr for other KvCache implementations).
+const Plan* kv_cache_plan(const KvCache& cache);
+// Host-tier bytes an offload cache holds, and its transfer's host peak (0 for other caches).
+size_t kv_cache_host_peak_bytes(const KvCache& cache);
+
+}  // namespace headinfer

@@ -1,0 +1,99 @@
+#pragma once
+// The Planner: from a model config, a context length and the memory at hand, decide which head
+// blocks live on the GPU (resident) and which live in host memory and are streamed through a
+// small GPU ring, and account for every byte. It runs before any work, so a placement that cannot
+// fit fails with the numbers and what to change instead of failing half way through a prompt.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "headinfer/config.h"
+
+namespace headinfer {
+
+enum class OffloadMode {
+  Auto,  // resident as many head groups as the cap allows, stream the rest
+  All,   // every head group lives on the host and is streamed
+  None,  // every head group is resident; fails when the KV does not fit the cap
+};
+std::string offload_mode_name(OffloadMode m);
+// "auto" | "all" | "none"; throws Error naming `flag` otherwise.
+OffloadMode parse_offload_mode(const std::string& text, const char* flag);
+
+struct PlannerInput {
+  ModelConfig config;
+  int64_t context = 0;          // positions every head block holds
+  int64_t kv_elem_bytes = 2;    // 2: bf16/f16 KV (GPU); 4: f32 (the CPU backend)
+  // Bytes of weights on the device. < 0: estimated from the config and weight_elem_bytes.
+  int64_t weight_bytes = -1;
+  int64_t weight_elem_bytes = 2;
+  // Bytes of activations, workspace and tables on the device. < 0: what Model allocates for the
+  // chunk sizes below (fp32 activations).
+  int64_t activation_bytes = -1;
+  int64_t gpu_mem = 0;          // device memory cap in bytes; 0: unlimited
+  int64_t host_mem = 0;         // host memory for host-tier KV in bytes; 0: unlimited
+  double link_gbps = 0.0;       // host -> device GB/s (1e9 B/s); 0: decode time not predicted
+  OffloadMode offload = OffloadMode::Auto;
+  int64_t kv_group = 0;         // kv heads per group (divides n_kv_heads); 0: the planner picks
+  int64_t ring_depth = 2;       // ring slots: one being attended while the next one is fetched
+  int64_t chunk = 512;          // prefill tokens per forward
+  int64_t mlp_chunk = 512;      // MLP rows at once
+};
+
+struct Plan {
+  bool fits = false;
+  std::string message;          // why it does not fit (one line: numbers and what to change)
+  std::vector<std::string> warnings;
+
+  // Shape of the placement.
+  int64_t context = 0;
+  int64_t group_size = 0;       // G: kv heads per group (one transfer)
+  int64_t groups_per_layer = 0; // n_kv_heads / G
+  int64_t n_groups = 0;         // n_layers * groups_per_layer
+  int64_t n_resident_groups = 0;
+  int64_t n_streamed_groups = 0;
+  int64_t ring_depth = 0;       // slots actually allocated (0 when nothing is streamed)
+  int64_t chunk = 0;            // C = min(chunk, context)
+  int64_t mlp_chunk = 0;        // min(mlp_chunk, C)
+  int64_t kv_elem_bytes = 0;
+  // resident[layer * groups_per_layer + group]: 1 = home on the GPU, 0 = home on the host.
+  // Resident groups are spread evenly over the layers so every layer has compute to hide the
+  // fetches of its streamed groups behind.
+  std::vector<uint8_t> resident;
+
+  // Every byte behind it.
+  int64_t kv_bytes_per_token = 0;   // all layers, K and V
+  int64_t head_block_bytes = 0;     // K + V of one (layer, kv head) at full context
+  int64_t group_block_bytes = 0;    // G head blocks
+  int64_t kv_bytes_total = 0;
+  int64_t kv_bytes_gpu = 0;         // resident head blocks
+  int64_t kv_bytes_host = 0;        // host-tier head blocks
+  int64_t weight_bytes = 0;
+  int64_t activation_bytes = 0;
+  int64_t ring_bytes = 0;           // ring_depth slots of one group at full context
+  int64_t gpu_bytes_total = 0;      // weights + activations + resident KV + ring
+  int64_t gpu_mem = 0;              // the cap (0: unlimited)
+  int64_t host_mem = 0;             // the host memory it was planned against (0: unlimited)
+  // Decode at full context: every streamed group's past crosses the link once per token, and
+  // each token's new K/V of streamed groups goes back.
+  int64_t link_bytes_per_token = 0;
+  double link_gbps = 0.0;
+  double decode_seconds_per_token = 0.0;  // link time at link_gbps (0 when link_gbps is 0)
+
+  bool is_resident(int64_t layer, int64_t group) const {
+    return resident[static_cast<size_t>(layer * groups_per_layer + group)] != 0;
+  }
+};
+
+Plan make_plan(const PlannerInput& input);
+
+// Parameters the model loads onto the device, times their element size.
+int64_t estimate_weight_bytes(const ModelConfig& config, int64_t weight_elem_bytes);
+// Exactly what Model allocates on the device besides weights for these chunk sizes.
+int64_t estimate_activation_bytes(const ModelConfig& config, int64_t context, int64_t chunk, int64_t mlp_chunk);
+// MemAvailable from /proc/meminfo in bytes; 0 when it cannot be read.
+int64_t detect_host_memory();
+// "1.50 GiB", "320 B": for tables and messages.
+std::string format_bytes(int64_t bytes);
+
+}  // namespace headinfer

@@ -1,0 +1,204 @@
+#include "headinfer/planner.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "headinfer/error.h"
+
+namespace headinfer {
+namespace {
+
+std::string b(int64_t bytes) { return format_bytes(bytes); }
+
+// Largest divisor of n_kv_heads whose ring still leaves most of the free memory to resident
+// heads (a quarter at most), so the ring never crowds out residency; 1 when none does.
+int64_t pick_group_size(int64_t n_kv_heads, int64_t head_block_bytes, int64_t depth, int64_t free_bytes) {
+  for (int64_t g = n_kv_heads; g > 1; --g)
+    if (n_kv_heads % g == 0 && depth * g * head_block_bytes <= free_bytes / 4) return g;
+  return 1;
+}
+
+// Resident flags spread evenly: group i is resident when floor((i+1)R/N) > floor(iR/N).
+std::vector<uint8_t> spread(int64_t n, int64_t r) {
+  std::vector<uint8_t> out(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = ((i + 1) * r / n > i * r / n) ? 1 : 0;
+  return out;
+}
+
+}  // namespace
+
+std::string offload_mode_name(OffloadMode m) {
+  switch (m) {
+    case OffloadMode::Auto: return "auto";
+    case OffloadMode::All: return "all";
+    case OffloadMode::None: return "none";
+  }
+  return "auto";
+}
+
+OffloadMode parse_offload_mode(const std::string& text, const char* flag) {
+  if (text == "auto") return OffloadMode::Auto;
+  if (text == "all") return OffloadMode::All;
+  if (text == "none") return OffloadMode::None;
+  throw Error(std::string(flag) + ": '" + text + "' is not an offload mode (auto, all or none)");
+}
+
+std::string format_bytes(int64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    ++u;
+  }
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.2f %s", v, kUnits[u]);
+  return buf;
+}
+
+int64_t estimate_weight_bytes(const ModelConfig& c, int64_t elem) {
+  const int64_t h = c.hidden_size;
+  int64_t per_layer = 2 * h                                    // input and post-attention norms
+                      + c.q_dim() * h + 2 * c.kv_dim() * h     // q, k, v
+                      + h * c.q_dim()                          // o
+                      + 3 * c.intermediate_size * h;           // gate, up, down
+  if (c.qkv_bias) per_layer += c.q_dim() + 2 * c.kv_dim();
+  if (c.o_bias) per_layer += h;
+  if (c.qk_norm) per_layer += 2 * c.head_dim;
+  if (c.mlp_bias) per_layer += 2 * c.intermediate_size + h;
+  const int64_t params = c.vocab_size * h * (c.tie_word_embeddings ? 1 : 2) + h + c.n_layers * per_layer;
+  return params * elem;
+}
+
+int64_t estimate_activation_bytes(const ModelConfig& c, int64_t context, int64_t chunk, int64_t mlp_chunk) {
+  // Mirrors Model's workspace: x, xn, proj [C, hidden]; q, attn [C, q_dim]; k, v [C, kv_dim];
+  // lse [C, n_heads]; gate, up [M, ffn]; logits [vocab]; rope table [head_dim / 2]. All fp32.
+  const int64_t C = std::min(chunk, context), M = std::min(mlp_chunk, C);
+  const int64_t floats = 3 * C * c.hidden_size + 2 * C * c.q_dim() + 2 * C * c.kv_dim() + C * c.n_heads +
+                         2 * M * c.intermediate_size + c.vocab_size + c.head_dim / 2;
+  return floats * 4;
+}
+
+int64_t detect_host_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("MemAvailable:", 0) != 0) continue;
+    std::istringstream s(line.substr(13));
+    int64_t kib = 0;
+    s >> kib;
+    return kib * 1024;
+  }
+  return 0;
+}
+
+Plan make_plan(const PlannerInput& in) {
+  const ModelConfig& c = in.config;
+  if (in.context < 1) throw Error("--ctx must be at least 1 token");
+  if (in.chunk < 1) throw Error("--chunk must be at least 1");
+  if (in.mlp_chunk < 1) throw Error("MLP chunk must be at least 1");
+  if (in.kv_elem_bytes < 1) throw Error("KV element size must be positive");
+  if (in.ring_depth < 1) throw Error("ring depth must be at least 1");
+  if (in.gpu_mem < 0 || in.host_mem < 0) throw Error("memory sizes must not be negative");
+  if (c.n_layers < 1 || c.n_kv_heads < 1 || c.head_dim < 1) throw Error("model config has no attention heads");
+  if (in.kv_group < 0 || (in.kv_group > 0 && c.n_kv_heads % in.kv_group != 0))
+    throw Error("--kv-group " + std::to_string(in.kv_group) + " does not divide the model's " +
+                std::to_string(c.n_kv_heads) + " kv heads");
+
+  Plan p;
+  p.context = in.context;
+  p.chunk = std::min(in.chunk, in.context);
+  p.mlp_chunk = std::min(in.mlp_chunk, p.chunk);
+  p.kv_elem_bytes = in.kv_elem_bytes;
+  p.gpu_mem = in.gpu_mem;
+  p.host_mem = in.host_mem;
+  p.link_gbps = in.link_gbps;
+  p.kv_bytes_per_token = c.kv_bytes_per_token(in.kv_elem_bytes);
+  p.head_block_bytes = 2 * in.context * c.head_dim * in.kv_elem_bytes;
+  p.kv_bytes_total = p.kv_bytes_per_token * in.context;
+  p.weight_bytes = in.weight_bytes >= 0 ? in.weight_bytes : estimate_weight_bytes(c, in.weight_elem_bytes);
+  p.activation_bytes = in.activation_bytes >= 0 ? in.activation_bytes
+                                                : estimate_activation_bytes(c, in.context, in.chunk, in.mlp_chunk);
+  if (c.max_position_embeddings > 0 && in.context > c.max_position_embeddings)
+    p.warnings.push_back("context " + std::to_string(in.context) + " is beyond the config's max_position_embeddings (" +
+                         std::to_string(c.max_position_embeddings) + ")");
+
+  const bool capped = in.gpu_mem > 0;
+  const int64_t fixed = p.weight_bytes + p.activation_bytes;
+  const int64_t free_bytes = capped ? in.gpu_mem - fixed : INT64_MAX;
+
+  // Group size first (it sets the transfer unit and the ring), then how many groups stay resident.
+  const bool all_fit = !capped || p.kv_bytes_total <= free_bytes;
+  int64_t g = in.kv_group;
+  if (g == 0) {
+    const bool streams = in.offload == OffloadMode::All || (in.offload == OffloadMode::Auto && !all_fit);
+    g = (streams && capped) ? pick_group_size(c.n_kv_heads, p.head_block_bytes, in.ring_depth, free_bytes)
+                            : c.n_kv_heads;
+  }
+  p.group_size = g;
+  p.groups_per_layer = c.n_kv_heads / g;
+  p.n_groups = c.n_layers * p.groups_per_layer;
+  p.group_block_bytes = g * p.head_block_bytes;
+  const int64_t gb = p.group_block_bytes, n = p.n_groups;
+  auto ring_for = [&](int64_t resident) { return std::min(in.ring_depth, n - resident) * gb; };
+
+  int64_t r = 0;
+  switch (in.offload) {
+    case OffloadMode::None: r = n; break;
+    case OffloadMode::All: r = 0; break;
+    case OffloadMode::Auto:
+      if (!capped || free_bytes < 0) {
+        r = capped ? 0 : n;
+      } else {
+        r = std::min(n, free_bytes / gb);
+        while (r > 0 && r * gb + ring_for(r) > free_bytes) --r;
+      }
+      break;
+  }
+  p.n_resident_groups = r;
+  p.n_streamed_groups = n - r;
+  p.ring_depth = std::min(in.ring_depth, n - r);
+  p.ring_bytes = ring_for(r);
+  p.kv_bytes_gpu = r * gb;
+  p.kv_bytes_host = (n - r) * gb;
+  p.gpu_bytes_total = fixed + p.kv_bytes_gpu + p.ring_bytes;
+  p.resident = spread(n, r);
+  // Per decoded token at full context: fetch each streamed group's past, write back one row.
+  p.link_bytes_per_token = p.n_streamed_groups * (gb + 2 * g * c.head_dim * in.kv_elem_bytes);
+  if (in.link_gbps > 0) p.decode_seconds_per_token = static_cast<double>(p.link_bytes_per_token) / (in.link_gbps * 1e9);
+
+  // Fit checks, most basic first, each naming the numbers and the knob.
+  const std::string cap = b(in.gpu_mem);
+  if (capped && p.weight_bytes > in.gpu_mem) {
+    p.message = "the weights alone need " + b(p.weight_bytes) + " but --gpu-mem is " + cap +
+                ": raise --gpu-mem above " + b(fixed);
+  } else if (capped && fixed > in.gpu_mem) {
+    p.message = "weights " + b(p.weight_bytes) + " + activations " + b(p.activation_bytes) + " (chunk " +
+                std::to_string(p.chunk) + ") = " + b(fixed) + " exceed --gpu-mem " + cap +
+                ": raise --gpu-mem or lower --chunk";
+  } else if (capped && in.offload == OffloadMode::None && p.gpu_bytes_total > in.gpu_mem) {
+    p.message = "--offload none keeps all " + b(p.kv_bytes_total) + " of KV (" + std::to_string(in.context) +
+                " tokens x " + b(p.kv_bytes_per_token) + ") on the GPU, but only " + b(free_bytes) + " of --gpu-mem " +
+                cap + " is left after weights and activations: use --offload auto, raise --gpu-mem or lower --ctx";
+  } else if (capped && p.gpu_bytes_total > in.gpu_mem) {
+    p.message = "a ring of " + std::to_string(p.ring_depth) + " slots for a group of " + std::to_string(g) +
+                " kv head(s) at " + std::to_string(in.context) + " tokens needs " + b(p.ring_bytes) + " but only " +
+                b(free_bytes) + " of --gpu-mem " + cap + " is left after weights and activations: raise --gpu-mem, " +
+                "lower --ctx" + (g > 1 ? " or use a smaller --kv-group" : "");
+  } else if (in.host_mem > 0 && p.kv_bytes_host > in.host_mem) {
+    const int64_t host_per_token = p.n_streamed_groups * g * 2 * c.head_dim * in.kv_elem_bytes;
+    p.message = "host-tier KV needs " + b(p.kv_bytes_host) + " (" + std::to_string(p.n_streamed_groups * g) +
+                " head blocks at " + std::to_string(in.context) + " tokens) but host memory is " + b(in.host_mem) +
+                ": raise --host-mem, raise --gpu-mem to keep more heads resident, or lower --ctx to about " +
+                std::to_string(host_per_token > 0 ? in.host_mem / host_per_token : 0) + " tokens";
+  } else {
+    p.fits = true;
+  }
+  return p;
+}
+
+}  // namespace headinfer

@@ -1,0 +1,270 @@
+// Planner: hand-computed numbers, the fit/no-fit boundaries, every shared config, and the
+// Llama-3-8B arithmetic of issue 4. Also the byte-size parser and the copy streams.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+#include <vector>
+
+#include "../../src/cli/size_parse.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/error.h"
+#include "headinfer/model.h"
+#include "headinfer/planner.h"
+#include "headinfer/transfer.h"
+#include "testdata.h"
+
+namespace headinfer {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr int64_t GiB = int64_t{1} << 30;
+constexpr int64_t TiB = int64_t{1} << 40;
+
+// 2 layers x 4 kv heads x head_dim 8; context 100, F32 KV: one head block (K+V) is
+// 2 * 100 * 8 * 4 = 6400 bytes, 8 blocks = 51200. Weights 10000 and activations 1000 given.
+PlannerInput small_input() {
+  PlannerInput in;
+  in.config.model_type = "llama";
+  in.config.hidden_size = 32;
+  in.config.n_layers = 2;
+  in.config.n_heads = 8;
+  in.config.n_kv_heads = 4;
+  in.config.head_dim = 8;
+  in.config.intermediate_size = 64;
+  in.config.vocab_size = 100;
+  in.config.max_position_embeddings = 1000;
+  in.config.layer_window = {0, 0};
+  in.context = 100;
+  in.kv_elem_bytes = 4;
+  in.weight_bytes = 10000;
+  in.activation_bytes = 1000;
+  in.kv_group = 1;
+  return in;
+}
+
+TEST(Planner, HandComputedNumbers) {
+  PlannerInput in = small_input();
+  in.offload = OffloadMode::All;
+  in.link_gbps = 2.0;
+  const Plan p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  EXPECT_EQ(p.kv_bytes_per_token, 2 * 2 * 4 * 8 * 4);
+  EXPECT_EQ(p.head_block_bytes, 6400);
+  EXPECT_EQ(p.kv_bytes_total, 51200);
+  EXPECT_EQ(p.kv_bytes_gpu, 0);
+  EXPECT_EQ(p.kv_bytes_host, 51200);
+  EXPECT_EQ(p.ring_depth, 2);
+  EXPECT_EQ(p.ring_bytes, 2 * 6400);
+  EXPECT_EQ(p.gpu_bytes_total, 10000 + 1000 + 12800);
+  // Per decoded token: 8 blocks fetched, one K and V row of 8 floats written back for each.
+  EXPECT_EQ(p.link_bytes_per_token, 8 * (6400 + 2 * 8 * 4));
+  EXPECT_DOUBLE_EQ(p.decode_seconds_per_token, 8.0 * 6464 / 2e9);
+}
+
+TEST(Planner, NoneBoundary) {
+  PlannerInput in = small_input();
+  in.offload = OffloadMode::None;
+  in.gpu_mem = 11000 + 51200;
+  Plan p = make_plan(in);
+  EXPECT_TRUE(p.fits) << p.message;
+  EXPECT_EQ(p.gpu_bytes_total, in.gpu_mem);
+  in.gpu_mem -= 1;
+  p = make_plan(in);
+  EXPECT_FALSE(p.fits);
+  EXPECT_NE(p.message.find("--offload none"), std::string::npos) << p.message;
+}
+
+TEST(Planner, AutoUsesTheMemoryTheCapLeaves) {
+  PlannerInput in = small_input();
+  in.offload = OffloadMode::Auto;
+  in.gpu_mem = 11000 + 51200;  // everything resident, no ring
+  Plan p = make_plan(in);
+  ASSERT_TRUE(p.fits);
+  EXPECT_EQ(p.n_resident_groups, 8);
+  EXPECT_EQ(p.ring_bytes, 0);
+  // One byte less: 7 resident + a 1-slot ring is 51200 again, 6 + 2 slots too; 5 + 2 slots fit.
+  in.gpu_mem -= 1;
+  p = make_plan(in);
+  ASSERT_TRUE(p.fits);
+  EXPECT_EQ(p.n_resident_groups, 5);
+  EXPECT_EQ(p.ring_depth, 2);
+  EXPECT_EQ(p.gpu_bytes_total, 11000 + 7 * 6400);
+  EXPECT_EQ(std::accumulate(p.resident.begin(), p.resident.end(), 0), 5);
+  // Exactly 3 resident plus the ring.
+  in.gpu_mem = 11000 + 5 * 6400;
+  p = make_plan(in);
+  EXPECT_EQ(p.n_resident_groups, 3);
+  EXPECT_EQ(p.gpu_bytes_total, in.gpu_mem);
+  EXPECT_EQ(p.kv_bytes_gpu + p.kv_bytes_host, p.kv_bytes_total);
+}
+
+TEST(Planner, RingBoundaryAndWeights) {
+  PlannerInput in = small_input();
+  in.offload = OffloadMode::All;
+  in.gpu_mem = 11000 + 2 * 6400;
+  EXPECT_TRUE(make_plan(in).fits);
+  in.gpu_mem -= 1;
+  Plan p = make_plan(in);
+  EXPECT_FALSE(p.fits);
+  EXPECT_NE(p.message.find("ring"), std::string::npos) << p.message;
+  in.gpu_mem = 10500;  // above the weights, below weights + activations
+  p = make_plan(in);
+  EXPECT_FALSE(p.fits);
+  EXPECT_NE(p.message.find("--chunk"), std::string::npos) << p.message;
+  in.gpu_mem = 9999;  // below the weights
+  p = make_plan(in);
+  EXPECT_FALSE(p.fits);
+  EXPECT_NE(p.message.find("weights alone need"), std::string::npos) << p.message;
+}
+
+TEST(Planner, HostBoundary) {
+  PlannerInput in = small_input();
+  in.offload = OffloadMode::All;
+  in.host_mem = 51200;
+  EXPECT_TRUE(make_plan(in).fits);
+  in.host_mem = 51199;
+  const Plan p = make_plan(in);
+  EXPECT_FALSE(p.fits);
+  EXPECT_NE(p.message.find("--host-mem"), std::string::npos) << p.message;
+}
+
+TEST(Planner, GroupSize) {
+  PlannerInput in = small_input();
+  in.offload = OffloadMode::All;
+  in.kv_group = 2;
+  Plan p = make_plan(in);
+  EXPECT_EQ(p.groups_per_layer, 2);
+  EXPECT_EQ(p.n_groups, 4);
+  EXPECT_EQ(p.ring_bytes, 2 * 2 * 6400);
+  in.kv_group = 3;
+  EXPECT_THROW(make_plan(in), Error);
+  // Picked: the largest divisor whose ring takes at most a quarter of the free memory.
+  in.kv_group = 0;
+  in.gpu_mem = 11000 + 4 * 2 * 2 * 6400;
+  EXPECT_EQ(make_plan(in).group_size, 2);
+}
+
+TEST(Planner, Llama3_8B) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const ModelConfig c = load_model_config(test::testdata_dir() / "configs" / "Meta-Llama-3-8B-Instruct");
+  EXPECT_EQ(c.kv_bytes_per_token(2), 128 * 1024);
+  PlannerInput in;
+  in.config = c;
+  in.kv_elem_bytes = 2;
+  in.weight_elem_bytes = 2;
+  in.gpu_mem = 24 * GiB;
+  in.host_mem = TiB;
+  in.context = int64_t{1} << 20;
+  EXPECT_EQ(make_plan(in).kv_bytes_total, 128 * GiB);
+  in.context = int64_t{4} << 20;
+  Plan p = make_plan(in);
+  EXPECT_EQ(p.kv_bytes_total, 512 * GiB);
+  ASSERT_TRUE(p.fits) << p.message;
+  EXPECT_LE(p.gpu_bytes_total, 24 * GiB);
+  EXPECT_GT(p.n_resident_groups, 0);  // the memory the cap leaves holds heads, not only the ring
+  EXPECT_EQ(p.kv_bytes_gpu + p.kv_bytes_host, p.kv_bytes_total);
+  in.host_mem = 128 * GiB;
+  p = make_plan(in);
+  EXPECT_FALSE(p.fits);
+  EXPECT_NE(p.message.find("host"), std::string::npos) << p.message;
+}
+
+TEST(Planner, EverySharedConfigLoadsAndPlans) {
+  HEADINFER_REQUIRE_TESTDATA();
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(test::testdata_dir() / "configs")) {
+    if (!e.is_directory()) continue;
+    SCOPED_TRACE(e.path().filename().string());
+    const ModelConfig c = load_model_config(e.path());
+    for (int64_t ctx : {int64_t{128} << 10, int64_t{1} << 20}) {
+      PlannerInput in;
+      in.config = c;
+      in.context = ctx;
+      in.gpu_mem = 24 * GiB;
+      in.host_mem = TiB;
+      const Plan p = make_plan(in);
+      EXPECT_EQ(p.kv_bytes_total, c.kv_bytes_per_token(2) * ctx);
+      EXPECT_EQ(p.kv_bytes_gpu + p.kv_bytes_host, p.kv_bytes_total);
+      EXPECT_EQ(p.gpu_bytes_total, p.weight_bytes + p.activation_bytes + p.kv_bytes_gpu + p.ring_bytes);
+      if (p.fits) EXPECT_LE(p.gpu_bytes_total, in.gpu_mem);
+      else EXPECT_FALSE(p.message.empty());
+      // A 70B model's bf16 weights do not fit 24 GiB; every smaller one does.
+      EXPECT_EQ(p.fits, p.weight_bytes + p.activation_bytes + p.ring_bytes <= in.gpu_mem);
+    }
+    ++n;
+  }
+  EXPECT_GE(n, 13);
+}
+
+TEST(Planner, EstimatesMatchWhatTheModelAllocates) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* name : {"llama3-f32", "qwen2-bf16", "qwen3-f32", "mistral_swa-bf16"}) {
+    SCOPED_TRACE(name);
+    auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / "tiny" / name);
+    const ModelConfig& c = ckpt->config();
+    auto device = make_cpu_device({1, 0});
+    Model model(*ckpt, *device, {97, 512});
+    const int64_t elem = static_cast<int64_t>(dtype_size(ckpt->find("model.embed_tokens.weight")->dtype));
+    EXPECT_EQ(estimate_weight_bytes(c, elem), static_cast<int64_t>(model.weight_bytes()));
+    EXPECT_EQ(estimate_activation_bytes(c, 1000, 97, 512),
+              static_cast<int64_t>(device->bytes_in_use() - model.weight_bytes()));
+  }
+}
+
+TEST(SizeParse, Units) {
+  using cli::parse_byte_size;
+  EXPECT_EQ(parse_byte_size("24GiB", "--gpu-mem"), 24 * GiB);
+  EXPECT_EQ(parse_byte_size("1TiB", "--host-mem"), TiB);
+  EXPECT_EQ(parse_byte_size("24GB", "--gpu-mem"), 24000000000);
+  EXPECT_EQ(parse_byte_size("512MiB", "x"), 512 << 20);
+  EXPECT_EQ(parse_byte_size("1.5GiB", "x"), 3 * GiB / 2);
+  EXPECT_EQ(parse_byte_size("24g", "x"), 24 * GiB);
+  EXPECT_EQ(parse_byte_size("4096", "x"), 4096);
+  EXPECT_THROW(parse_byte_size("", "x"), Error);
+  EXPECT_THROW(parse_byte_size("24GiBs", "x"), Error);
+  EXPECT_THROW(parse_byte_size("GiB", "x"), Error);
+  EXPECT_THROW(parse_byte_size("0", "x"), Error);
+  EXPECT_THROW(parse_byte_size("-1GiB", "x"), Error);
+}
+
+// Copy streams: a copy that finishes late is still seen by whoever waits on its event.
+TEST(Transfer, EventsOrderCopiesAcrossStreams) {
+  auto transfer = make_cpu_transfer({0, 200, 5});
+  auto a = transfer->make_copy_stream("a"), b = transfer->make_copy_stream("b");
+  auto ev_a = transfer->make_event(), ev_b = transfer->make_event();
+  std::vector<uint32_t> src(4096), mid(4096), dst(4096);
+  for (int round = 0; round < 50; ++round) {
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint32_t>(round * 7919 + i);
+    a->copy_2d(mid.data(), 1024, src.data(), 1024, 1024, 16);  // 2-D: 16 rows of 256 words
+    a->record(*ev_a);
+    b->wait(*ev_a);
+    b->copy_2d(dst.data(), 4 * dst.size(), mid.data(), 4 * mid.size(), 4 * mid.size(), 1);
+    b->record(*ev_b);
+    transfer->compute_stream().wait(*ev_b);  // the compute side's wait: blocks until b is done
+    ASSERT_TRUE(ev_b->done());
+    ASSERT_EQ(0, std::memcmp(src.data(), dst.data(), 4 * src.size())) << "round " << round;
+  }
+}
+
+TEST(Transfer, StridedRowsAndHostBudget) {
+  auto transfer = make_cpu_transfer({1000, 0, 1});
+  auto s = transfer->make_copy_stream("s");
+  std::vector<float> src(60), dst(60, -1.0f);
+  std::iota(src.begin(), src.end(), 1.0f);
+  // 3 rows of 4 floats, source rows 20 floats apart, destination rows 10 apart.
+  s->copy_2d(dst.data(), 40, src.data(), 80, 16, 3);
+  s->synchronize();
+  for (int r = 0; r < 3; ++r)
+    for (int i = 0; i < 10; ++i) EXPECT_EQ(dst[r * 10 + i], i < 4 ? src[r * 20 + i] : -1.0f);
+  void* p = transfer->alloc_host(600, "test");
+  EXPECT_THROW(transfer->alloc_host(401, "test"), Error);
+  EXPECT_EQ(transfer->host_bytes_in_use(), 600u);
+  transfer->free_host(p);
+  EXPECT_EQ(transfer->host_bytes_in_use(), 0u);
+  EXPECT_EQ(transfer->host_peak_bytes(), 600u);
+}
+
+}  // namespace
+}  // namespace headinfer

@@ -9,6 +9,7 @@
 
 #include "headinfer/backend.h"
 #include "headinfer/checkpoint.h"
+#include "headinfer/head_store.h"
 #include "headinfer/kv_cache.h"
 #include "headinfer/model.h"
 #include "headinfer/sampler.h"
@@ -19,6 +20,7 @@ struct EngineOptions {
   int64_t context = 0;      // positions the KV store holds (required, > 0)
   int64_t chunk = 512;      // prefill tokens per forward call
   int64_t mlp_chunk = 512;  // MLP rows at once
+  KvPlacementOptions kv;    // where head blocks live (offload mode, caps, group size)
 };
 
 class Engine {

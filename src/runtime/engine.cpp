@@ -15,6 +15,14 @@ ForwardWorkspaceSizes workspace_sizes(const EngineOptions& o) {
   return {std::min(o.chunk, o.context), o.mlp_chunk};
 }
 
+// The KV placement is planned before any weight is loaded, so a cap below the weights or a host
+// too small fails at once.
+const EngineOptions& checked_placement(const Checkpoint& checkpoint, const EngineOptions& o) {
+  workspace_sizes(o);
+  check_kv_placement(checkpoint, o.context, o.chunk, o.kv);
+  return o;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -22,9 +30,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options)
-    : options_(options),
+    : options_(checked_placement(checkpoint, options)),
       model_(checkpoint, device, workspace_sizes(options)),
-      kv_(make_simple_kv_cache(device, checkpoint.config(), options.context)),
+      kv_(make_planned_kv_cache(device, checkpoint.config(), options.context, options.chunk, model_.weight_bytes(),
+                                options.kv)),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {}
 
 std::span<const float> Engine::prefill(std::span<const int32_t> ids,

@@ -7,7 +7,7 @@
 # and no network. So, on a machine that has them (the dev box), first run
 #     scripts/gpu_check.sh --prepare
 # which copies those packages' headers, static libraries and CMake configs into .carry/deps/usr
-# and the shared test models into .carry/testdata (both git-ignored, ~12 MiB), then send the
+# (and Oniguruma, which the tokenizer module needs at configure time) and the shared test models into .carry/testdata (both git-ignored, ~12 MiB), then send the
 # repository with `.carry` carried and run `scripts/gpu_check.sh` there. It builds in build-gpu/
 # for the card's own architecture only (sm_90 on H100/H200: a third of the compile time of the
 # sm_80/89/90 build CI does), reusing build-gpu/ when the machine is still warm.
@@ -22,6 +22,13 @@ if [[ "${1:-}" == "--prepare" ]]; then
   cp /usr/lib/x86_64-linux-gnu/libgtest*.a /usr/lib/x86_64-linux-gnu/libgmock*.a "$DEPS/lib/x86_64-linux-gnu/"
   cp -r /usr/lib/x86_64-linux-gnu/cmake/GTest "$DEPS/lib/x86_64-linux-gnu/cmake/"
   cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 "$DEPS/share/cmake/"
+  # Oniguruma (the tokenizer's regex engine): headers, library, and a relocatable .pc file.
+  cp /usr/include/onig*.h "$DEPS/include/"
+  cp -P /usr/lib/x86_64-linux-gnu/libonig.so* "$DEPS/lib/x86_64-linux-gnu/"
+  mkdir -p "$DEPS/lib/x86_64-linux-gnu/pkgconfig"
+  sed -e 's|^prefix=.*|prefix=${pcfiledir}/../../..|' -e 's|^exec_prefix=.*|exec_prefix=${prefix}|' \
+    -e 's|^libdir=.*|libdir=${prefix}/lib/x86_64-linux-gnu|' -e 's|^includedir=.*|includedir=${prefix}/include|' \
+    /usr/lib/x86_64-linux-gnu/pkgconfig/oniguruma.pc >"$DEPS/lib/x86_64-linux-gnu/pkgconfig/oniguruma.pc"
   cp -r "${HEADINFER_SHARED:-$ROOT/../shared}/testdata/models" "$ROOT/.carry/testdata/"
   chmod -R u+w "$ROOT/.carry"
   du -sh "$ROOT/.carry"
@@ -35,6 +42,8 @@ ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 [[ -n "$ARCH" ]] || ARCH=90
 
 start=$(date +%s)
+export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" >"$OUT/configure.log" 2>&1 ||
   { tail -30 "$OUT/configure.log"; exit 1; }
@@ -44,9 +53,11 @@ echo "configure + build: $(( $(date +%s) - start )) s (sm_$ARCH)"
 
 export HEADINFER_TESTDATA=$ROOT/.carry/testdata
 rc=0
-"$ROOT/build-gpu/tests/cuda/cuda_ops_tests" --gtest_output="xml:$OUT/cuda_ops_tests.xml" "$@" \
+"$ROOT/build-gpu/tests/cuda/cuda_ops_tests" --gtest_output="xml:$OUT/cuda_ops_tests.xml" \
+  --gtest_also_run_disabled_tests "$@" \
   >"$OUT/cuda_ops_tests.log" 2>&1 || rc=$?
 grep -E "^\[model\]|FAILED|Failure|error" "$OUT/cuda_ops_tests.log" | head -60 || true
+grep -E "^\[bench\]" "$OUT/cuda_ops_tests.log" || true
 grep -E "^\[max-err\]" "$OUT/cuda_ops_tests.log" | sort -t= -k3 -g -r | head -12 || true
 tail -4 "$OUT/cuda_ops_tests.log"
 exit $rc

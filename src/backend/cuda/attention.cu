@@ -18,7 +18,7 @@ namespace {
 
 constexpr int kWarps = 4;       // tasks per block
 constexpr int kTile = 32;       // keys per shared-memory tile: one per lane
-constexpr int64_t kMinKeysPerSplit = 256;
+constexpr int64_t kMinKeysPerSplit = 512;  // enough tiles per split to hide the combine
 
 struct AttnParams {
   const float* q;     // F32 [n_queries, n_q_heads * D], rows q_ld apart
@@ -145,32 +145,49 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttnParams p) {
   if (lane == 0) *lse_dst = lse;
 }
 
-// One warp per task: merges the n_splits partials of that task.
+constexpr int kMaxSplits = 256;
+
+// One block of max(D, 32) threads per task: the split weights exp(lse_s - max) are computed once into
+// shared memory, then thread d sums its dimension over the splits (independent loads, in flight
+// together), merging exactly as attention_merge does.
 template <int D>
 __global__ void combine_splits_kernel(AttnParams p, int n_splits) {
+  __shared__ float weight_s[kMaxSplits];
+  __shared__ float stats_s[2];  // max lse, sum of weights
   const int64_t n_tasks = p.n_queries * p.n_q_heads;
-  const int64_t task = blockIdx.x * int64_t{kWarps} + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (task >= n_tasks) return;
+  const int64_t task = blockIdx.x;
   const int64_t t = task / p.n_q_heads, h = task % p.n_q_heads;
   auto part = [&](int s) { return p.partials + (s * n_tasks + task) * (D + 1); };
-  float m = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) m = fmaxf(m, part(s)[D]);
+  if (threadIdx.x < 32) {
+    float m = -INFINITY;
+    for (int s = threadIdx.x; s < n_splits; s += 32) m = fmaxf(m, part(s)[D]);
+    m = warp_max(m);
+    float total = 0.0f;
+    for (int s = threadIdx.x; s < n_splits; s += 32) {
+      const float w = m == -INFINITY ? 0.0f : expf(part(s)[D] - m);
+      weight_s[s] = w;
+      total += w;
+    }
+    total = warp_sum(total);
+    if (threadIdx.x == 0) {
+      stats_s[0] = m;
+      stats_s[1] = total;
+    }
+  }
+  __syncthreads();
+  const float m = stats_s[0], total = stats_s[1];
   float* o = p.out + t * p.out_ld + h * D;
+  const int d = threadIdx.x;
+  if (d >= D) return;  // blocks have at least a warp's 32 threads, for the reductions above
   if (m == -INFINITY) {
-    for (int d = lane; d < D; d += 32) o[d] = 0.0f;
-    if (lane == 0) p.lse[t * p.lse_ld + h] = -INFINITY;
+    o[d] = 0.0f;
+    if (d == 0) p.lse[t * p.lse_ld + h] = -INFINITY;
     return;
   }
-  float total = 0.0f;
-  for (int s = 0; s < n_splits; ++s) total += expf(part(s)[D] - m);
-  const float inv = 1.0f / total;
-  for (int d = lane; d < D; d += 32) {
-    float sum = 0.0f;
-    for (int s = 0; s < n_splits; ++s) sum += expf(part(s)[D] - m) * part(s)[d];
-    o[d] = sum * inv;
-  }
-  if (lane == 0) p.lse[t * p.lse_ld + h] = m + logf(total);
+  float sum = 0.0f;
+  for (int s = 0; s < n_splits; ++s) sum += weight_s[s] * part(s)[d];
+  o[d] = sum * (1.0f / total);
+  if (d == 0) p.lse[t * p.lse_ld + h] = m + logf(total);
 }
 
 }  // namespace
@@ -191,7 +208,7 @@ void CudaOps::attention(const AttentionArgs& a) {
   // Split the keys only when the tasks alone leave most multiprocessors idle (decode).
   int64_t n_splits = 1;
   if (blocks < sm_count_ && a.n_keys >= 2 * kMinKeysPerSplit) {
-    n_splits = std::min<int64_t>((2 * sm_count_ + blocks - 1) / blocks, a.n_keys / kMinKeysPerSplit);
+    n_splits = std::min<int64_t>({(2 * sm_count_ + blocks - 1) / blocks, a.n_keys / kMinKeysPerSplit, kMaxSplits});
     p.keys_per_split = (a.n_keys + n_splits - 1) / n_splits;
     n_splits = (a.n_keys + p.keys_per_split - 1) / p.keys_per_split;
   }
@@ -212,7 +229,7 @@ void CudaOps::attention(const AttentionArgs& a) {
     });
     HEADINFER_CUDA_CHECK_LAUNCH();
     if (n_splits > 1) {
-      combine_splits_kernel<D><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream_>>>(
+      combine_splits_kernel<D><<<static_cast<unsigned>(n_tasks), std::max(D, 32), 0, stream_>>>(
           p, static_cast<int>(n_splits));
       HEADINFER_CUDA_CHECK_LAUNCH();
     }

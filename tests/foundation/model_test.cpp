@@ -29,6 +29,13 @@ namespace headinfer {
 namespace {
 
 using nlohmann::json;
+
+EngineOptions context_of(int64_t context, int64_t chunk) {
+  EngineOptions eo;
+  eo.context = context;
+  eo.chunk = chunk;
+  return eo;
+}
 namespace fs = std::filesystem;
 
 constexpr float kLogitRtol = 1e-5f;
@@ -169,7 +176,7 @@ TEST(Generate, StopsAtEosUnlessIgnored) {
   auto ckpt = Checkpoint::open(test::testdata_dir() / "models/tiny/llama3-bf16");
   ASSERT_EQ(ckpt->config().eos_token_ids, (std::vector<int64_t>{2}));
   auto device = make_cpu_device({});
-  Engine engine(*ckpt, *device, {64, 512, 512});
+  Engine engine(*ckpt, *device, context_of(64, 512));
   GenerateOptions go;
   go.max_new_tokens = static_cast<int64_t>(full.size());
   const GenerateResult r = generate(engine, prompt, go);
@@ -181,7 +188,7 @@ TEST(Generate, PromptLongerThanContextIsAClearError) {
   HEADINFER_REQUIRE_TESTDATA();
   auto ckpt = Checkpoint::open(test::testdata_dir() / "models/stories260k");
   auto device = make_cpu_device({});
-  Engine engine(*ckpt, *device, {4, 512, 512});
+  Engine engine(*ckpt, *device, context_of(4, 512));
   const std::vector<int32_t> prompt = {1, 2, 3, 4, 5};
   try {
     generate(engine, prompt, GenerateOptions{});
@@ -195,7 +202,7 @@ TEST(Generate, TokenOutsideVocabularyIsAClearError) {
   HEADINFER_REQUIRE_TESTDATA();
   auto ckpt = Checkpoint::open(test::testdata_dir() / "models/stories260k");
   auto device = make_cpu_device({});
-  Engine engine(*ckpt, *device, {16, 512, 512});
+  Engine engine(*ckpt, *device, context_of(16, 512));
   const std::vector<int32_t> prompt = {1, 100000};
   EXPECT_THROW(generate(engine, prompt, GenerateOptions{}), Error);
 }

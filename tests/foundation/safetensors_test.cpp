@@ -14,6 +14,13 @@ namespace headinfer {
 namespace {
 
 using nlohmann::json;
+
+EngineOptions context_of(int64_t context, int64_t chunk) {
+  EngineOptions eo;
+  eo.context = context;
+  eo.chunk = chunk;
+  return eo;
+}
 namespace fs = std::filesystem;
 
 std::string read_bytes(const fs::path& p) {
@@ -63,7 +70,7 @@ class BrokenCheckpoint : public ::testing::Test {
     try {
       auto ckpt = Checkpoint::open(dir_);
       auto device = make_cpu_device({1, 0});
-      Engine engine(*ckpt, *device, {16, 16, 16});
+      Engine engine(*ckpt, *device, context_of(16, 16));
       FAIL() << "expected an error containing '" << what << "'";
     } catch (const Error& e) {
       const std::string msg = e.what();

@@ -57,7 +57,8 @@ void run_decode(const Tokenizer& tok, const TokenizeArgs& a) {
   else std::printf("%s\n", text.c_str());
 }
 
-// One JSON object per input line with a "text" field -> one line {"ids", "ids_with_special"}.
+// One JSON object per input line with a "text" field -> one line {"ids", "ids_with_special",
+// "decoded"} (decoded: decode of ids, special tokens kept, as in the shared HF vectors).
 void run_jsonl(const Tokenizer& tok, const TokenizeArgs& a) {
   std::ifstream in(a.input_jsonl, std::ios::binary);
   if (!in) throw Error("--input-jsonl: cannot open " + a.input_jsonl);
@@ -72,8 +73,10 @@ void run_jsonl(const Tokenizer& tok, const TokenizeArgs& a) {
     if (!row.is_object() || !row.contains("text") || !row.at("text").is_string())
       throw Error(where + ": expected an object with a string field \"text\"");
     const std::string& text = row.at("text").get_ref<const std::string&>();
-    output += "{\"ids\": [" + join_ids(tok.encode(text, false)) + "], \"ids_with_special\": [" +
-              join_ids(tok.encode(text, true)) + "]}\n";
+    std::vector<int32_t> ids = tok.encode(text, false);
+    nlohmann::json decoded = tok.decode(ids);
+    output += "{\"ids\": [" + join_ids(ids) + "], \"ids_with_special\": [" + join_ids(tok.encode(text, true)) +
+              "], \"decoded\": " + decoded.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "}\n";
   }
   std::fwrite(output.data(), 1, output.size(), stdout);
 }
@@ -97,7 +100,7 @@ void add_tokenize_command(CLI::App& app) {
   cmd->add_option("-p,--prompt", args->prompt, "Text to encode (ids printed comma-separated)");
   cmd->add_option("--decode", args->decode_ids, "Comma-separated ids to decode");
   cmd->add_option("--input-jsonl", args->input_jsonl,
-                  "Batch: one JSON object with \"text\" per line -> one line of ids and ids_with_special");
+                  "Batch: one JSON object with \"text\" per line -> one line of ids, ids_with_special, decoded");
   cmd->add_flag("--no-special", args->no_special,
                 "Encode without the post-processor's special tokens (BOS); decode skipping special tokens");
   cmd->add_flag("--json", args->json, "Print JSON (encode: ids and tokens; decode: text)");

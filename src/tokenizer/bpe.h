@@ -106,7 +106,8 @@ class BpeModel {
   // stand for their byte-level character.
   void tokenize(std::string_view piece, bool byte_level_input, std::vector<int32_t>& out) const;
 
-  size_t vocab_size() const { return id_to_token_.size(); }
+  size_t vocab_size() const { return id_to_token_.size(); }  // largest id + 1
+  size_t vocab_count() const { return vocab_.size(); }       // number of tokens
   const std::string* id_to_token(int32_t id) const {
     return id >= 0 && size_t(id) < id_to_token_.size() && has_id_[id] ? &id_to_token_[id] : nullptr;
   }

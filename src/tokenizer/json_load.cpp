@@ -81,14 +81,26 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view orig
     throw Error(origin + ": unexpected JSON structure: " + e.what());
   }
 
+  // Hugging Face re-derives added-token ids while loading (AddedVocabulary::add_tokens): the
+  // model's id when the content is in the vocabulary, else the next free id; the "id" field only
+  // warns when it differs. Real files agree with that rule; following it makes odd files agree too.
+  const auto model_count = int64_t(impl->model->vocab_count());
+  int64_t max_added = -1;
   int32_t max_id = int32_t(impl->model->vocab_size()) - 1;
+  std::vector<tok::AddedToken> parsed = std::move(impl->added_tokens);
+  impl->added_tokens.clear();
   std::vector<tok::AddedToken> raw, normalized;
   std::vector<std::string> raw_patterns, normalized_patterns;
-  for (size_t k = 0; k < impl->added_tokens.size(); ++k) {
-    const tok::AddedToken& token = impl->added_tokens[k];
-    if (!impl->added_by_id.emplace(token.id, k).second)
-      throw Error(origin + ": added_tokens: id " + std::to_string(token.id) + " is listed twice");
+  for (tok::AddedToken& token : parsed) {
+    if (impl->added_by_content.contains(token.content)) continue;  // a repeated content keeps its first entry
+    int32_t model_id = -1;
+    if (impl->model->token_to_id(token.content, model_id)) token.id = model_id;
+    else if (max_added < 0) token.id = int32_t(model_count);
+    else token.id = int32_t(max_added >= model_count || model_count == 0 ? max_added + 1 : model_count);
+    max_added = std::max<int64_t>(max_added, token.id);
+    impl->added_by_id.emplace(token.id, impl->added_tokens.size());
     impl->added_by_content.emplace(token.content, token.id);
+    impl->added_tokens.push_back(token);
     max_id = std::max(max_id, token.id);
     if (token.normalized) {
       std::string pattern = token.content;

@@ -203,8 +203,13 @@ class DigitsPreTokenizer final : public PreTokenizer {
   void pre_tokenize(PieceList& list) const override {
     split_pieces(list, individual_ ? SplitBehavior::isolated : SplitBehavior::contiguous, false,
                  [](std::string_view piece, std::vector<Match>& out) {
-                   for (size_t i = 0; i < piece.size(); ++i)
-                     if (piece[i] >= '0' && piece[i] <= '9') out.push_back({i, i + 1});
+                   // Rust's char::is_numeric: any \p{N}, not only ASCII digits.
+                   const CharClasses& classes = CharClasses::instance();
+                   size_t i = 0;
+                   while (i < piece.size()) {
+                     size_t begin = i;
+                     if (classes.flags(next_code_point(piece, i)) & kNumber) out.push_back({begin, i});
+                   }
                  });
   }
 

@@ -10,8 +10,8 @@ namespace {
 // A tiny valid BPE tokenizer; `patch` edits the JSON text before loading.
 std::string tiny_json(const std::string& model_extra = "", const std::string& top_extra = "",
                       const std::string& merges = R"(["a b", "ab c"])") {
-  return R"({"version": "1.0", "added_tokens": [{"id": 4, "content": "<s>", "special": true}],)" + top_extra +
-         R"( "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 5}, "merges": )" + merges +
+  return R"({"version": "1.0", "added_tokens": [{"id": 5, "content": "<s>", "special": true}],)" + top_extra +
+         R"( "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4}, "merges": )" + merges +
          model_extra + "}}";
 }
 
@@ -32,11 +32,32 @@ void expect_error(const std::string& json, const std::string& fragment) {
 
 TEST(TinyTokenizer, LoadsAndMerges) {
   Tokenizer tok = Tokenizer::from_json(tiny_json());
-  EXPECT_EQ(ids_to_string(tok.encode("abcab", false)), "5 3");
-  EXPECT_EQ(ids_to_string(tok.encode("a<s>c", false)), "0 4 2");
-  EXPECT_EQ(tok.decode(std::vector<int32_t>{5, 4, 3}), "abc <s> ab");  // no decoder: joined by spaces
-  EXPECT_EQ(tok.decode(std::vector<int32_t>{5, 4, 3}, true), "abc ab");
+  EXPECT_EQ(ids_to_string(tok.encode("abcab", false)), "4 3");
+  EXPECT_EQ(ids_to_string(tok.encode("a<s>c", false)), "0 5 2");
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{4, 5, 3}), "abc <s> ab");  // no decoder: joined by spaces
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{4, 5, 3}, true), "abc ab");
   EXPECT_EQ(tok.vocab_size(), 6);
+}
+
+TEST(TinyTokenizer, DigitsSplitsEveryUnicodeNumber) {
+  // Rust's char::is_numeric, as HF's Digits uses: ARABIC-INDIC THREE splits like an ASCII digit.
+  Tokenizer tok = Tokenizer::from_json(
+      R"({"pre_tokenizer": {"type": "Digits", "individual_digits": false},
+          "model": {"type": "BPE", "vocab": {"a": 0, "1": 1, "\u0663": 2, "a1": 3, "a\u0663": 4},
+                    "merges": ["a 1", "a \u0663"]}})");
+  EXPECT_EQ(ids_to_string(tok.encode("a1", false)), "0 1");
+  EXPECT_EQ(ids_to_string(tok.encode("a\xD9\xA3", false)), "0 2");
+}
+
+TEST(TinyTokenizer, AddedTokenIdsFollowHuggingFacesLoadRule) {
+  // HF ignores the stored id: an added token already in the vocabulary takes the vocabulary's id,
+  // a new one the next free id.
+  Tokenizer tok = Tokenizer::from_json(tiny_json().replace(
+      0, std::string(R"({"version": "1.0", "added_tokens": [{"id": 5, "content": "<s>", "special": true}],)").size(),
+      R"({"added_tokens": [{"id": 99, "content": "ab"}, {"id": 7, "content": "<s>", "special": true}],)"));
+  EXPECT_EQ(tok.token_to_id("ab"), std::optional<int32_t>(3));
+  EXPECT_EQ(tok.token_to_id("<s>"), std::optional<int32_t>(5));
+  EXPECT_EQ(ids_to_string(tok.encode("c<s>ab", false)), "2 5 3");
 }
 
 TEST(Malformed, TruncatedFile) {

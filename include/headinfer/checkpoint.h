@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "headinfer/config.h"
 #include "headinfer/dtype.h"
 
@@ -61,6 +63,11 @@ class Checkpoint {
  public:
   // DIR holds config.json and either model.safetensors.index.json + its shards, or *.safetensors.
   static std::unique_ptr<Checkpoint> open(const std::filesystem::path& dir);
+  // Every tensor `config` needs, with deterministic random values (uniform in +-1/sqrt(fan_in),
+  // norms near 1), held in memory: real shapes for benchmarks, no file and no download.
+  static std::unique_ptr<Checkpoint> random(const nlohmann::json& config, DType dtype, uint64_t seed);
+  // The tensors in name order (for writing a random checkpoint to disk).
+  std::vector<const TensorView*> tensors() const;
 
   const ModelConfig& config() const { return config_; }
   const std::filesystem::path& dir() const { return dir_; }
@@ -74,6 +81,9 @@ class Checkpoint {
   std::filesystem::path dir_;
   ModelConfig config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  // Random checkpoints: the tensors and their bytes, owned here.
+  std::vector<std::unique_ptr<TensorView>> owned_views_;
+  std::vector<std::unique_ptr<uint8_t[]>> owned_bytes_;
   std::map<std::string, const TensorView*> by_name_;
 };
 

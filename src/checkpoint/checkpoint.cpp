@@ -91,6 +91,12 @@ const TensorView& Checkpoint::require(const std::string& name, std::span<const i
   return *t;
 }
 
+std::vector<const TensorView*> Checkpoint::tensors() const {
+  std::vector<const TensorView*> out;
+  for (const auto& [name, t] : by_name_) out.push_back(t);
+  return out;
+}
+
 size_t Checkpoint::total_bytes() const {
   size_t n = 0;
   for (const auto& [name, t] : by_name_) n += t->nbytes;

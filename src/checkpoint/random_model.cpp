@@ -1,8 +1,10 @@
 #include "headinfer/random_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
-#include <random>
+#include <thread>
 
 #include "headinfer/checkpoint.h"
 #include "headinfer/config.h"
@@ -29,6 +31,76 @@ json llama_like(const char* type, int64_t hidden, int64_t layers, int64_t heads,
               {"hidden_act", "silu"},
               {"bos_token_id", 1},
               {"eos_token_id", 2}};
+}
+
+// Counter-based generator: the value of element i of tensor t depends only on (seed, t, i), so
+// filling in parallel gives the same bytes for any number of threads.
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  float scale;   // values uniform in offset +- scale
+  float offset;
+};
+
+std::vector<TensorSpec> tensor_specs(const ModelConfig& c) {
+  std::vector<TensorSpec> specs;
+  auto linear = [&](const std::string& name, int64_t out, int64_t in) {
+    specs.push_back({name, {out, in}, 1.0f / std::sqrt(static_cast<float>(in)), 0.0f});
+  };
+  auto norm = [&](const std::string& name, int64_t n) { specs.push_back({name, {n}, 0.05f, 1.0f}); };
+  auto bias = [&](const std::string& name, int64_t n) { specs.push_back({name, {n}, 0.02f, 0.0f}); };
+  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, 1.0f, 0.0f});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    norm(p + "input_layernorm.weight", c.hidden_size);
+    linear(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
+    linear(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
+    linear(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    linear(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
+    if (c.qkv_bias) {
+      bias(p + "self_attn.q_proj.bias", c.q_dim());
+      bias(p + "self_attn.k_proj.bias", c.kv_dim());
+      bias(p + "self_attn.v_proj.bias", c.kv_dim());
+    }
+    if (c.o_bias) bias(p + "self_attn.o_proj.bias", c.hidden_size);
+    if (c.qk_norm) {
+      norm(p + "self_attn.q_norm.weight", c.head_dim);
+      norm(p + "self_attn.k_norm.weight", c.head_dim);
+    }
+    norm(p + "post_attention_layernorm.weight", c.hidden_size);
+    linear(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
+    linear(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    linear(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
+    if (c.mlp_bias) {
+      bias(p + "mlp.gate_proj.bias", c.intermediate_size);
+      bias(p + "mlp.up_proj.bias", c.intermediate_size);
+      bias(p + "mlp.down_proj.bias", c.hidden_size);
+    }
+  }
+  norm("model.norm.weight", c.hidden_size);
+  if (!c.tie_word_embeddings) linear("lm_head.weight", c.vocab_size, c.hidden_size);
+  return specs;
+}
+
+void fill(uint8_t* dst, DType dtype, int64_t begin, int64_t end, uint64_t stream, const TensorSpec& spec) {
+  for (int64_t i = begin; i < end; ++i) {
+    const uint64_t r = splitmix64(stream ^ splitmix64(static_cast<uint64_t>(i)));
+    const float u = static_cast<float>(r >> 40) * (1.0f / 16777216.0f);  // [0, 1), 24 bits
+    const float v = spec.offset + spec.scale * (2.0f * u - 1.0f);
+    if (dtype == DType::F32) {
+      std::memcpy(dst + i * 4, &v, 4);
+    } else {
+      const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+      std::memcpy(dst + i * 2, &h, 2);
+    }
+  }
 }
 
 }  // namespace
@@ -78,65 +150,44 @@ json builtin_shape_config(const std::string& shape) {
   throw Error("unknown shape '" + shape + "' (built-in shapes: " + names + ")");
 }
 
-void write_random_checkpoint(const std::filesystem::path& dir, const json& config_json, DType dtype, uint64_t seed) {
-  const ModelConfig c = parse_model_config(config_json, "built-in config");
-  std::filesystem::create_directories(dir);
-  std::mt19937_64 rng(seed);
-  std::vector<TensorToWrite> tensors;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, float scale, float offset) {
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
-    TensorToWrite t{name, dtype, shape, std::vector<uint8_t>(static_cast<size_t>(numel) * dtype_size(dtype))};
-    std::uniform_real_distribution<float> u(-scale, scale);
-    for (int64_t i = 0; i < numel; ++i) {
-      const float v = offset + (scale > 0.0f ? u(rng) : 0.0f);
-      if (dtype == DType::F32) {
-        std::memcpy(t.bytes.data() + i * 4, &v, 4);
-      } else {
-        const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-        std::memcpy(t.bytes.data() + i * 2, &h, 2);
-      }
-    }
-    tensors.push_back(std::move(t));
-  };
-  auto linear = [&](const std::string& name, int64_t out, int64_t in) {
-    add(name, {out, in}, 1.0f / std::sqrt(static_cast<float>(in)), 0.0f);
-  };
-  auto norm = [&](const std::string& name, int64_t n) { add(name, {n}, 0.05f, 1.0f); };
-  auto bias = [&](const std::string& name, int64_t n) { add(name, {n}, 0.02f, 0.0f); };
-
-  add("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, 1.0f, 0.0f);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    norm(p + "input_layernorm.weight", c.hidden_size);
-    linear(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
-    linear(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
-    linear(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
-    linear(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
-    if (c.qkv_bias) {
-      bias(p + "self_attn.q_proj.bias", c.q_dim());
-      bias(p + "self_attn.k_proj.bias", c.kv_dim());
-      bias(p + "self_attn.v_proj.bias", c.kv_dim());
-    }
-    if (c.o_bias) bias(p + "self_attn.o_proj.bias", c.hidden_size);
-    if (c.qk_norm) {
-      norm(p + "self_attn.q_norm.weight", c.head_dim);
-      norm(p + "self_attn.k_norm.weight", c.head_dim);
-    }
-    norm(p + "post_attention_layernorm.weight", c.hidden_size);
-    linear(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
-    linear(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
-    linear(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
-    if (c.mlp_bias) {
-      bias(p + "mlp.gate_proj.bias", c.intermediate_size);
-      bias(p + "mlp.up_proj.bias", c.intermediate_size);
-      bias(p + "mlp.down_proj.bias", c.hidden_size);
-    }
+std::unique_ptr<Checkpoint> Checkpoint::random(const json& config_json, DType dtype, uint64_t seed) {
+  std::unique_ptr<Checkpoint> ckpt(new Checkpoint());
+  ckpt->config_ = parse_model_config(config_json, "random-weight config");
+  const std::vector<TensorSpec> specs = tensor_specs(ckpt->config_);
+  const unsigned n_threads = std::max(1u, std::thread::hardware_concurrency());
+  for (size_t t = 0; t < specs.size(); ++t) {
+    const TensorSpec& spec = specs[t];
+    auto view = std::make_unique<TensorView>();
+    view->name = spec.name;
+    view->dtype = dtype;
+    view->shape = spec.shape;
+    view->file = "(random weights)";
+    const int64_t numel = view->numel();
+    view->nbytes = static_cast<size_t>(numel) * dtype_size(dtype);
+    std::unique_ptr<uint8_t[]> bytes(new uint8_t[view->nbytes]);
+    const uint64_t stream = splitmix64(seed * 0x100000001b3ull + t);
+    std::vector<std::thread> workers;
+    const int64_t parts = numel < (1 << 20) ? 1 : static_cast<int64_t>(n_threads);
+    for (int64_t p = 0; p < parts; ++p)
+      workers.emplace_back(fill, bytes.get(), dtype, numel * p / parts, numel * (p + 1) / parts, stream, spec);
+    for (auto& w : workers) w.join();
+    view->data = bytes.get();
+    ckpt->by_name_[spec.name] = view.get();
+    ckpt->owned_views_.push_back(std::move(view));
+    ckpt->owned_bytes_.push_back(std::move(bytes));
   }
-  norm("model.norm.weight", c.hidden_size);
-  if (!c.tie_word_embeddings) linear("lm_head.weight", c.vocab_size, c.hidden_size);
-  write_safetensors(dir / "model.safetensors", tensors);
+  return ckpt;
+}
 
+void write_random_checkpoint(const std::filesystem::path& dir, const json& config_json, DType dtype, uint64_t seed) {
+  const auto ckpt = Checkpoint::random(config_json, dtype, seed);
+  std::filesystem::create_directories(dir);
+  std::vector<TensorToWrite> tensors;
+  for (const TensorView* t : ckpt->tensors()) {
+    const auto* b = static_cast<const uint8_t*>(t->data);
+    tensors.push_back({t->name, t->dtype, t->shape, std::vector<uint8_t>(b, b + t->nbytes)});
+  }
+  write_safetensors(dir / "model.safetensors", tensors);
   json out = config_json;
   out["torch_dtype"] = dtype == DType::F32 ? "float32" : dtype == DType::BF16 ? "bfloat16" : "float16";
   std::ofstream f(dir / "config.json");

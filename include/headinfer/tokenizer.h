@@ -73,9 +73,8 @@ class Tokenizer {
   // for when the checkpoint's config/generation_config names no eos_token_id.
   std::vector<int32_t> stop_ids() const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -31,6 +31,7 @@ class Engine {
   int64_t context() const { return options_.context; }
   int64_t n_past() const { return n_past_; }
   Model& model() { return model_; }
+  const KvCache& kv_cache() const { return *kv_; }
 
   // Feeds tokens (in chunks) and returns the last token's logits ([vocab], valid until the next
   // call). `progress(done, total)` is called after each chunk when given.

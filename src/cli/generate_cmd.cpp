@@ -15,6 +15,7 @@
 #include "headinfer/error.h"
 #include "headinfer/tokenizer.h"
 #include "parse_util.h"
+#include "progress.h"
 #include "size_parse.h"
 
 namespace headinfer::cli {
@@ -102,6 +103,8 @@ void run_generate(const GenerateArgs& a) {
   if (config.eos_token_ids.empty() && tokenizer)
     for (int32_t id : tokenizer->stop_ids()) go.eos_ids.push_back(id);
   GenerateCallbacks cb;
+  ProgressReporter progress("prefill");
+  cb.on_prefill_progress = [&](int64_t done, int64_t total) { progress.update(done, total); };
   std::optional<StreamDecoder> stream;
   if (tokenizer) {
     stream.emplace(*tokenizer);

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   headinfer::cli::add_make_model_command(app);
   headinfer::cli::add_tokenize_command(app);
   headinfer::cli::add_plan_command(app);
+  headinfer::cli::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,190 @@
+// `headinfer bench`: prefill of random tokens then greedy decode, per context length, on a
+// built-in shape or a checkpoint folder (its weights, or random ones of its shape). Reports what
+// ../shared/BENCH.md asks for: prefill seconds, median decode seconds per token, GPU peak bytes,
+// host bytes, link bytes per token and the link GB/s that implies.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/engine.h"
+#include "headinfer/error.h"
+#include "headinfer/head_store.h"
+#include "headinfer/planner.h"
+#include "headinfer/random_model.h"
+#include "parse_util.h"
+#include "progress.h"
+#include "size_parse.h"
+
+namespace headinfer::cli {
+namespace {
+
+struct BenchArgs {
+  std::string shape;
+  std::string model_dir;
+  bool random_weights = false;
+  std::string dtype = "bf16";
+  std::string contexts = "8K";
+  int64_t n_decode = 32;
+  std::string gpu_mem;
+  std::string host_mem;
+  std::string offload = "auto";
+  int64_t kv_group = 0;
+  int64_t chunk = 512;
+  int threads = 0;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+std::vector<int64_t> parse_contexts(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(parse_count(item, "--ctx"));
+  if (out.empty()) throw Error("--ctx: give one or more context lengths, e.g. 8K,32K,128K");
+  return out;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::unique_ptr<Checkpoint> load_bench_checkpoint(const BenchArgs& a, std::string* label) {
+  if (!a.shape.empty() && !a.model_dir.empty()) throw Error("give --shape or -m, not both");
+  DType dtype;
+  if (a.dtype == "bf16") dtype = DType::BF16;
+  else if (a.dtype == "f16") dtype = DType::F16;
+  else if (a.dtype == "f32") dtype = DType::F32;
+  else throw Error("--dtype must be bf16, f16 or f32");
+  if (!a.shape.empty()) {
+    *label = a.shape + " (random weights, " + a.dtype + ")";
+    return Checkpoint::random(builtin_shape_config(a.shape), dtype, a.seed);
+  }
+  if (a.model_dir.empty()) throw Error("give --shape NAME or -m DIR");
+  if (!a.random_weights) {
+    *label = a.model_dir;
+    return Checkpoint::open(a.model_dir);
+  }
+  *label = a.model_dir + " (random weights, " + a.dtype + ")";
+  std::ifstream in(std::filesystem::path(a.model_dir) / "config.json");
+  if (!in) throw Error(a.model_dir + "/config.json: cannot open");
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(a.model_dir + "/config.json: invalid JSON (" + std::string(e.what()) + ")");
+  }
+  return Checkpoint::random(config, dtype, a.seed);
+}
+
+void run_bench(const BenchArgs& a) {
+  if (a.n_decode < 1) throw Error("--n-decode must be at least 1");
+  const std::vector<int64_t> contexts = parse_contexts(a.contexts);
+  std::string label;
+  const auto checkpoint = load_bench_checkpoint(a, &label);
+  const ModelConfig& config = checkpoint->config();
+  const int64_t gpu_mem = a.gpu_mem.empty() ? 0 : parse_byte_size(a.gpu_mem, "--gpu-mem");
+
+  nlohmann::json results = nlohmann::json::array();
+  std::string device_name;
+  for (int64_t ctx : contexts) {
+    auto device = make_cpu_device({a.threads, static_cast<size_t>(gpu_mem)});
+    device_name = device->name();
+    EngineOptions eo;
+    eo.context = ctx + a.n_decode;
+    eo.chunk = a.chunk;
+    eo.kv.gpu_mem = gpu_mem;
+    eo.kv.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
+    eo.kv.offload = parse_offload_mode(a.offload, "--offload");
+    eo.kv.kv_group = a.kv_group;
+    Engine engine(*checkpoint, *device, eo);
+
+    std::mt19937_64 rng(a.seed + static_cast<uint64_t>(ctx));
+    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
+    std::vector<int32_t> prompt(static_cast<size_t>(ctx));
+    for (int32_t& t : prompt) t = token(rng);
+
+    ProgressReporter progress("prefill " + std::to_string(ctx));
+    const auto t0 = std::chrono::steady_clock::now();
+    std::span<const float> logits = engine.prefill(prompt, [&](int64_t d, int64_t n) { progress.update(d, n); });
+    const double prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    std::vector<double> step_s;
+    for (int64_t i = 0; i < a.n_decode; ++i) {
+      const int32_t next = argmax(logits);
+      const auto s0 = std::chrono::steady_clock::now();
+      logits = engine.decode(next);
+      step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
+    }
+    const double decode_s = median(step_s);
+    const Plan* plan = kv_cache_plan(engine.kv_cache());
+    const int64_t link_bytes = plan != nullptr ? plan->link_bytes_per_token : 0;
+    nlohmann::json r = {{"context", ctx},
+                        {"prefill_seconds", prefill_s},
+                        {"prefill_tokens_per_second", static_cast<double>(ctx) / prefill_s},
+                        {"decode_seconds_per_token", decode_s},
+                        {"decode_tokens_per_second", 1.0 / decode_s},
+                        {"gpu_peak_bytes", device->peak_bytes()},
+                        {"host_bytes", kv_cache_host_peak_bytes(engine.kv_cache())},
+                        {"link_bytes_per_token", link_bytes},
+                        {"link_gbps_achieved", static_cast<double>(link_bytes) / decode_s / 1e9}};
+    if (plan != nullptr) {
+      r["resident_groups"] = plan->n_resident_groups;
+      r["streamed_groups"] = plan->n_streamed_groups;
+      r["kv_group"] = plan->group_size;
+    }
+    results.push_back(r);
+    if (!a.json)
+      std::printf("ctx %8lld  prefill %9.3f s (%8.0f tok/s)  decode %9.4f s/token (%7.2f tok/s)  GPU peak %7.2f GiB  "
+                  "host %7.2f GiB  link %7.3f GiB/token (%6.2f GB/s)\n",
+                  static_cast<long long>(ctx), prefill_s, static_cast<double>(ctx) / prefill_s, decode_s,
+                  1.0 / decode_s, static_cast<double>(device->peak_bytes()) / (1 << 30),
+                  static_cast<double>(kv_cache_host_peak_bytes(engine.kv_cache())) / (1 << 30),
+                  static_cast<double>(link_bytes) / (1 << 30), static_cast<double>(link_bytes) / decode_s / 1e9);
+  }
+  if (a.json) {
+    const nlohmann::json out = {{"model", label}, {"device", device_name}, {"n_decode", a.n_decode},
+                                {"gpu_mem", gpu_mem},  {"offload", a.offload}, {"results", results}};
+    std::printf("%s\n", out.dump().c_str());
+  }
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand("bench", "Prefill random tokens, then decode; report speed and memory");
+  std::string shapes;
+  for (const std::string& s : builtin_shape_names()) shapes += (shapes.empty() ? "" : ", ") + s;
+  cmd->add_option("--shape", args->shape, "Built-in shape with random weights: " + shapes);
+  cmd->add_option("-m,--model", args->model_dir, "Checkpoint folder");
+  cmd->add_flag("--random-weights", args->random_weights, "With -m: random weights of the folder's shape");
+  cmd->add_option("--dtype", args->dtype, "Random weights' dtype: bf16, f16, f32")->capture_default_str();
+  cmd->add_option("--ctx", args->contexts, "Context lengths: 8K,32K,128K")->capture_default_str();
+  cmd->add_option("--n-decode", args->n_decode, "Tokens decoded after each prefill")->capture_default_str();
+  cmd->add_option("--gpu-mem", args->gpu_mem, "Device memory cap: 24GiB (default: unlimited)");
+  cmd->add_option("--host-mem", args->host_mem, "Host memory for the KV (default: detected)");
+  cmd->add_option("--offload", args->offload, "auto, all or none")->capture_default_str();
+  cmd->add_option("--kv-group", args->kv_group, "KV heads per transfer group (0: planner)")->capture_default_str();
+  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
+  cmd->add_option("-t,--threads", args->threads, "CPU threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "Seed of the random weights and tokens")->capture_default_str();
+  cmd->add_flag("--json", args->json, "Print one JSON object");
+  cmd->callback([args] { run_bench(*args); });
+}
+
+}  // namespace headinfer::cli

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build headinfer for the card, measure the floors and the
+# transformers peers (bench/peers.py), run `headinfer bench` under the 24 GiB cap and uncapped,
+# and write bench/results/<date>-<gpu>.{json,md,png} (copied to $OUT too).
+#
+# Prepare here first (deps for the build, as scripts/gpu_check.sh --prepare), then call the
+# device with carry [".carry"]:  bench/run_gpu.sh
+# Knobs: CONTEXTS (default 8K,32K,128K), PEER_CONTEXTS (default 8192,131072), SHAPE (llama3-8b),
+#        N_DECODE (32), SKIP_PEERS=1 to rerun only headinfer.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DEPS=$ROOT/.carry/deps/usr
+OUT=${OUT:-$ROOT/out}
+SHAPE=${SHAPE:-llama3-8b}
+CONTEXTS=${CONTEXTS:-8K,32K,128K}
+PEER_CONTEXTS=${PEER_CONTEXTS:-8192,131072}
+N_DECODE=${N_DECODE:-32}
+mkdir -p "$OUT"
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
+echo "card: $GPU (sm_$ARCH)"
+
+export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)
+[[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
+cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DHEADINFER_TESTS=OFF \
+  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
+  >"$OUT/bench-configure.log" 2>&1 || { tail -20 "$OUT/bench-configure.log"; exit 1; }
+cmake --build "$ROOT/build-gpu" --target headinfer -j "$(nproc)" >"$OUT/bench-build.log" 2>&1 ||
+  { grep -E "error" "$OUT/bench-build.log" | head -20; exit 1; }
+HI=$ROOT/build-gpu/src/cli/headinfer
+
+runs=()
+bench() {  # label, file, extra flags...
+  local label=$1 file=$2
+  shift 2
+  if "$HI" bench --shape "$SHAPE" --device cuda --n-decode "$N_DECODE" --json "$@" >"$OUT/$file" 2>"$OUT/$file.err"; then
+    runs+=(--run "$label=$OUT/$file")
+    echo "$label: $(head -c 600 "$OUT/$file")"
+  else
+    echo "$label failed: $(tail -3 "$OUT/$file.err")"
+  fi
+}
+bench "headinfer (24 GiB cap)" hi-capped.json --ctx "$CONTEXTS" --gpu-mem 24GiB
+bench "headinfer (24 GiB cap, all streamed)" hi-streamed.json --ctx "$CONTEXTS" --gpu-mem 24GiB --offload all
+bench "headinfer (uncapped)" hi-uncapped.json --ctx 8K --offload none
+
+if [[ -z "${SKIP_PEERS:-}" || ! -f "$OUT/peers.json" ]]; then
+  python3 "$ROOT/bench/peers.py" --shape "$SHAPE" --ctx "$PEER_CONTEXTS" --n-decode 8 \
+    >"$OUT/peers.json" 2>"$OUT/peers.log" || { tail -5 "$OUT/peers.log"; exit 1; }
+fi
+cat "$OUT/peers.log" | grep -v Warning | tail -12
+python3 "$ROOT/bench/report.py" --peers "$OUT/peers.json" "${runs[@]}" --out-dir "$ROOT/bench/results" \
+  --shape "$SHAPE" --commit "$(cat "$ROOT/.carry/commit" 2>/dev/null || echo unknown)" \
+  --command "bench/run_gpu.sh (CONTEXTS=$CONTEXTS)" | tee "$OUT/report-stem.txt"
+stem=$(cat "$OUT/report-stem.txt")
+cp "$stem".json "$stem".md "$OUT/"
+[[ -f "$stem.png" ]] && cp "$stem.png" "$OUT/"
+cat "$stem.md"

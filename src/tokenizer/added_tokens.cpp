@@ -57,12 +57,6 @@ uint32_t code_point_before(std::string_view text, size_t pos) {
   return next_code_point(text, start);
 }
 
-bool is_word_char(uint32_t cp) {
-  // Rust regex's \w: alphabetic, marks, decimal digits, connector punctuation; approximated by
-  // alphabetic, numeric and '_' (only single_word tokens look at it).
-  return cp == '_' || is_alphanumeric(cp);
-}
-
 }  // namespace
 
 void AddedTokenMatcher::split(std::string_view text, bool skip_special, std::vector<AddedSplit>& out) const {

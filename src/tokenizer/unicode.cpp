@@ -145,6 +145,12 @@ CharClasses::CharClasses() : table_(0x110000, 0) {
   mark_ranges(table_, property_ctype("N"), kNumber);
   mark_ranges(table_, ONIGENC_CTYPE_SPACE, kSpace);
   mark_ranges(table_, property_ctype("Alphabetic"), kAlphabetic);
+  // Oniguruma's Word is letters, marks, decimal digits and connector punctuation; Rust's \w
+  // adds the rest of Alphabetic and the two joiners.
+  mark_ranges(table_, ONIGENC_CTYPE_WORD, kWord);
+  mark_ranges(table_, property_ctype("Alphabetic"), kWord);
+  table_[0x200C] |= kWord;
+  table_[0x200D] |= kWord;
 }
 
 const CharClasses& CharClasses::instance() {

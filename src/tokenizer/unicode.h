@@ -53,6 +53,7 @@ enum CharFlag : uint8_t {
   kNumber = 2,      // \p{N} (also Rust's char::is_numeric)
   kSpace = 4,       // \s in Oniguruma = White_Space (also Rust's char::is_whitespace)
   kAlphabetic = 8,  // Alphabetic (Rust's char::is_alphabetic)
+  kWord = 16,       // Rust regex's \w: Alphabetic, marks, decimal digits, connectors, joiners
 };
 
 // Immutable after construction; shared by every tokenizer in the process.
@@ -67,9 +68,7 @@ class CharClasses {
 };
 
 inline bool is_whitespace(uint32_t cp) { return CharClasses::instance().flags(cp) & kSpace; }
-inline bool is_alphanumeric(uint32_t cp) {
-  return CharClasses::instance().flags(cp) & (kAlphabetic | kNumber);
-}
+inline bool is_word_char(uint32_t cp) { return CharClasses::instance().flags(cp) & kWord; }
 
 enum class NormalForm { nfc, nfd, nfkc, nfkd };
 

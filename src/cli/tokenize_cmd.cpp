@@ -24,6 +24,7 @@ struct TokenizeArgs {
   std::string input_jsonl;
   bool no_special = false;
   bool json = false;
+  bool have_prompt = false;  // -p was given (an empty prompt is valid: it encodes to the BOS alone)
 };
 
 Tokenizer load_tokenizer(const TokenizeArgs& a) {
@@ -82,10 +83,10 @@ void run_jsonl(const Tokenizer& tok, const TokenizeArgs& a) {
 }
 
 void run_tokenize(const TokenizeArgs& a) {
-  int modes = int(!a.prompt.empty()) + int(!a.decode_ids.empty()) + int(!a.input_jsonl.empty());
+  int modes = int(a.have_prompt) + int(!a.decode_ids.empty()) + int(!a.input_jsonl.empty());
   if (modes != 1) throw Error("tokenize: give exactly one of -p TEXT, --decode IDS and --input-jsonl FILE");
   Tokenizer tok = load_tokenizer(a);
-  if (!a.prompt.empty()) run_encode(tok, a);
+  if (a.have_prompt) run_encode(tok, a);
   else if (!a.decode_ids.empty()) run_decode(tok, a);
   else run_jsonl(tok, a);
 }
@@ -97,14 +98,17 @@ void add_tokenize_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("tokenize", "Encode text or decode ids with a model's tokenizer.json");
   cmd->add_option("-m,--model", args->model_dir, "Model folder holding tokenizer.json");
   cmd->add_option("--tokenizer", args->tokenizer_file, "A tokenizer.json file");
-  cmd->add_option("-p,--prompt", args->prompt, "Text to encode (ids printed comma-separated)");
+  CLI::Option* prompt = cmd->add_option("-p,--prompt", args->prompt, "Text to encode (ids printed comma-separated)");
   cmd->add_option("--decode", args->decode_ids, "Comma-separated ids to decode");
   cmd->add_option("--input-jsonl", args->input_jsonl,
                   "Batch: one JSON object with \"text\" per line -> one line of ids, ids_with_special, decoded");
   cmd->add_flag("--no-special", args->no_special,
                 "Encode without the post-processor's special tokens (BOS); decode skipping special tokens");
   cmd->add_flag("--json", args->json, "Print JSON (encode: ids and tokens; decode: text)");
-  cmd->callback([args] { run_tokenize(*args); });
+  cmd->callback([args, prompt] {
+    args->have_prompt = prompt->count() > 0;
+    run_tokenize(*args);
+  });
 }
 
 }  // namespace headinfer::cli

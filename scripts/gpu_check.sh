@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS=$ROOT/.carry/deps/usr
 
 if [[ "${1:-}" == "--prepare" ]]; then
-  rm -rf "$ROOT/.carry/deps" "$ROOT/.carry/testdata"
+  rm -rf "$ROOT/.carry/deps" "$ROOT/.carry/testdata" "$ROOT/.carry/cudnn_frontend"
   mkdir -p "$DEPS/include" "$DEPS/lib/x86_64-linux-gnu/cmake" "$DEPS/share/cmake" "$ROOT/.carry/testdata"
   cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/gtest /usr/include/gmock "$DEPS/include/"
   cp /usr/lib/x86_64-linux-gnu/libgtest*.a /usr/lib/x86_64-linux-gnu/libgmock*.a "$DEPS/lib/x86_64-linux-gnu/"
@@ -30,6 +30,14 @@ if [[ "${1:-}" == "--prepare" ]]; then
     -e 's|^libdir=.*|libdir=${prefix}/lib/x86_64-linux-gnu|' -e 's|^includedir=.*|includedir=${prefix}/include|' \
     /usr/lib/x86_64-linux-gnu/pkgconfig/oniguruma.pc >"$DEPS/lib/x86_64-linux-gnu/pkgconfig/oniguruma.pc"
   cp -r "${HEADINFER_SHARED:-$ROOT/../shared}/testdata/models" "$ROOT/.carry/testdata/"
+  # cudnn-frontend (header-only, from PyPI) for the cuDNN SDPA prefill path; cuDNN itself is PyTorch's there.
+  fe_tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: nvidia-cudnn-frontend==1.32.0 -d "$fe_tmp"
+  python3 -c 'import glob, sys, zipfile
+for w in glob.glob(sys.argv[1] + "/nvidia_cudnn_frontend-*.whl"):
+    z = zipfile.ZipFile(w)
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("include/")])' "$fe_tmp" "$ROOT/.carry/cudnn_frontend"
+  rm -rf "$fe_tmp"
   chmod -R u+w "$ROOT/.carry"
   du -sh "$ROOT/.carry"
   exit 0
@@ -44,12 +52,17 @@ ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 start=$(date +%s)
 export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# cuDNN for the SDPA prefill path: the copy PyTorch ships (site-packages/nvidia/cudnn), if any.
+CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)
+[[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
 cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" >"$OUT/configure.log" 2>&1 ||
+  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
+  >"$OUT/configure.log" 2>&1 ||
   { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build "$ROOT/build-gpu" --target cuda_ops_tests -j "$(nproc)" >"$OUT/build.log" 2>&1 ||
   { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 echo "configure + build: $(( $(date +%s) - start )) s (sm_$ARCH)"
+grep -E "cuDNN SDPA" "$OUT/configure.log" || true
 
 export HEADINFER_TESTDATA=$ROOT/.carry/testdata
 rc=0
@@ -60,4 +73,9 @@ grep -E "^\[model\]|FAILED|Failure|error" "$OUT/cuda_ops_tests.log" | head -60 |
 grep -E "^\[bench\]" "$OUT/cuda_ops_tests.log" || true
 grep -E "^\[max-err\]" "$OUT/cuda_ops_tests.log" | sort -t= -k3 -g -r | head -12 || true
 tail -4 "$OUT/cuda_ops_tests.log"
+# PyTorch's SDPA on the same card, the peer for the attention benchmark (HEADINFER_BENCH_PEER=1).
+if [[ -n "${HEADINFER_BENCH_PEER:-}" ]]; then
+  python3 "$ROOT/bench/attention/sdpa_peer.py" >"$OUT/sdpa_peer.log" 2>&1 || true
+  grep -E "^\[peer\]" "$OUT/sdpa_peer.log" || tail -5 "$OUT/sdpa_peer.log"
+fi
 exit $rc

@@ -1,5 +1,7 @@
-// Attention on the GPU (prefill tiles and split-KV decode) against the CPU reference: GQA groups,
-// head dims, sliding windows, parts that start after some queries (lse = -inf), 16-bit KV.
+// Attention on the GPU against the CPU reference, every path: the fp32 CUDA-core kernel (f32 KV,
+// short chunks, unaligned rows), cuDNN SDPA (a chunk of queries against 16-bit KV: causal from 0,
+// after a past, windows, a diagonal shifted right, no mask), split-KV decode (one query row, every
+// head dim and GQA group, windows, empty ranges); parts that start after some queries (lse = -inf).
 #include <algorithm>
 #include <cmath>
 
@@ -63,6 +65,10 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   for (int64_t j = 0; j < n; ++j)
     for (int64_t i = 0; i < d; ++i) max_v = std::max(max_v, std::fabs(static_cast<double>(v[j * kv_stride + i])));
   const double sum_round = 2 * kF32Eps * (4 * std::sqrt(static_cast<double>(n)) + 16);
+  // A chunk of queries against 16-bit KV may run on the tensor cores (cuDNN): q is rounded to the KV
+  // type (each score moves by up to scale * u * sum|q k| more), and the softmax weights (before P V)
+  // and the output are rounded to it, u max|v| each. Decode and f32 KV stay fp32 throughout.
+  const double u16 = c.kv_dtype != DType::F32 && T > 1 ? unit_roundoff(c.kv_dtype) : 0.0;
   std::vector<double> tol_out(ref_out.size()), tol_lse(ref_lse.size());
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < g; ++h) {
@@ -72,8 +78,9 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
         for (int64_t i = 0; i < d; ++i) s += std::fabs(q[t * q_stride + h * d + i] * k[j * kv_stride + i]);
         max_abs_dot = std::max(max_abs_dot, s);
       }
-      const double ds = scale * dot_tolerance(d, max_abs_dot);
-      for (int64_t i = 0; i < d; ++i) tol_out[t * q_cols + h * d + i] = max_v * (2 * ds + 8 * kF32Eps + 2 * sum_round);
+      const double ds = scale * (dot_tolerance(d, max_abs_dot) + u16 * max_abs_dot);
+      for (int64_t i = 0; i < d; ++i)
+        tol_out[t * q_cols + h * d + i] = max_v * (2 * ds + 8 * kF32Eps + 2 * sum_round + 2 * u16);
       tol_lse[t * g + h] = ds + sum_round + 4 * kF32Eps * std::fabs(ref_lse[t * g + h]);
     }
   std::ostringstream name;
@@ -99,7 +106,24 @@ INSTANTIATE_TEST_SUITE_P(
         // a part that starts after the first queries (they see nothing: lse = -inf, out = 0)
         AttnCase{17, 50, 16, 2, 100, 110, 0, 0, DType::F32},
         // a part that ends before the queries (all keys visible, not the last ones of the context)
-        AttnCase{17, 600, 64, 2, 2000, 700, 0, 0, DType::F32}, AttnCase{1, 3000, 128, 4, 9000, 100, 0, 0, DType::F32}));
+        AttnCase{17, 600, 64, 2, 2000, 700, 0, 0, DType::F32}, AttnCase{1, 3000, 128, 4, 9000, 100, 0, 0, DType::F32},
+        // cuDNN SDPA (16-bit KV, >= 16 queries): causal from 0, every head dim it takes, f16 too
+        AttnCase{97, 97, 128, 4, 0, 0, 0, 0, DType::BF16}, AttnCase{97, 97, 64, 2, 0, 0, 0, 0, DType::F16},
+        AttnCase{17, 17, 16, 1, 0, 0, 0, 0, DType::BF16}, AttnCase{33, 33, 256, 2, 0, 0, 0, 0, DType::BF16},
+        AttnCase{1500, 1500, 32, 4, 0, 0, 0, 0, DType::BF16},
+        // a chunk after a past, a window (diagonal at the last key, and shifted right by 100 with the
+        // keys ending before the queries), keys all before the queries (no mask), a right shift alone
+        AttnCase{256, 1756, 128, 4, 1500, 0, 0, 0, DType::BF16},
+        AttnCase{97, 1400, 128, 2, 1403, 0, 300, 0, DType::BF16},
+        AttnCase{64, 600, 128, 4, 2000, 700, 0, 0, DType::BF16}, AttnCase{64, 600, 128, 4, 640, 0, 0, 0, DType::F16},
+        // ...that cuDNN declines: unaligned KV rows, queries seeing no key (the CUDA-core kernel runs)
+        AttnCase{97, 97, 64, 2, 0, 0, 0, 3, DType::BF16}, AttnCase{17, 50, 16, 2, 100, 110, 0, 0, DType::BF16},
+        // split-KV decode: every GQA width (7 takes the 8-wide kernel), head dims 8..256, f32/f16/bf16,
+        // one split, 32K keys, a window, a part wholly after the query (empty: lse = -inf)
+        AttnCase{1, 32768, 128, 4, 32767, 0, 0, 0, DType::BF16}, AttnCase{1, 5000, 128, 7, 4999, 0, 0, 0, DType::BF16},
+        AttnCase{1, 3000, 256, 2, 2999, 0, 0, 0, DType::BF16}, AttnCase{1, 1500, 8, 1, 1499, 0, 0, 0, DType::F32},
+        AttnCase{1, 50, 64, 4, 49, 0, 0, 0, DType::BF16}, AttnCase{1, 9000, 64, 4, 8999, 0, 1000, 0, DType::F16},
+        AttnCase{1, 3000, 128, 4, 50, 100, 0, 0, DType::BF16}));
 
 }  // namespace
 }  // namespace headinfer::test

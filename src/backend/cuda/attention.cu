@@ -1,15 +1,23 @@
 // Attention of a chunk of queries against a contiguous run of one kv head's keys, returning the
-// output and the natural log-sum-exp, for prefill (many queries) and decode (one query, split-KV).
+// output and the natural log-sum-exp. CudaOps::attention picks one of three paths per call:
+//   - one query row (decode): attention_decode.cu's split-KV kernel, which reads K and V once for
+//     all GQA heads;
+//   - a chunk of queries against 16-bit KV: cuDNN's fused SDPA on the tensor cores
+//     (attention_cudnn.cpp), when this build has cuDNN and it can express the call's mask;
+//   - everything else, f32 KV above all (f32 checkpoints keep fp32 attention so their greedy ids
+//     match the CPU reference): the fp32 CUDA-core kernel below.
 //
-// One warp per task (query row t, q head h); the WARPS warps of a block are adjacent tasks, which
-// share the kv head, so each 32-key tile of K and V is staged once in shared memory (widened to
-// fp32) and read by every warp. Within a tile lane j scores key j; the online softmax rescales the
-// running output, which each lane keeps for dims lane, lane + 32, ... in registers.
-// When there are too few tasks to fill the GPU (decode), grid.y splits the keys; each split
+// The CUDA-core kernel: one warp per task (query row t, q head h); the WARPS warps of a block are
+// adjacent tasks, which share the kv head, so each 32-key tile of K and V is staged once in shared
+// memory (widened to fp32) and read by every warp. Within a tile lane j scores key j; the online
+// softmax rescales the running output, which each lane keeps for dims lane, lane + 32, ... in
+// registers. When there are too few tasks to fill the GPU, grid.y splits the keys; each split
 // writes (out, lse) partials and a combine kernel merges them exactly as attention_merge does.
 #include <algorithm>
 #include <cmath>
 
+#include "attention_cudnn.h"
+#include "attention_internal.h"
 #include "cuda_common.h"
 #include "cuda_ops.h"
 
@@ -19,6 +27,7 @@ namespace {
 constexpr int kWarps = 4;       // tasks per block
 constexpr int kTile = 32;       // keys per shared-memory tile: one per lane
 constexpr int64_t kMinKeysPerSplit = 512;  // enough tiles per split to hide the combine
+constexpr int64_t kCudnnMinQueries = 16;
 
 struct AttnParams {
   const float* q;     // F32 [n_queries, n_q_heads * D], rows q_ld apart
@@ -192,6 +201,19 @@ __global__ void combine_splits_kernel(AttnParams p, int n_splits) {
 
 }  // namespace
 
+// The attention scratch any call with at most `max_tasks` (query row, q head) tasks can need: the
+// CUDA-core kernel splits only when blocks = ceil(tasks / kWarps) < sm_count, into at most
+// ceil(2 sm_count / blocks) splits, so splits * blocks <= 2 sm_count + blocks; the decode kernel's
+// partials (attention_decode.cu); cuDNN's 16-bit Q, O and its Stats.
+size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t head_dim) {
+  if (max_tasks <= 0 || head_dim <= 0) return 0;
+  const int64_t blocks = std::min<int64_t>((max_tasks + kWarps - 1) / kWarps, sm_count);
+  const size_t tiles = static_cast<size_t>((2 * int64_t{sm_count} + blocks) * kWarps * (head_dim + 1)) * sizeof(float);
+  const size_t decode = decode_partials_max_bytes(sm_count, std::min<int64_t>(max_tasks, 8), head_dim);
+  const size_t sdpa = CudnnSdpa::available() ? CudnnSdpa::scratch_bytes(max_tasks, head_dim) : 0;
+  return std::max({tiles, decode, sdpa});
+}
+
 void CudaOps::attention(const AttentionArgs& a) {
   if (a.q.dtype != DType::F32 || a.out.dtype != DType::F32 || a.lse.dtype != DType::F32)
     throw Error("cuda backend: attention needs F32 queries, output and lse");
@@ -200,6 +222,10 @@ void CudaOps::attention(const AttentionArgs& a) {
     throw Error("cuda backend: attention shape mismatch");
   const int64_t n_tasks = a.q.rows * a.n_q_heads;
   if (n_tasks == 0) return;
+  if (attention_decode(a, sm_count_, attn_partials_, stream_)) return;
+  // cuDNN tiles queries by 64 or more rows and does not split keys: a few rows against a long
+  // context would leave most SMs idle, so short chunks stay on the split-KV CUDA-core kernel.
+  if (a.q.rows >= kCudnnMinQueries && cudnn_.run(a, attn_partials_)) return;
   AttnParams p{static_cast<const float*>(a.q.data), a.q.row_stride, a.kv.k, a.kv.v, a.kv.row_stride,
                a.q.rows, a.n_q_heads, a.n_keys, a.q_pos0, a.k_pos0, a.window, a.scale,
                static_cast<float*>(a.out.data), a.out.row_stride, static_cast<float*>(a.lse.data),

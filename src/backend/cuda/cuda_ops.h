@@ -8,6 +8,7 @@
 #include <array>
 #include <map>
 
+#include "attention_cudnn.h"
 #include "headinfer/backend.h"
 
 namespace headinfer::cuda {
@@ -36,7 +37,8 @@ class CudaOps final : public Ops {
         ids_(device, stream, "token ids"),
         gemm_cast_(device, stream, "linear input cast"),
         gemm_workspace_(device, stream, "cuBLASLt workspace"),
-        attn_partials_(device, stream, "attention split-KV partials") {}
+        attn_partials_(device, stream, "attention split-KV partials"),
+        cudnn_(device, stream) {}
 
   void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) override;
   void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) override;
@@ -62,7 +64,9 @@ class CudaOps final : public Ops {
   Scratch ids_;             // I32 [T]: token ids uploaded for embedding
   Scratch gemm_cast_;       // BF16/F16 [T, in]: x rounded to the weight dtype for tensor-core GEMMs
   Scratch gemm_workspace_;  // bytes: cuBLASLt's workspace
-  Scratch attn_partials_;   // F32 [splits, tasks, head_dim + 1]: split-KV outputs and their LSE
+  Scratch attn_partials_;   // F32 [splits, tasks, head_dim + 1]: split-KV outputs and their LSE;
+                            // for cuDNN prefill, 16-bit Q and O [T, heads * head_dim] and F32 Stats
+  CudnnSdpa cudnn_;         // cuDNN handle and SDPA graphs per shape (prefill on 16-bit KV)
   std::map<std::array<int64_t, 10>, cublasLtMatmulAlgo_t> gemm_algos_;
 };
 

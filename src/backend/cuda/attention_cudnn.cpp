@@ -1,0 +1,168 @@
+// Prefill attention through cuDNN's fused SDPA. Host code only (compiled by the C++ compiler, which
+// is all cudnn-frontend needs); the two small layout kernels it queues are in attention_cudnn_io.cu.
+//
+// Our mask is positional: key j (at k_pos0 + j) is visible to query t (at q_pos0 + t) when
+// k_pos <= q_pos and, with a window w, q_pos - k_pos < w. With off = q_pos0 - k_pos0 that is
+// j <= t + off and t + off - j < w. cuDNN's bottom-right band with right bound rb and left bound lb
+// keeps (t, j) when j <= t + (s_kv - s_q) + rb and t + (s_kv - s_q) - j < lb. So after trimming the
+// keys no query sees (past the last query's diagonal, before the first query's window), off equals
+// (s_kv - s_q) + rb with rb >= 0, and lb = w - rb reproduces the window. cuDNN needs s_q <= s_kv
+// and, for its Stats to be a log-sum-exp, every row non-empty (lb >= 1); other calls decline.
+#include "attention_cudnn.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <map>
+
+#include "attention_internal.h"
+#include "cuda_ops.h"
+#include "headinfer/dtype.h"
+#include "headinfer/error.h"
+
+#if HEADINFER_WITH_CUDNN
+#define CUDNN_FRONTEND_SKIP_JSON_LIB 1
+#include <cudnn.h>
+#include <cudnn_frontend.h>
+#endif
+
+namespace headinfer::cuda {
+
+size_t CudnnSdpa::scratch_bytes(int64_t n_tasks, int64_t head_dim) {
+  const auto align = [](size_t b) { return (b + 255) / 256 * 256; };
+  const size_t vec16 = align(static_cast<size_t>(n_tasks * head_dim) * 2);
+  return 2 * vec16 + align(static_cast<size_t>(n_tasks) * sizeof(float));
+}
+
+#if HEADINFER_WITH_CUDNN
+
+namespace fe = cudnn_frontend;
+
+namespace {
+
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats };
+
+// Everything a graph is specialised on. right_bound -1: no diagonal mask; left_bound 0: no window.
+using GraphKey = std::array<int64_t, 9>;
+
+struct CachedGraph {
+  std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN has no engine for this shape
+  int64_t workspace_bytes = 0;
+};
+
+}  // namespace
+
+struct CudnnSdpa::Impl {
+  Impl(Device& device, cudaStream_t stream) : stream(stream), workspace(device, stream, "cuDNN SDPA workspace") {}
+  ~Impl() {
+    graphs.clear();
+    if (handle != nullptr) cudnnDestroy(handle);
+  }
+
+  cudnnHandle_t get_handle() {
+    if (handle == nullptr) {
+      if (cudnnCreate(&handle) != CUDNN_STATUS_SUCCESS) throw Error("cuda backend: cudnnCreate failed");
+      if (cudnnSetStream(handle, stream) != CUDNN_STATUS_SUCCESS) throw Error("cuda backend: cudnnSetStream failed");
+    }
+    return handle;
+  }
+
+  const CachedGraph& graph_for(const GraphKey& key, DType kv_dtype, float scale) {
+    auto it = graphs.find(key);
+    if (it != graphs.end()) return it->second;
+    const auto [s_q, s_kv, h_q, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits] = key;
+    (void)dtype_code;
+    (void)scale_bits;
+    auto g = std::make_shared<fe::graph::Graph>();
+    g->set_io_data_type(kv_dtype == DType::BF16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
+        .set_intermediate_data_type(fe::DataType_t::FLOAT)
+        .set_compute_data_type(fe::DataType_t::FLOAT);
+    // Q and O: [s_q, h_q, d] in memory (token-major, as the engine's activations are).
+    const std::vector<int64_t> q_dim{1, h_q, s_q, d}, q_stride{s_q * h_q * d, d, h_q * d, 1};
+    const std::vector<int64_t> kv_dim{1, 1, s_kv, d}, kv_stride{s_kv * kv_ld, s_kv * kv_ld, kv_ld, 1};
+    auto q = g->tensor(fe::graph::Tensor_attributes().set_name("Q").set_uid(kQ).set_dim(q_dim).set_stride(q_stride));
+    auto k = g->tensor(fe::graph::Tensor_attributes().set_name("K").set_uid(kK).set_dim(kv_dim).set_stride(kv_stride));
+    auto v = g->tensor(fe::graph::Tensor_attributes().set_name("V").set_uid(kV).set_dim(kv_dim).set_stride(kv_stride));
+    auto opts = fe::graph::SDPA_attributes().set_name("prefill").set_generate_stats(true).set_attn_scale(scale);
+    if (right_bound >= 0) {
+      opts.set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+          .set_diagonal_band_right_bound(static_cast<int>(right_bound));
+      if (left_bound > 0) opts.set_diagonal_band_left_bound(static_cast<int>(left_bound));
+    }
+    auto [o, stats] = g->sdpa(q, k, v, opts);
+    o->set_output(true).set_uid(kO).set_dim(q_dim).set_stride(q_stride);
+    stats->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT)
+        .set_dim({1, h_q, s_q, 1}).set_stride({h_q * s_q, s_q, 1, 1});
+    CachedGraph cached;
+    if (g->build(get_handle(), {fe::HeurMode_t::A}).is_good() && g->get_workspace_size(cached.workspace_bytes).is_good())
+      cached.graph = std::move(g);
+    return graphs.emplace(key, std::move(cached)).first->second;
+  }
+
+  cudaStream_t stream;
+  cudnnHandle_t handle = nullptr;
+  Scratch workspace;  // bytes: the largest workspace any cached graph asked for
+  std::map<GraphKey, CachedGraph> graphs;
+};
+
+CudnnSdpa::CudnnSdpa(Device& device, cudaStream_t stream) : impl_(std::make_unique<Impl>(device, stream)) {}
+CudnnSdpa::~CudnnSdpa() = default;
+bool CudnnSdpa::available() { return true; }
+
+bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
+  if (a.kv.dtype != DType::BF16 && a.kv.dtype != DType::F16) return false;
+  const int64_t s_q = a.q.rows, d = a.head_dim, h_q = a.n_q_heads, kv_ld = a.kv.row_stride;
+  // cuDNN's flash kernels take head dims in steps of 8 up to 256 and 16-byte aligned rows.
+  if (s_q < 2 || d % 8 != 0 || d > 256 || kv_ld % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(a.kv.k) % 16 != 0 || reinterpret_cast<uintptr_t>(a.kv.v) % 16 != 0)
+    return false;
+  const int64_t off = a.q_pos0 - a.k_pos0;
+  const int64_t hi = std::min(a.n_keys, s_q + off);
+  const int64_t lo = a.window > 0 ? std::max<int64_t>(0, off - a.window + 1) : 0;
+  const int64_t s_kv = hi - lo;
+  if (s_kv < s_q || s_kv > INT32_MAX) return false;
+  const int64_t off_trim = off - lo;
+  const int64_t rb = off_trim - (s_kv - s_q);
+  if (a.window > 0 && rb > a.window - 1) return false;  // the last queries would see no key
+  const bool masked = a.window > 0 || off_trim < s_kv - 1;
+  const int64_t right_bound = masked ? rb : -1;
+  const int64_t left_bound = masked && a.window > 0 ? a.window - rb : 0;
+  uint32_t scale_bits = 0;
+  std::memcpy(&scale_bits, &a.scale, sizeof(scale_bits));
+  const GraphKey key{s_q, s_kv, h_q, d, kv_ld, right_bound, left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits};
+  const CachedGraph& cached = impl_->graph_for(key, a.kv.dtype, a.scale);
+  if (!cached.graph) return false;
+
+  const size_t vec16 = (static_cast<size_t>(s_q * h_q * d) * 2 + 255) / 256 * 256;
+  char* base = static_cast<char*>(scratch.get(scratch_bytes(s_q * h_q, d)));
+  void* q16 = base;            // BF16/F16 [s_q, h_q * d]
+  void* o16 = base + vec16;    // BF16/F16 [s_q, h_q * d]
+  float* stats = reinterpret_cast<float*>(base + 2 * vec16);  // F32 [h_q, s_q]
+  void* ws = cached.workspace_bytes > 0 ? impl_->workspace.get(static_cast<size_t>(cached.workspace_bytes)) : nullptr;
+
+  const size_t elem = dtype_size(a.kv.dtype);
+  std::unordered_map<fe::graph::Tensor_attributes::uid_t, void*> pack{
+      {kQ, q16},
+      {kK, const_cast<char*>(static_cast<const char*>(a.kv.k)) + lo * kv_ld * elem},
+      {kV, const_cast<char*>(static_cast<const char*>(a.kv.v)) + lo * kv_ld * elem},
+      {kO, o16},
+      {kStats, stats}};
+  sdpa_pack_q(a.q, h_q * d, q16, a.kv.dtype, impl_->stream);
+  auto status = cached.graph->execute(impl_->get_handle(), pack, ws);
+  if (!status.is_good()) throw Error("cuda backend: cuDNN SDPA failed: " + status.get_message());
+  sdpa_unpack_out(o16, stats, a.kv.dtype, s_q, h_q, d, a.out, a.lse, impl_->stream);
+  return true;
+}
+
+#else  // no cuDNN in this build: every call takes the CUDA-core kernel
+
+struct CudnnSdpa::Impl {};
+CudnnSdpa::CudnnSdpa(Device&, cudaStream_t) {}
+CudnnSdpa::~CudnnSdpa() = default;
+bool CudnnSdpa::available() { return false; }
+bool CudnnSdpa::run(const AttentionArgs&, Scratch&) { return false; }
+
+#endif
+
+}  // namespace headinfer::cuda

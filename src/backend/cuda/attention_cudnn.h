@@ -1,0 +1,37 @@
+#pragma once
+// Prefill attention through cuDNN's fused SDPA (flash attention on the tensor cores), reached
+// through cudnn-frontend. One object per CudaOps: its cuDNN handle, its graphs cached per shape and
+// its workspace. Without cuDNN at build time (HEADINFER_WITH_CUDNN unset) run() always declines
+// and the caller uses the CUDA-core kernel.
+#include <cuda_runtime.h>
+
+#include <memory>
+
+#include "headinfer/backend.h"
+
+namespace headinfer::cuda {
+
+class Scratch;
+
+class CudnnSdpa {
+ public:
+  CudnnSdpa(Device& device, cudaStream_t stream);
+  ~CudnnSdpa();
+  CudnnSdpa(const CudnnSdpa&) = delete;
+  CudnnSdpa& operator=(const CudnnSdpa&) = delete;
+
+  // Whether this build carries the cuDNN path at all.
+  static bool available();
+  // Bytes of `scratch` run() needs for n_tasks (query row, q head) pairs of head_dim: the 16-bit
+  // copies of Q and O and the fp32 Stats.
+  static size_t scratch_bytes(int64_t n_tasks, int64_t head_dim);
+  // Runs `a` if cuDNN can compute exactly its mask (see attention_cudnn.cpp) for 16-bit KV; returns
+  // false, having queued nothing, when it cannot.
+  bool run(const AttentionArgs& a, Scratch& scratch);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace headinfer::cuda

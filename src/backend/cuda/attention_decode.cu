@@ -1,0 +1,296 @@
+// Split-KV decode attention: one query row against n keys of one kv head, for all of the row's GQA
+// query heads at once, so each key and value row is read from memory exactly once.
+//
+// Bound by reading K and V (n x d x 2 x 2 bytes for bf16), so the layout serves the loads: a group
+// of LPK lanes holds one key row, each lane one 16-byte vector of it (8 bf16 or 4 f32), so a warp
+// reads 32 x 16 contiguous bytes per row batch; each group keeps U rows of K and V in flight before
+// it uses the first. Every group runs its own online softmax (base 2, the scale folded into q) for
+// each head; the block merges its groups at the end, and a second kernel merges the blocks (splits)
+// exactly as attention_merge does. The grid has about 2 blocks per SM, one wave, so all SMs stream
+// at once and each block keeps 16-32 KB of loads in flight.
+#include <algorithm>
+#include <cmath>
+
+#include "attention_internal.h"
+#include "cuda_common.h"
+#include "cuda_ops.h"
+
+namespace headinfer::cuda {
+namespace {
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * 32;
+constexpr int kBlocksPerSm = 2;         // splits per SM the grid aims for: one wave, no tail
+constexpr int64_t kMinKeysPerSplit = 64;
+constexpr int kCombineWarps = 32;       // splits merged in parallel per head
+
+// Key rows per lane group in flight: 8 (32 KB per block), 4 where 8 query heads' registers leave
+// no room for more.
+template <int G>
+constexpr int unroll_for() { return G <= 4 ? 8 : 4; }
+
+struct DecodeParams {
+  const float* q;       // F32 [n_q_heads * D]: the one query row
+  const void* k;        // KV dtype [n_keys, D], rows kv_ld apart
+  const void* v;
+  int64_t kv_ld;
+  int n_q_heads;
+  int64_t j0, j1;       // the visible keys [j0, j1)
+  int64_t keys_per_split;
+  float scale_log2;     // scale * log2(e): scores come out in base 2
+  float* out;           // F32 [n_q_heads * D] (one split)
+  float* lse;           // F32 [n_q_heads] (one split)
+  float* partials;      // F32 [splits, n_q_heads, D + 1]: out then natural lse (several splits)
+};
+
+template <typename KV>
+struct KvVec {
+  static constexpr int kN = 16 / sizeof(KV);
+  KV x[kN];
+};
+
+template <typename KV, int D, int G>
+__global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
+  constexpr int kVec = KvVec<KV>::kN;
+  constexpr int kLanesPerKey = D / kVec;
+  constexpr int kKeysPerWarp = 32 / kLanesPerKey;
+  constexpr int kSlots = kDecodeWarps * kKeysPerWarp;
+  constexpr int kUnroll = unroll_for<G>();
+  constexpr int kStep = kSlots * kUnroll;  // keys per block iteration
+  __shared__ float m_s[kSlots][G];          // per slot max, then its merge weight
+  __shared__ float l_s[kSlots][G];
+  __shared__ float acc_s[kSlots][G][D];
+  __shared__ float head_s[G][2];            // block max and normaliser per head
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int grp = lane / kLanesPerKey, sub = lane % kLanesPerKey;
+  const int slot = warp * kKeysPerWarp + grp;
+  const int64_t lo = p.j0 + blockIdx.x * p.keys_per_split;
+  const int64_t hi = min(p.j1, lo + p.keys_per_split);
+
+  float q[G][kVec], acc[G][kVec], m[G], l[G];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      q[h][e] = h < p.n_q_heads ? p.q[h * D + sub * kVec + e] * p.scale_log2 : 0.0f;
+      acc[h][e] = 0.0f;
+    }
+  }
+  const KV* kg = static_cast<const KV*>(p.k);
+  const KV* vg = static_cast<const KV*>(p.v);
+
+  for (int64_t base = lo; base < hi; base += kStep) {
+    KvVec<KV> kr[kUnroll], vr[kUnroll];
+    bool ok[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      // Slots of one unroll step are consecutive rows, so a warp's loads cover contiguous memory.
+      const int64_t key = base + u * kSlots + slot;
+      ok[u] = key < hi;
+      const int64_t row = ok[u] ? key : lo;  // a valid row; its values are masked below
+      *reinterpret_cast<uint4*>(kr[u].x) = __ldg(reinterpret_cast<const uint4*>(kg + row * p.kv_ld + sub * kVec));
+      *reinterpret_cast<uint4*>(vr[u].x) = __ldg(reinterpret_cast<const uint4*>(vg + row * p.kv_ld + sub * kVec));
+    }
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      if (h >= p.n_q_heads) break;  // uniform across the block
+      float s[kUnroll];
+      float s_max = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) dot += q[h][e] * to_f32(kr[u].x[e]);
+#pragma unroll
+        for (int o = kLanesPerKey / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        s[u] = ok[u] ? dot : -INFINITY;
+        s_max = fmaxf(s_max, s[u]);
+      }
+      const float m_new = fmaxf(m[h], s_max);
+      if (m_new == -INFINITY) continue;  // nothing visible yet for this group
+      const float corr = exp2f(m[h] - m_new);  // m = -inf: 0
+      l[h] *= corr;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[h][e] *= corr;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const float pu = exp2f(s[u] - m_new);  // masked rows: exp2(-inf) = 0
+        l[h] += pu;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[h][e] += pu * to_f32(vr[u].x[e]);
+      }
+      m[h] = m_new;
+    }
+  }
+
+  // Merge the block's slots: weights exp2(m_slot - M) / L per head, then one output per (h, d).
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    if (sub == 0) {
+      m_s[slot][h] = m[h];
+      l_s[slot][h] = l[h];
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc_s[slot][h][sub * kVec + e] = acc[h][e];
+  }
+  __syncthreads();
+  if (threadIdx.x < G) {
+    const int h = threadIdx.x;
+    float big = -INFINITY;
+    for (int s = 0; s < kSlots; ++s) big = fmaxf(big, m_s[s][h]);
+    float total = 0.0f;
+    for (int s = 0; s < kSlots; ++s) {
+      const float w = big == -INFINITY ? 0.0f : exp2f(m_s[s][h] - big);
+      m_s[s][h] = w;
+      total += w * l_s[s][h];
+    }
+    head_s[h][0] = big;
+    head_s[h][1] = total;
+  }
+  __syncthreads();
+  const bool single = gridDim.x == 1;
+  for (int idx = threadIdx.x; idx < p.n_q_heads * D; idx += kDecodeThreads) {
+    const int h = idx / D, d = idx % D;
+    const float total = head_s[h][1];
+    float o = 0.0f;
+    for (int s = 0; s < kSlots; ++s) o += m_s[s][h] * acc_s[s][h][d];
+    o = total > 0.0f ? o / total : 0.0f;
+    const float lse = total > 0.0f ? (head_s[h][0] + log2f(total)) * 0.6931471805599453f : -INFINITY;
+    if (single) {
+      p.out[idx] = o;
+      if (d == 0) p.lse[h] = lse;
+    } else {
+      float* part = p.partials + (blockIdx.x * int64_t{p.n_q_heads} + h) * (D + 1);
+      part[d] = o;
+      if (d == 0) part[D] = lse;
+    }
+  }
+}
+
+// One block per head: warp w sums splits w, w + kCombineWarps, ... weighted by exp(lse_s - max);
+// lane covers dims lane, lane + 32, ...; the warps' sums meet in shared memory.
+template <int D>
+__global__ void __launch_bounds__(kCombineWarps * 32)
+    decode_combine_kernel(const float* partials, int n_splits, int n_heads, float* out, float* lse) {
+  constexpr int kPerLane = (D + 31) / 32;
+  __shared__ float red_s[kCombineWarps];
+  __shared__ float o_s[kCombineWarps][D];
+  __shared__ float total_s[kCombineWarps];
+  const int h = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto part = [&](int s) { return partials + (static_cast<int64_t>(s) * n_heads + h) * (D + 1); };
+
+  float big = -INFINITY;
+  for (int s = threadIdx.x; s < n_splits; s += kCombineWarps * 32) big = fmaxf(big, part(s)[D]);
+  big = warp_max(big);
+  if (lane == 0) red_s[warp] = big;
+  __syncthreads();
+  big = -INFINITY;
+  for (int w = 0; w < kCombineWarps; ++w) big = fmaxf(big, red_s[w]);
+  if (big == -INFINITY) {  // this head saw no key
+    for (int d = threadIdx.x; d < D; d += kCombineWarps * 32) out[h * D + d] = 0.0f;
+    if (threadIdx.x == 0) lse[h] = -INFINITY;
+    return;
+  }
+
+  float o[kPerLane];
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) o[e] = 0.0f;
+  float total = 0.0f;
+#pragma unroll 8
+  for (int s = warp; s < n_splits; s += kCombineWarps) {
+    const float* ps = part(s);
+    const float w = expf(ps[D] - big);  // an empty split: exp(-inf) = 0
+    total += w;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      const int d = lane + 32 * e;
+      if (d < D) o[e] += w * ps[d];
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) {
+    const int d = lane + 32 * e;
+    if (d < D) o_s[warp][d] = o[e];
+  }
+  if (lane == 0) total_s[warp] = total;
+  __syncthreads();
+  float sum_w = 0.0f;
+  for (int w = 0; w < kCombineWarps; ++w) sum_w += total_s[w];
+  for (int d = threadIdx.x; d < D; d += kCombineWarps * 32) {
+    float acc = 0.0f;
+    for (int w = 0; w < kCombineWarps; ++w) acc += o_s[w][d];
+    out[h * D + d] = acc / sum_w;
+  }
+  if (threadIdx.x == 0) lse[h] = big + logf(sum_w);
+}
+
+int64_t max_splits(int sm_count) { return int64_t{kBlocksPerSm} * sm_count; }
+
+}  // namespace
+
+size_t decode_partials_max_bytes(int sm_count, int64_t max_q_heads, int64_t head_dim) {
+  if (max_q_heads <= 0 || head_dim <= 0 || max_q_heads > 8) return 0;
+  return static_cast<size_t>(max_splits(sm_count) * max_q_heads * (head_dim + 1)) * sizeof(float);
+}
+
+bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, cudaStream_t stream) {
+  if (a.q.rows != 1 || a.n_q_heads < 1 || a.n_q_heads > 8) return false;
+  const size_t elem = dtype_size(a.kv.dtype);
+  if (reinterpret_cast<uintptr_t>(a.kv.k) % 16 != 0 || reinterpret_cast<uintptr_t>(a.kv.v) % 16 != 0 ||
+      (a.kv.row_stride * elem) % 16 != 0)
+    return false;
+  const int64_t q_pos = a.q_pos0;
+  DecodeParams p{};
+  p.q = static_cast<const float*>(a.q.data);
+  p.k = a.kv.k;
+  p.v = a.kv.v;
+  p.kv_ld = a.kv.row_stride;
+  p.n_q_heads = static_cast<int>(a.n_q_heads);
+  p.j1 = std::min(a.n_keys, q_pos - a.k_pos0 + 1);
+  p.j0 = a.window > 0 ? std::max<int64_t>(0, q_pos - a.window + 1 - a.k_pos0) : 0;
+  p.j1 = std::max(p.j1, p.j0);
+  p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.out = static_cast<float*>(a.out.data);
+  p.lse = static_cast<float*>(a.lse.data);
+  const int64_t n = p.j1 - p.j0;
+  int64_t n_splits = 1;
+  p.keys_per_split = std::max<int64_t>(n, 1);
+  if (n > kMinKeysPerSplit) {
+    const int64_t per = std::max(kMinKeysPerSplit, (n + max_splits(sm_count) - 1) / max_splits(sm_count));
+    p.keys_per_split = (per + kMinKeysPerSplit - 1) / kMinKeysPerSplit * kMinKeysPerSplit;
+    n_splits = (n + p.keys_per_split - 1) / p.keys_per_split;
+  }
+  bool launched = false;
+  dispatch_head_dim(a.head_dim, [&](auto dtag) {
+    constexpr int D = decltype(dtag)::value;
+    dispatch_dtype(a.kv.dtype, [&](auto ktag) {
+      using KV = typename decltype(ktag)::type;
+      constexpr int kVec = KvVec<KV>::kN;
+      constexpr int kLanes = D / kVec;
+      // A key row must split into a power-of-two number of 16-byte vectors, at most one per lane.
+      if constexpr (D % kVec == 0 && kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0) {
+        if (n_splits > 1)
+          p.partials = static_cast<float*>(
+              partials.get(static_cast<size_t>(n_splits * a.n_q_heads * (D + 1)) * sizeof(float)));
+        const dim3 grid(static_cast<unsigned>(n_splits));
+        if (a.n_q_heads == 1) decode_kernel<KV, D, 1><<<grid, kDecodeThreads, 0, stream>>>(p);
+        else if (a.n_q_heads == 2) decode_kernel<KV, D, 2><<<grid, kDecodeThreads, 0, stream>>>(p);
+        else if (a.n_q_heads <= 4) decode_kernel<KV, D, 4><<<grid, kDecodeThreads, 0, stream>>>(p);
+        else decode_kernel<KV, D, 8><<<grid, kDecodeThreads, 0, stream>>>(p);
+        HEADINFER_CUDA_CHECK_LAUNCH();
+        if (n_splits > 1) {
+          decode_combine_kernel<D><<<static_cast<unsigned>(a.n_q_heads), kCombineWarps * 32, 0, stream>>>(
+              p.partials, static_cast<int>(n_splits), p.n_q_heads, p.out, p.lse);
+          HEADINFER_CUDA_CHECK_LAUNCH();
+        }
+        launched = true;
+      }
+    });
+  });
+  return launched;
+}
+
+}  // namespace headinfer::cuda

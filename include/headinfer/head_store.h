@@ -83,9 +83,12 @@ class HeadStore {
 // The offload KV cache: a HeadStore placed as `plan` says, a ring of plan.ring_depth device slots
 // for streamed groups, and copy streams from `transfer` (owned by the cache). Every placement
 // gives bit-identical attention: each head attends over one contiguous run of its keys, exactly
-// as when everything is resident. Throws Error if the plan does not fit.
+// as when everything is resident. With CPU-attended groups in the plan (hybrid decode), decode
+// steps attend those on the host with `host_threads` threads (0: every core); they then equal
+// the device's attention up to the host kernel's fp32 rounding. Throws Error if the plan does
+// not fit.
 std::unique_ptr<KvCache> make_offload_kv_cache(Device& device, std::unique_ptr<Transfer> transfer,
-                                               const ModelConfig& config, const Plan& plan);
+                                               const ModelConfig& config, const Plan& plan, int host_threads = 0);
 
 // What the engine knows when it builds its KV store.
 struct KvPlacementOptions {
@@ -94,6 +97,11 @@ struct KvPlacementOptions {
   int64_t host_mem = 0;   // host-tier bytes; 0: detected (MemAvailable)
   int64_t kv_group = 0;   // 0: the planner picks
   int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
+  HybridMode hybrid = HybridMode::Off;  // attend some host-tier groups on the CPU in decode
+  int64_t cpu_groups = -1;  // hybrid auto: force this many CPU-attended groups; -1: balance by bandwidth
+  double link_gbps = 0.0;   // hybrid auto: 0 = measured once and cached (bandwidth.h)
+  double dram_gbps = 0.0;   // hybrid auto: host attention read rate; 0 = measured once and cached
+  int host_threads = 0;     // host attention threads; 0: every core
 };
 
 // Plans against what is already on `device` (weights, activations: device.bytes_in_use() when

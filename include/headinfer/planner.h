@@ -20,6 +20,16 @@ std::string offload_mode_name(OffloadMode m);
 // "auto" | "all" | "none"; throws Error naming `flag` otherwise.
 OffloadMode parse_offload_mode(const std::string& text, const char* flag);
 
+// Hybrid decode: the CPU attends some host-tier groups in place (host attention) while the others
+// stream, so decode is bounded by link + host read bandwidth instead of the link alone.
+enum class HybridMode {
+  Off,   // every host-tier group streams
+  Auto,  // split the host-tier groups so the CPU part and the streamed part finish together
+};
+std::string hybrid_mode_name(HybridMode m);
+// "auto" | "off"; throws Error naming `flag` otherwise.
+HybridMode parse_hybrid_mode(const std::string& text, const char* flag);
+
 struct PlannerInput {
   ModelConfig config;
   int64_t context = 0;          // positions every head block holds
@@ -38,6 +48,9 @@ struct PlannerInput {
   int64_t ring_depth = 2;       // ring slots: one being attended while the next one is fetched
   int64_t chunk = 512;          // prefill tokens per forward
   int64_t mlp_chunk = 512;      // MLP rows at once
+  HybridMode hybrid = HybridMode::Off;
+  double dram_gbps = 0.0;       // host attention's KV read rate in GB/s (hybrid auto needs it and link_gbps)
+  int64_t cpu_groups = -1;      // hybrid auto: exactly this many CPU-attended groups; -1: balanced
 };
 
 struct Plan {
@@ -78,10 +91,27 @@ struct Plan {
   // each token's new K/V of streamed groups goes back.
   int64_t link_bytes_per_token = 0;
   double link_gbps = 0.0;
-  double decode_seconds_per_token = 0.0;  // link time at link_gbps (0 when link_gbps is 0)
+  double decode_seconds_per_token = 0.0;  // max(link time, CPU time) of this plan (0 when link_gbps is 0)
+
+  // Hybrid decode. Prefill chunks stream every host-tier group (the GPU is the faster attention
+  // for many queries); decode steps attend the CPU-attended ones on the host instead.
+  HybridMode hybrid = HybridMode::Off;
+  int64_t n_cpu_groups = 0;
+  // cpu_attended[layer * groups_per_layer + group]: 1 = a host-tier group the CPU attends in
+  // decode. Spread evenly over the host-tier groups in layer order, so every layer has CPU work
+  // and streamed work of about the same ratio to overlap.
+  std::vector<uint8_t> cpu_attended;
+  double dram_gbps = 0.0;
+  int64_t cpu_bytes_per_token = 0;         // host KV the CPU reads per decoded token at full context
+  double cpu_seconds_per_token = 0.0;      // at dram_gbps
+  double link_seconds_per_token = 0.0;     // at link_gbps
+  double streaming_seconds_per_token = 0.0;  // the same placement with hybrid off, for comparison
 
   bool is_resident(int64_t layer, int64_t group) const {
     return resident[static_cast<size_t>(layer * groups_per_layer + group)] != 0;
+  }
+  bool is_cpu_attended(int64_t layer, int64_t group) const {
+    return !cpu_attended.empty() && cpu_attended[static_cast<size_t>(layer * groups_per_layer + group)] != 0;
   }
 };
 

@@ -38,6 +38,15 @@ class Stream {
   virtual void wait(const Event& event) = 0;
   // Blocks the host until everything enqueued so far has finished.
   virtual void synchronize() = 0;
+  // Enqueues fn(arg) to run on a host thread once everything enqueued before it has finished;
+  // work enqueued after it starts once fn has returned (cudaLaunchHostFunc). fn must not enqueue
+  // work itself. Hybrid decode runs host attention this way, ordered by the same events as the
+  // copies around it. The default is correct for any stream but blocks the caller until the
+  // stream drains; streams with their own worker (the CPU copy stream, CUDA) run it there.
+  virtual void host_task(void (*fn)(void*), void* arg) {
+    synchronize();
+    fn(arg);
+  }
 };
 
 // The transfer side of one compute device.

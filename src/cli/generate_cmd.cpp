@@ -42,6 +42,7 @@ struct GenerateArgs {
   std::string host_mem;        // "" = detected
   std::string offload = "auto";
   int64_t kv_group = 0;        // 0 = the planner picks
+  std::string hybrid = "off";  // decode: attend part of the host-tier groups on the CPU
 };
 
 std::string read_text_file(const std::string& path) {
@@ -92,6 +93,7 @@ void run_generate(const GenerateArgs& a) {
   eo.kv.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
   eo.kv.offload = parse_offload_mode(a.offload, "--offload");
   eo.kv.kv_group = a.kv_group;
+  eo.kv.hybrid = parse_hybrid_mode(a.hybrid, "--hybrid");
   eo.context = context;
   eo.chunk = a.chunk;
   Engine engine(*checkpoint, *device, eo);
@@ -168,6 +170,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--host-mem", args->host_mem, "Host memory for offloaded KV (default: MemAvailable)");
   cmd->add_option("--offload", args->offload, "KV placement: auto, all or none")->capture_default_str();
   cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();
+  cmd->add_option("--hybrid", args->hybrid,
+                  "Decode: attend part of the host-tier KV on the CPU while the rest streams (auto or off)")
+      ->capture_default_str();
   cmd->callback([args] { run_generate(*args); });
 }
 

@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "headinfer/backend.h"
+#include "headinfer/bandwidth.h"
 #include "headinfer/checkpoint.h"
 #include "headinfer/error.h"
 #include "headinfer/planner.h"
@@ -28,6 +29,8 @@ struct PlanArgs {
   std::string gpu_mem;
   std::string host_mem;
   double link_gbps = 0.0;
+  double dram_gbps = 0.0;
+  std::string hybrid = "auto";
   std::string kv_dtype;  // "" = from the config's torch_dtype / dtype
   std::string offload = "auto";
   int64_t kv_group = 0;
@@ -51,7 +54,8 @@ std::string table_row(const std::string& label, const std::string& value) {
 std::string bytes_cell(int64_t n) { return format_bytes(n) + "  (" + std::to_string(n) + " B)"; }
 
 void print_table(const Plan& p, const ModelConfig& c, const std::string& source, double link_gbps,
-                 const std::string& link_source, int64_t weight_elem, OffloadMode mode) {
+                 const std::string& link_source, const std::string& dram_source, int64_t weight_elem,
+                 OffloadMode mode) {
   std::string t;
   t += "plan for " + source + " (" + c.model_type + ", " + std::to_string(c.n_layers) + " layers, " +
        std::to_string(c.n_kv_heads) + " kv heads x " + std::to_string(c.head_dim) + ")\n";
@@ -81,12 +85,25 @@ void print_table(const Plan& p, const ModelConfig& c, const std::string& source,
   char buf[128];
   std::snprintf(buf, sizeof buf, "%.2f GB/s (%s)", link_gbps, link_source.c_str());
   t += table_row("link bandwidth", buf);
-  std::snprintf(buf, sizeof buf, "%.4f s (link time at full context)", p.decode_seconds_per_token);
+  t += table_row("hybrid decode", hybrid_mode_name(p.hybrid));
+  if (p.hybrid == HybridMode::Auto) {
+    t += table_row("CPU-attended groups", std::to_string(p.n_cpu_groups) + " of " +
+                                              std::to_string(p.n_streamed_groups) + " host-tier groups");
+    t += table_row("CPU reads per decoded token", bytes_cell(p.cpu_bytes_per_token));
+    std::snprintf(buf, sizeof buf, "%.2f GB/s (%s)", p.dram_gbps, dram_source.c_str());
+    t += table_row("host read bandwidth", buf);
+    std::snprintf(buf, sizeof buf, "%.4f s link, %.4f s CPU", p.link_seconds_per_token, p.cpu_seconds_per_token);
+    t += table_row("decode parts per token", buf);
+    std::snprintf(buf, sizeof buf, "%.4f s (streaming only)", p.streaming_seconds_per_token);
+    t += table_row("without hybrid", buf);
+  }
+  std::snprintf(buf, sizeof buf, "%.4f s (at full context)", p.decode_seconds_per_token);
   t += table_row("predicted decode per token", buf);
-  if (p.n_groups <= 512 && p.n_resident_groups > 0 && p.n_streamed_groups > 0) {
+  if (p.n_groups <= 512 && p.n_streamed_groups > 0 && (p.n_resident_groups > 0 || p.n_cpu_groups > 0)) {
     std::string map;
-    for (uint8_t r : p.resident) map += r != 0 ? 'R' : '.';
-    t += table_row("placement (R = resident)", map);
+    for (int64_t i = 0; i < p.n_groups; ++i)
+      map += p.resident[static_cast<size_t>(i)] != 0 ? 'R' : p.cpu_attended[static_cast<size_t>(i)] != 0 ? 'C' : '.';
+    t += table_row("placement (R resident, C CPU)", map);
   }
   std::fputs(t.c_str(), stdout);
 }
@@ -142,16 +159,18 @@ void run_plan(const PlanArgs& a) {
   pi.offload = parse_offload_mode(a.offload, "--offload");
   pi.kv_group = a.kv_group;
   pi.chunk = a.chunk;
-  std::string link_source = "--link-gbps";
-  pi.link_gbps = a.link_gbps;
+  pi.hybrid = parse_hybrid_mode(a.hybrid, "--hybrid");
   if (a.link_gbps < 0) throw Error("--link-gbps must be positive");
-  if (a.link_gbps == 0) {
-    // No flag: measure the copy path this build has (the CPU copy worker).
-    auto device = make_cpu_device({1, 0});
-    auto transfer = make_cpu_transfer();
-    pi.link_gbps = measure_copy_gbps(*transfer, *device, size_t{64} << 20);
-    link_source = "measured, cpu copy worker";
-  }
+  if (a.dram_gbps < 0) throw Error("--dram-gbps must be positive");
+  // Without flags: the copy path this build has (the CPU copy worker) and the host attention read
+  // rate, each measured once and cached (bandwidth.h).
+  auto device = make_cpu_device({1, 0});
+  auto transfer = make_cpu_transfer();
+  const HybridBandwidths bw = resolve_hybrid_bandwidths(*transfer, *device, "cpu copy worker", a.link_gbps,
+                                                        pi.hybrid == HybridMode::Auto ? a.dram_gbps : -1.0, 0);
+  pi.link_gbps = bw.link.gbps;
+  const std::string link_source = bw.link.source;
+  if (pi.hybrid == HybridMode::Auto) pi.dram_gbps = bw.dram.gbps;
   const Plan p = make_plan(pi);
 
   for (const std::string& w : p.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
@@ -188,10 +207,19 @@ void run_plan(const PlanArgs& a) {
                           {"link_bytes_per_token", p.link_bytes_per_token},
                           {"link_gbps", p.link_gbps},
                           {"link_gbps_source", link_source},
-                          {"decode_seconds_per_token", p.decode_seconds_per_token}};
+                          {"decode_seconds_per_token", p.decode_seconds_per_token},
+                          {"hybrid", hybrid_mode_name(p.hybrid)},
+                          {"n_cpu_groups", p.n_cpu_groups},
+                          {"cpu_attended", p.cpu_attended},
+                          {"dram_gbps", p.dram_gbps},
+                          {"dram_gbps_source", bw.dram.source},
+                          {"cpu_bytes_per_token", p.cpu_bytes_per_token},
+                          {"cpu_seconds_per_token", p.cpu_seconds_per_token},
+                          {"link_seconds_per_token", p.link_seconds_per_token},
+                          {"streaming_seconds_per_token", p.streaming_seconds_per_token}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
-    print_table(p, config, source, p.link_gbps, link_source, weight_elem, pi.offload);
+    print_table(p, config, source, p.link_gbps, link_source, bw.dram.source, weight_elem, pi.offload);
   }
   std::fflush(stdout);
   if (!p.fits) throw Error("does not fit: " + p.message);
@@ -207,7 +235,10 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--ctx", args->ctx, "Context length: 4096, 128K, 1M, 4M");
   cmd->add_option("--gpu-mem", args->gpu_mem, "GPU memory cap: 24GiB, 80GB");
   cmd->add_option("--host-mem", args->host_mem, "Host memory for offloaded KV (default: MemAvailable)");
-  cmd->add_option("--link-gbps", args->link_gbps, "Host-to-GPU bandwidth in GB/s (default: measured)");
+  cmd->add_option("--link-gbps", args->link_gbps, "Host-to-GPU bandwidth in GB/s (default: measured once, cached)");
+  cmd->add_option("--dram-gbps", args->dram_gbps, "Host attention KV read rate in GB/s (default: measured once, cached)");
+  cmd->add_option("--hybrid", args->hybrid, "Decode: attend part of the host-tier groups on the CPU: auto or off")
+      ->capture_default_str();
   cmd->add_option("--kv-dtype", args->kv_dtype, "KV element type: bf16, f16, f32 (default: the config's dtype)");
   cmd->add_option("--offload", args->offload, "auto, all or none")->capture_default_str();
   cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();

@@ -16,42 +16,72 @@
 // of the visit before it, which follows every earlier write-back). Each head attends over one
 // contiguous run of its keys with the same op as the all-resident cache, so every placement
 // gives bit-identical outputs.
+//
+// Hybrid decode (plan.n_cpu_groups > 0): in a decode step (one new position) the CPU-attended
+// groups never enter the ring. Per layer that has some, before its other groups:
+//
+//   compute: record q_ready (q and the new K/V exist)
+//   d2h:     wait q_ready -> copy the new K/V rows of the CPU groups home -> record cpu_rows_home
+//   host:    wait cpu_rows_home -> copy q to the host -> host task: host attention of the CPU
+//            groups over their home rows [0, pos0 + 1) -> copy out and LSE into the layer's
+//            output columns -> record host_done
+//   compute: ... resident and streamed groups of the layer ... -> wait host_done
+//
+// so the CPU attends while the ring streams, and only the query and the result cross the link.
+// Each CPU-attended head is attended whole, so its output and LSE are final: there is nothing to
+// merge, and they differ from the device op only by the host kernel's fp32 rounding. Decode steps
+// visit the ring in their own order (the host-tier groups the CPU does not attend); prefill
+// chunks, whose many queries the device attends faster, stream every host-tier group. Ring
+// fetches also wait cpu_rows_home, so a prefill fetch of a CPU group sees its decode-step rows.
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "headinfer/bandwidth.h"
 #include "headinfer/error.h"
 #include "headinfer/head_store.h"
+#include "headinfer/host_attention.h"
 
 namespace headinfer {
 namespace {
 
 class OffloadKvCache final : public KvCache {
  public:
-  OffloadKvCache(Device& device, std::unique_ptr<Transfer> transfer, const ModelConfig& config, const Plan& plan)
+  OffloadKvCache(Device& device, std::unique_ptr<Transfer> transfer, const ModelConfig& config, const Plan& plan,
+                 int host_threads)
       : device_(device),
         transfer_(std::move(transfer)),
         config_(config),
         plan_(plan),
         store_(device, *transfer_, config, plan, DType::F32),
-        depth_(plan.ring_depth) {
+        depth_(plan.ring_depth),
+        hybrid_(plan.n_cpu_groups > 0) {
     if (!plan.fits) throw Error(plan.message);
+    // Sequence 0 (prefill, or no hybrid): every host-tier group. Sequence 1 (hybrid decode): the
+    // host-tier groups the CPU does not attend.
     for (int64_t l = 0; l < config.n_layers; ++l)
-      for (int64_t g = 0; g < plan.groups_per_layer; ++g)
-        if (!plan.is_resident(l, g)) streamed_.push_back({l, g});
-    const auto n_streamed = static_cast<int64_t>(streamed_.size());
+      for (int64_t g = 0; g < plan.groups_per_layer; ++g) {
+        if (plan.is_resident(l, g)) continue;
+        seqs_[0].order.push_back({l, g});
+        if (!plan.is_cpu_attended(l, g)) seqs_[1].order.push_back({l, g});
+      }
+    const auto n_streamed = static_cast<int64_t>(seqs_[0].order.size());
     if (n_streamed > 0 && (depth_ < 1 || depth_ > n_streamed))
       throw Error("offload KV: ring depth " + std::to_string(depth_) + " for " + std::to_string(n_streamed) +
                   " streamed groups");
-    visit_of_.assign(static_cast<size_t>(plan.n_groups), -1);
-    for (int64_t i = 0; i < n_streamed; ++i) {
-      const auto& [l, g] = streamed_[static_cast<size_t>(i)];
-      visit_of_[static_cast<size_t>(l * plan.groups_per_layer + g)] = i;
+    for (Sequence& seq : seqs_) {
+      seq.depth = std::min(depth_, static_cast<int64_t>(seq.order.size()));
+      seq.index_of.assign(static_cast<size_t>(plan.n_groups), -1);
+      for (size_t i = 0; i < seq.order.size(); ++i) {
+        const auto& [l, g] = seq.order[i];
+        seq.index_of[static_cast<size_t>(l * plan.groups_per_layer + g)] = static_cast<int64_t>(i);
+      }
     }
     if (n_streamed > 0) {
       h2d_ = transfer_->make_copy_stream("kv fetch");
       d2h_ = transfer_->make_copy_stream("kv write-back");
     }
+    if (hybrid_) setup_hybrid(host_threads);
     // Ring slot s: F32 [2][G][capacity][head_dim], the layout of a home group (HeadStore), so
     // fetches and write-backs are single 2-D copies with equal pitch on both sides.
     const size_t slot_bytes = 2 * static_cast<size_t>(plan.group_size) * store_.block_pitch();
@@ -65,7 +95,11 @@ class OffloadKvCache final : public KvCache {
     }
   }
 
-  ~OffloadKvCache() override { drain(); }
+  ~OffloadKvCache() override {
+    drain();
+    for (float* p : {q_host_, out_host_, lse_host_})
+      if (p != nullptr) transfer_->free_host(p);
+  }
 
   int64_t capacity() const override { return store_.capacity(); }
   const Plan& plan() const { return plan_; }
@@ -74,7 +108,7 @@ class OffloadKvCache final : public KvCache {
   void reset() override {
     drain();
     store_.reset();
-    visit_ = 0;
+    for (Sequence& seq : seqs_) seq.visit = 0;
     for (Slot& s : slots_) s.visit = -1;
   }
 
@@ -84,13 +118,18 @@ class OffloadKvCache final : public KvCache {
       throw Error("context full: " + std::to_string(a.pos0 + n_new) + " positions needed, KV cache holds " +
                   std::to_string(store_.capacity()) + " (raise --ctx)");
     if (layer < 0 || layer >= config_.n_layers) throw Error("offload KV: layer out of range");
+    const int seq = hybrid_ && n_new == 1 ? 1 : 0;
+    const bool host_part = seq == 1 && !cpu_groups_[static_cast<size_t>(layer)].empty();
+    if (host_part) start_host_attention(layer, a);
     for (int64_t g = 0; g < plan_.groups_per_layer; ++g) {
-      const int64_t streamed_index = visit_of_[static_cast<size_t>(layer * plan_.groups_per_layer + g)];
+      if (host_part && plan_.is_cpu_attended(layer, g)) continue;
+      const int64_t streamed_index = seqs_[seq].index_of[static_cast<size_t>(layer * plan_.groups_per_layer + g)];
       if (streamed_index < 0)
         attend_group(layer, g, store_.group_base(layer, g), a);
       else
-        attend_streamed(layer, g, streamed_index, a);
+        attend_streamed(seq, layer, g, streamed_index, a);
     }
+    if (host_part) transfer_->compute_stream().wait(*host_done_);
     if (layer + 1 == config_.n_layers) store_.set_length(a.pos0 + n_new);
   }
 
@@ -101,32 +140,45 @@ class OffloadKvCache final : public KvCache {
     std::unique_ptr<Event> attended;  // compute: attention has read (and appended to) this slot
     std::unique_ptr<Event> free;      // d2h: this slot's new rows are home; the slot may be refilled
     int64_t visit = -1;               // the visit whose fetch was issued into this slot
+    int seq = 0;                      // ... of this sequence
     int64_t rows = 0;                 // rows that fetch brought
+  };
+  // A visit order of streamed groups; visit k of it uses slot k % depth and group order[k % n].
+  struct Sequence {
+    std::vector<std::pair<int64_t, int64_t>> order;  // (layer, group), layer-major
+    std::vector<int64_t> index_of;                   // [n_groups]: index into order, -1 if not in it
+    int64_t depth = 0;                               // min(ring slots, order.size())
+    int64_t visit = 0;                               // the next visit
   };
 
   size_t row_bytes() const { return static_cast<size_t>(config_.head_dim) * store_.elem_bytes(); }
   size_t n_group_rows() const { return 2 * static_cast<size_t>(plan_.group_size); }  // K and V of G heads
 
-  // Issues the fetch of visit `visit` (streamed group visit % n) with its first `rows` positions.
-  void fetch(int64_t visit, int64_t rows) {
-    const auto n = static_cast<int64_t>(streamed_.size());
-    Slot& slot = slots_[static_cast<size_t>(visit % depth_)];
-    const auto& [l, g] = streamed_[static_cast<size_t>(visit % n)];
+  // Issues the fetch of visit `visit` of sequence `seq` with its group's first `rows` positions.
+  void fetch(int seq, int64_t visit, int64_t rows) {
+    const Sequence& S = seqs_[seq];
+    const auto n = static_cast<int64_t>(S.order.size());
+    Slot& slot = slots_[static_cast<size_t>(visit % S.depth)];
+    const auto& [l, g] = S.order[static_cast<size_t>(visit % n)];
     h2d_->wait(*slot.free);
+    if (hybrid_) h2d_->wait(*cpu_rows_home_);
     h2d_->copy_2d(slot.buffer.data(), store_.block_pitch(), store_.group_base(l, g), store_.block_pitch(),
                   static_cast<size_t>(rows) * row_bytes(), n_group_rows());
     h2d_->record(*slot.ready);
     slot.visit = visit;
+    slot.seq = seq;
     slot.rows = rows;
   }
 
-  void attend_streamed(int64_t layer, int64_t g, int64_t streamed_index, const LayerAttention& a) {
-    const auto n = static_cast<int64_t>(streamed_.size());
-    // Visits run in order; a forward that starts elsewhere (after an aborted one) realigns.
-    if (visit_ % n != streamed_index) visit_ += (streamed_index - visit_ % n + n) % n;
-    const int64_t visit = visit_;
-    Slot& slot = slots_[static_cast<size_t>(visit % depth_)];
-    if (slot.visit != visit || slot.rows < a.pos0) fetch(visit, a.pos0);
+  void attend_streamed(int seq, int64_t layer, int64_t g, int64_t streamed_index, const LayerAttention& a) {
+    Sequence& S = seqs_[seq];
+    const auto n = static_cast<int64_t>(S.order.size());
+    // Visits run in order; a forward that starts elsewhere (after an aborted one, or the first of
+    // the other sequence) realigns, and a slot prefetched for something else is fetched again.
+    if (S.visit % n != streamed_index) S.visit += (streamed_index - S.visit % n + n) % n;
+    const int64_t visit = S.visit;
+    Slot& slot = slots_[static_cast<size_t>(visit % S.depth)];
+    if (slot.visit != visit || slot.seq != seq || slot.rows < a.pos0) fetch(seq, visit, a.pos0);
 
     Stream& compute = transfer_->compute_stream();
     compute.wait(*slot.ready);
@@ -142,10 +194,94 @@ class OffloadKvCache final : public KvCache {
 
     // Prefetch the visit that will next use this slot: later in this forward it needs the past
     // [0, pos0); in the next forward (which starts at pos0 + T) it also needs this chunk's rows.
-    const int64_t ahead = visit + depth_;
-    const bool next_forward = (visit % n) + depth_ >= n;
-    fetch(ahead, next_forward ? a.pos0 + a.q.rows : a.pos0);
-    ++visit_;
+    const int64_t ahead = visit + S.depth;
+    const bool next_forward = (visit % n) + S.depth >= n;
+    fetch(seq, ahead, next_forward ? a.pos0 + a.q.rows : a.pos0);
+    ++S.visit;
+  }
+
+  // Host attention of the CPU-attended groups, their host staging and the stream that orders them.
+  void setup_hybrid(int host_threads) {
+    const int64_t G = plan_.group_size, gs = config_.group_size(), d = config_.head_dim;
+    cpu_groups_.resize(static_cast<size_t>(config_.n_layers));
+    int64_t max_heads = 1;
+    for (int64_t l = 0; l < config_.n_layers; ++l) {
+      for (int64_t g = 0; g < plan_.groups_per_layer; ++g)
+        if (plan_.is_cpu_attended(l, g)) cpu_groups_[static_cast<size_t>(l)].push_back(g);
+      max_heads = std::max(max_heads, static_cast<int64_t>(cpu_groups_[static_cast<size_t>(l)].size()) * G);
+    }
+    HostAttentionOptions o;
+    o.n_threads = host_threads;
+    o.max_heads = max_heads;
+    o.max_queries = 1;
+    o.max_q_heads = gs;
+    o.max_head_dim = d;
+    host_attention_ = std::make_unique<HostAttention>(o);
+    host_args_.resize(static_cast<size_t>(max_heads));
+    host_ = transfer_->make_copy_stream("host attention");
+    q_ready_ = transfer_->make_event();
+    cpu_rows_home_ = transfer_->make_event();
+    host_done_ = transfer_->make_event();
+    const auto f = sizeof(float);
+    q_host_ = static_cast<float*>(transfer_->alloc_host(static_cast<size_t>(config_.q_dim()) * f, "host attention query"));
+    out_host_ = static_cast<float*>(transfer_->alloc_host(static_cast<size_t>(config_.q_dim()) * f, "host attention output"));
+    lse_host_ = static_cast<float*>(transfer_->alloc_host(static_cast<size_t>(config_.n_heads) * f, "host attention LSE"));
+  }
+
+  // Enqueues the host part of a decode step of `layer` (see the top of the file).
+  void start_host_attention(int64_t layer, const LayerAttention& a) {
+    const int64_t G = plan_.group_size, gs = config_.group_size(), d = config_.head_dim;
+    const size_t f = sizeof(float), rb = row_bytes();
+    const std::vector<int64_t>& groups = cpu_groups_[static_cast<size_t>(layer)];
+    transfer_->compute_stream().record(*q_ready_);
+    d2h_->wait(*q_ready_);
+    for (int64_t g : groups)
+      for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+        const size_t home = static_cast<size_t>(a.pos0) * rb;
+        d2h_->copy_2d(static_cast<char*>(store_.k_block(layer, h)) + home, rb,
+                      a.k_new.row<float>(0) + h * d, static_cast<size_t>(a.k_new.row_stride) * f, rb, 1);
+        d2h_->copy_2d(static_cast<char*>(store_.v_block(layer, h)) + home, rb,
+                      a.v_new.row<float>(0) + h * d, static_cast<size_t>(a.v_new.row_stride) * f, rb, 1);
+      }
+    d2h_->record(*cpu_rows_home_);
+
+    host_->wait(*cpu_rows_home_);
+    const size_t q_row = static_cast<size_t>(config_.q_dim()) * f;
+    host_->copy_2d(q_host_, q_row, a.q.data, static_cast<size_t>(a.q.row_stride) * f, q_row, 1);
+    // The previous layer's host task has finished (its host_done was waited on), so its
+    // arguments may be overwritten.
+    n_host_args_ = 0;
+    for (int64_t g : groups)
+      for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+        AttentionArgs& args = host_args_[static_cast<size_t>(n_host_args_++)];
+        args.q = MatView{q_host_ + h * gs * d, DType::F32, 1, gs * d, config_.q_dim()};
+        args.kv = KvHeadView{store_.k_block(layer, h), store_.v_block(layer, h), store_.dtype(), d};
+        args.n_keys = a.pos0 + 1;
+        args.head_dim = d;
+        args.n_q_heads = gs;
+        args.q_pos0 = a.pos0;
+        args.k_pos0 = 0;
+        args.window = config_.layer_window[static_cast<size_t>(layer)];
+        args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
+        args.out = MatView{out_host_ + h * gs * d, DType::F32, 1, gs * d, config_.q_dim()};
+        args.lse = MatView{lse_host_ + h * gs, DType::F32, 1, gs, config_.n_heads};
+      }
+    host_->host_task(&run_host_attention, this);
+    for (int64_t g : groups) {
+      // Group g's query heads are adjacent columns of out ([G * gs * d]) and of lse ([G * gs]).
+      const int64_t h0 = g * G * gs;
+      host_->copy_2d(a.out.row<float>(0) + h0 * d, static_cast<size_t>(a.out.row_stride) * f, out_host_ + h0 * d,
+                     q_row, static_cast<size_t>(G * gs * d) * f, 1);
+      host_->copy_2d(a.lse.row<float>(0) + h0, static_cast<size_t>(a.lse.row_stride) * f, lse_host_ + h0,
+                     static_cast<size_t>(config_.n_heads) * f, static_cast<size_t>(G * gs) * f, 1);
+    }
+    host_->record(*host_done_);
+  }
+
+  static void run_host_attention(void* self) {
+    auto* cache = static_cast<OffloadKvCache*>(self);
+    cache->host_attention_->run(
+        std::span<const AttentionArgs>(cache->host_args_.data(), static_cast<size_t>(cache->n_host_args_)));
   }
 
   // Appends the chunk's K/V of group g to the group storage at `base` ([2][G][capacity][head_dim]
@@ -179,6 +315,7 @@ class OffloadKvCache final : public KvCache {
 
   // Waits for every copy in flight (teardown, reset): outside the token loop.
   void drain() {
+    if (host_) host_->synchronize();
     if (h2d_) h2d_->synchronize();
     if (d2h_) d2h_->synchronize();
   }
@@ -189,20 +326,31 @@ class OffloadKvCache final : public KvCache {
   const Plan plan_;
   HeadStore store_;
   const int64_t depth_;
-  std::vector<std::pair<int64_t, int64_t>> streamed_;  // visit order: (layer, group), layer-major
-  std::vector<int64_t> visit_of_;                      // [n_groups]: index into streamed_, -1 resident
+  const bool hybrid_;
+  Sequence seqs_[2];                                   // [0]: every host-tier group; [1]: hybrid decode
   std::vector<Slot> slots_;                            // [depth]
   std::unique_ptr<Stream> h2d_;                        // fetches into the ring
   std::unique_ptr<Stream> d2h_;                        // write-backs of new rows
-  int64_t visit_ = 0;                                  // the next streamed visit
+  // Hybrid decode.
+  std::vector<std::vector<int64_t>> cpu_groups_;       // [n_layers]: groups the CPU attends in decode
+  std::unique_ptr<HostAttention> host_attention_;
+  std::vector<AttentionArgs> host_args_;               // [most CPU heads in a layer]: the current host task
+  int64_t n_host_args_ = 0;
+  std::unique_ptr<Stream> host_;                       // query down, host task, results up
+  std::unique_ptr<Event> q_ready_;                     // compute: this layer's q and new K/V exist
+  std::unique_ptr<Event> cpu_rows_home_;               // d2h: the CPU groups' new rows are home
+  std::unique_ptr<Event> host_done_;                   // host: output and LSE are in the layer's columns
+  float* q_host_ = nullptr;                            // host F32 [1][q_dim]: the decode query
+  float* out_host_ = nullptr;                          // host F32 [1][q_dim]: output of the CPU heads' columns
+  float* lse_host_ = nullptr;                          // host F32 [1][n_heads]
 };
 
 }  // namespace
 
 std::unique_ptr<KvCache> make_offload_kv_cache(Device& device, std::unique_ptr<Transfer> transfer,
-                                               const ModelConfig& config, const Plan& plan) {
+                                               const ModelConfig& config, const Plan& plan, int host_threads) {
   if (!plan.fits) throw Error(plan.message);
-  return std::make_unique<OffloadKvCache>(device, std::move(transfer), config, plan);
+  return std::make_unique<OffloadKvCache>(device, std::move(transfer), config, plan, host_threads);
 }
 
 std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig& config, int64_t context,
@@ -219,12 +367,22 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   in.offload = options.offload;
   in.kv_group = options.kv_group;
   in.chunk = chunk;
-  const Plan plan = make_plan(in);
-  if (!plan.fits) throw Error(plan.message);
+  in.hybrid = options.hybrid;
+  in.cpu_groups = options.cpu_groups;
   CpuTransferOptions to;
   to.host_budget = static_cast<size_t>(in.host_mem);
   to.copy_jitter_us = options.copy_jitter_us;
-  return make_offload_kv_cache(device, make_cpu_transfer(to), config, plan);
+  auto transfer = make_cpu_transfer(to);
+  // Balancing needs both bandwidths; a forced split or hybrid off needs neither.
+  if (options.hybrid == HybridMode::Auto && options.cpu_groups < 0) {
+    const HybridBandwidths bw = resolve_hybrid_bandwidths(*transfer, device, "cpu copy worker", options.link_gbps,
+                                                          options.dram_gbps, options.host_threads);
+    in.link_gbps = bw.link.gbps;
+    in.dram_gbps = bw.dram.gbps;
+  }
+  const Plan plan = make_plan(in);
+  if (!plan.fits) throw Error(plan.message);
+  return make_offload_kv_cache(device, std::move(transfer), config, plan, options.host_threads);
 }
 
 void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk,

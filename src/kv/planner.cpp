@@ -28,6 +28,51 @@ std::vector<uint8_t> spread(int64_t n, int64_t r) {
   return out;
 }
 
+// Per decoded token at full context, with k of the S host-tier groups attended on the CPU: the
+// link carries the other S - k groups' past and every host-tier group's new row (the CPU groups'
+// rows go home too); the CPU reads k groups' past. Hybrid auto picks the k that minimises the
+// larger of the two times, so the CPU part and the streamed part finish together.
+void plan_hybrid(const PlannerInput& in, Plan& p) {
+  const ModelConfig& c = in.config;
+  const int64_t S = p.n_streamed_groups, gb = p.group_block_bytes;
+  const int64_t row_bytes = 2 * p.group_size * c.head_dim * in.kv_elem_bytes;
+  auto link_bytes = [&](int64_t k) { return (S - k) * gb + S * row_bytes; };
+  auto seconds = [](int64_t bytes, double gbps) { return gbps > 0 ? static_cast<double>(bytes) / (gbps * 1e9) : 0.0; };
+  p.hybrid = in.hybrid;
+  p.dram_gbps = in.dram_gbps;
+  p.streaming_seconds_per_token = seconds(link_bytes(0), in.link_gbps);
+  int64_t k = 0;
+  if (in.hybrid == HybridMode::Auto) {
+    if (in.cpu_groups > S)
+      throw Error("--cpu-groups " + std::to_string(in.cpu_groups) + " is more than the " + std::to_string(S) +
+                  " host-tier groups of this plan");
+    if (in.cpu_groups >= 0) {
+      k = in.cpu_groups;
+    } else if (S > 0) {
+      if (in.link_gbps <= 0 || in.dram_gbps <= 0)
+        throw Error("--hybrid auto needs the link and host read bandwidths (measured, or --link-gbps and --dram-gbps)");
+      double best = 1e300;
+      for (int64_t cand = 0; cand <= S; ++cand) {
+        const double t = std::max(seconds(link_bytes(cand), in.link_gbps), seconds(cand * gb, in.dram_gbps));
+        if (t < best) {
+          best = t;
+          k = cand;
+        }
+      }
+    }
+  }
+  p.n_cpu_groups = k;
+  p.cpu_attended.assign(static_cast<size_t>(p.n_groups), 0);
+  const std::vector<uint8_t> pick = spread(S, k);
+  for (int64_t i = 0, host = 0; i < p.n_groups; ++i)
+    if (p.resident[static_cast<size_t>(i)] == 0) p.cpu_attended[static_cast<size_t>(i)] = pick[static_cast<size_t>(host++)];
+  p.link_bytes_per_token = link_bytes(k);
+  p.cpu_bytes_per_token = k * gb;
+  p.link_seconds_per_token = seconds(p.link_bytes_per_token, in.link_gbps);
+  p.cpu_seconds_per_token = seconds(p.cpu_bytes_per_token, in.dram_gbps);
+  p.decode_seconds_per_token = std::max(p.link_seconds_per_token, p.cpu_seconds_per_token);
+}
+
 }  // namespace
 
 std::string offload_mode_name(OffloadMode m) {
@@ -44,6 +89,14 @@ OffloadMode parse_offload_mode(const std::string& text, const char* flag) {
   if (text == "all") return OffloadMode::All;
   if (text == "none") return OffloadMode::None;
   throw Error(std::string(flag) + ": '" + text + "' is not an offload mode (auto, all or none)");
+}
+
+std::string hybrid_mode_name(HybridMode m) { return m == HybridMode::Auto ? "auto" : "off"; }
+
+HybridMode parse_hybrid_mode(const std::string& text, const char* flag) {
+  if (text == "auto") return HybridMode::Auto;
+  if (text == "off") return HybridMode::Off;
+  throw Error(std::string(flag) + ": '" + text + "' is not a hybrid mode (auto or off)");
 }
 
 std::string format_bytes(int64_t bytes) {
@@ -167,9 +220,7 @@ Plan make_plan(const PlannerInput& in) {
   p.kv_bytes_host = (n - r) * gb;
   p.gpu_bytes_total = fixed + p.kv_bytes_gpu + p.ring_bytes;
   p.resident = spread(n, r);
-  // Per decoded token at full context: fetch each streamed group's past, write back one row.
-  p.link_bytes_per_token = p.n_streamed_groups * (gb + 2 * g * c.head_dim * in.kv_elem_bytes);
-  if (in.link_gbps > 0) p.decode_seconds_per_token = static_cast<double>(p.link_bytes_per_token) / (in.link_gbps * 1e9);
+  plan_hybrid(in, p);
 
   // Fit checks, most basic first, each naming the numbers and the knob.
   const std::string cap = b(in.gpu_mem);

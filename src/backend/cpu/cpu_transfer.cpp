@@ -134,9 +134,16 @@ class CpuCopyStream final : public Stream {
     const uint64_t target = pushed_;
     cv_.wait(lock, [&] { return finished_ >= target; });
   }
+  void host_task(void (*fn)(void*), void* arg) override {
+    Command c;
+    c.kind = Kind::HostTask;
+    c.fn = fn;
+    c.arg = arg;
+    push(c);
+  }
 
  private:
-  enum class Kind { Copy, Signal, Wait };
+  enum class Kind { Copy, Signal, Wait, HostTask };
   struct Command {
     Kind kind = Kind::Copy;
     void* dst = nullptr;
@@ -144,6 +151,8 @@ class CpuCopyStream final : public Stream {
     size_t dst_pitch = 0, src_pitch = 0, row_bytes = 0, rows = 0;
     CpuEvent* event = nullptr;
     uint64_t seq = 0;
+    void (*fn)(void*) = nullptr;
+    void* arg = nullptr;
   };
   // Fixed ring: enqueueing never allocates; a full ring makes the producer wait (as a full CUDA
   // launch queue does).
@@ -192,6 +201,9 @@ class CpuCopyStream final : public Stream {
         break;
       case Kind::Wait:
         c.event->wait_for(c.seq);
+        break;
+      case Kind::HostTask:
+        c.fn(c.arg);
         break;
     }
   }

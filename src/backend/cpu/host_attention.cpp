@@ -1,0 +1,300 @@
+// Host attention: the per-ISA split kernels (host_attention_kernel.h), a thread pool that runs the
+// (kv head, key split) tasks, and the fixed-order merge of the splits into output and LSE.
+//
+// Split-KV is what lets one decode query use every core: a head's visible keys are cut into
+// splits of at least kMinSplitKeys keys (at most kMaxSplits of them), so 128K keys of one head
+// become 64 tasks. The cut depends on the shapes only, and each split is computed by one thread
+// in a fixed order, so the output does not depend on the thread count or on scheduling.
+#include "headinfer/host_attention.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "headinfer/error.h"
+#include "host_attention_job.h"
+#include "thread_pool.h"
+
+namespace headinfer {
+
+namespace hk = cpu::host_kernel;
+
+namespace {
+
+constexpr int64_t kMinSplitKeys = 256;  // below this a split's fixed costs (q, state) show
+constexpr int64_t kMaxSplits = 64;      // enough tasks for 64 cores on one head
+
+hk::SplitKernel kernel_for(HostIsa isa) {
+  switch (isa) {
+#if defined(HEADINFER_HOST_X86)
+    case HostIsa::Avx512: return hk::run_split_avx512;
+    case HostIsa::Avx2: return hk::run_split_avx2;
+#endif
+    default: return hk::run_split_scalar;
+  }
+}
+
+hk::KvElem kv_elem(DType t) {
+  switch (t) {
+    case DType::F32: return hk::KvElem::F32;
+    case DType::F16: return hk::KvElem::F16;
+    case DType::BF16: return hk::KvElem::BF16;
+  }
+  return hk::KvElem::F32;
+}
+
+}  // namespace
+
+std::string_view host_isa_name(HostIsa isa) {
+  switch (isa) {
+    case HostIsa::Auto: return "auto";
+    case HostIsa::Scalar: return "scalar";
+    case HostIsa::Avx2: return "avx2";
+    case HostIsa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+bool host_isa_supported(HostIsa isa) {
+  switch (isa) {
+    case HostIsa::Auto:
+    case HostIsa::Scalar: return true;
+#if defined(HEADINFER_HOST_X86)
+    case HostIsa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case HostIsa::Avx512: return __builtin_cpu_supports("avx512f");
+#endif
+    default: return false;
+  }
+}
+
+HostIsa best_host_isa() {
+  if (host_isa_supported(HostIsa::Avx512)) return HostIsa::Avx512;
+  if (host_isa_supported(HostIsa::Avx2)) return HostIsa::Avx2;
+  return HostIsa::Scalar;
+}
+
+struct HostAttention::Impl {
+  explicit Impl(const HostAttentionOptions& o)
+      : options(o),
+        isa(o.isa == HostIsa::Auto ? best_host_isa() : o.isa),
+        kernel(kernel_for(isa)),
+        pool(o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {
+    if (!host_isa_supported(isa))
+      throw Error("host attention: this CPU does not run the " + std::string(host_isa_name(isa)) + " path");
+    if (o.max_heads < 1 || o.max_queries < 1 || o.max_q_heads < 1 || o.max_head_dim < 1)
+      throw Error("host attention: every size limit must be at least 1");
+    const int64_t dp = hk::padded_dim(o.max_head_dim);
+    scratch_floats = 2 * hk::kTileKeys * dp + o.max_queries * o.max_q_heads * dp + hk::kTileKeys;
+    scratch.assign(static_cast<size_t>(pool.size() * scratch_floats), 0.0f);
+    states.assign(static_cast<size_t>(o.max_heads * kMaxSplits * o.max_queries * o.max_q_heads *
+                                      hk::state_floats(o.max_head_dim)),
+                  0.0f);
+    heads.resize(static_cast<size_t>(o.max_heads));
+  }
+
+  // One kv head of the current call, with its task and state ranges.
+  struct HeadJob {
+    hk::Head head;
+    const AttentionArgs* args = nullptr;
+    int64_t key_lo = 0, key_len = 0;  // the union of what its queries see
+    int64_t n_splits = 0;
+    int64_t first_task = 0;
+    int64_t state_offset = 0;         // floats into `states`: [n_splits][n_queries * n_q_heads][state_floats]
+  };
+
+  void check(const AttentionArgs& a) const {
+    const auto& o = options;
+    if (a.q.rows > o.max_queries || a.n_q_heads > o.max_q_heads || a.head_dim > o.max_head_dim)
+      throw Error("host attention: a head of " + std::to_string(a.q.rows) + " queries x " +
+                  std::to_string(a.n_q_heads) + " query heads x " + std::to_string(a.head_dim) +
+                  " dims is over the limits it was built for (" + std::to_string(o.max_queries) + " x " +
+                  std::to_string(o.max_q_heads) + " x " + std::to_string(o.max_head_dim) + ")");
+    if (a.q.dtype != DType::F32 || a.out.dtype != DType::F32 || a.lse.dtype != DType::F32)
+      throw Error("host attention: q, out and lse must be F32");
+    if (a.head_dim < 1 || a.n_q_heads < 1 || a.n_keys < 0) throw Error("host attention: empty head shape");
+  }
+
+  void run(std::span<const AttentionArgs> args) {
+    if (static_cast<int64_t>(args.size()) > options.max_heads)
+      throw Error("host attention: " + std::to_string(args.size()) + " heads in one call, built for " +
+                  std::to_string(options.max_heads));
+    n_heads = static_cast<int64_t>(args.size());
+    n_tasks = 0;
+    int64_t state_end = 0;
+    for (int64_t i = 0; i < n_heads; ++i) {
+      const AttentionArgs& a = args[static_cast<size_t>(i)];
+      check(a);
+      HeadJob& j = heads[static_cast<size_t>(i)];
+      j.args = &a;
+      j.head = hk::Head{static_cast<const float*>(a.q.data), a.q.row_stride, a.kv.k, a.kv.v, a.kv.row_stride,
+                        kv_elem(a.kv.dtype), a.n_keys, a.q.rows, a.n_q_heads, a.head_dim, a.q_pos0, a.k_pos0,
+                        a.window, a.scale};
+      const int64_t last_q = a.q_pos0 + a.q.rows - 1;
+      const int64_t hi = std::min(a.n_keys, last_q - a.k_pos0 + 1);
+      const int64_t lo = a.window > 0 ? std::max<int64_t>(0, a.q_pos0 - a.window + 1 - a.k_pos0) : 0;
+      j.key_lo = lo;
+      j.key_len = std::max<int64_t>(0, hi - lo);
+      j.n_splits = j.key_len == 0 ? 0 : std::clamp((j.key_len + kMinSplitKeys - 1) / kMinSplitKeys, int64_t{1}, kMaxSplits);
+      j.first_task = n_tasks;
+      j.state_offset = state_end;
+      n_tasks += j.n_splits;
+      state_end += j.n_splits * a.q.rows * a.n_q_heads * hk::state_floats(a.head_dim);
+    }
+    next_task.store(0, std::memory_order_relaxed);
+    pool.parallel_for(pool.size(), [this](int64_t b, int64_t e) {
+      for (int64_t part = b; part < e; ++part) run_tasks(part);
+    });
+    // Merge: one (head, query, query head) per item.
+    rows_per_head = 0;
+    for (int64_t i = 0; i < n_heads; ++i) {
+      const hk::Head& h = heads[static_cast<size_t>(i)].head;
+      rows_per_head = std::max(rows_per_head, h.n_queries * h.n_q_heads);
+    }
+    pool.parallel_for(n_heads * rows_per_head, [this](int64_t b, int64_t e) {
+      for (int64_t item = b; item < e; ++item) merge(item / rows_per_head, item % rows_per_head);
+    });
+  }
+
+  void run_tasks(int64_t part) {
+    float* base = scratch.data() + part * scratch_floats;
+    const int64_t dp = hk::padded_dim(options.max_head_dim);
+    const hk::Scratch s{base, base + hk::kTileKeys * dp, base + 2 * hk::kTileKeys * dp,
+                        base + 2 * hk::kTileKeys * dp + options.max_queries * options.max_q_heads * dp};
+    for (;;) {
+      const int64_t task = next_task.fetch_add(1, std::memory_order_relaxed);
+      if (task >= n_tasks) return;
+      int64_t i = 0;
+      while (task >= heads[static_cast<size_t>(i)].first_task + heads[static_cast<size_t>(i)].n_splits) ++i;
+      const HeadJob& j = heads[static_cast<size_t>(i)];
+      const int64_t split = task - j.first_task;
+      const int64_t begin = j.key_lo + j.key_len * split / j.n_splits;
+      const int64_t end = j.key_lo + j.key_len * (split + 1) / j.n_splits;
+      const int64_t split_floats = j.head.n_queries * j.head.n_q_heads * hk::state_floats(j.head.head_dim);
+      kernel(j.head, begin, end, s, states.data() + j.state_offset + split * split_floats);
+    }
+  }
+
+  // Splits merged in order: M = max m_s, L = sum l_s e^(m_s - M), out = sum e^(m_s - M) acc_s / L.
+  void merge(int64_t i, int64_t row) {
+    const HeadJob& j = heads[static_cast<size_t>(i)];
+    const hk::Head& h = j.head;
+    if (row >= h.n_queries * h.n_q_heads) return;
+    const int64_t t = row / h.n_q_heads, qh = row % h.n_q_heads, d = h.head_dim;
+    const int64_t sf = hk::state_floats(d), dp = hk::padded_dim(d);
+    const int64_t split_floats = h.n_queries * h.n_q_heads * sf;
+    float* out = j.args->out.row<float>(t) + qh * d;
+    float* lse = j.args->lse.row<float>(t) + qh;
+    const float* first = states.data() + j.state_offset + row * sf;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < j.n_splits; ++s) {
+      const float* st = first + s * split_floats;
+      if (st[dp + 1] > 0.0f) m = std::max(m, st[dp]);
+    }
+    if (m == -std::numeric_limits<float>::infinity()) {
+      std::fill(out, out + d, 0.0f);
+      *lse = m;
+      return;
+    }
+    float l = 0.0f;
+    std::fill(out, out + d, 0.0f);
+    for (int64_t s = 0; s < j.n_splits; ++s) {
+      const float* st = first + s * split_floats;
+      if (!(st[dp + 1] > 0.0f)) continue;
+      const float w = std::exp(st[dp] - m);
+      l += st[dp + 1] * w;
+      for (int64_t c = 0; c < d; ++c) out[c] += w * st[c];
+    }
+    const float inv = 1.0f / l;
+    for (int64_t c = 0; c < d; ++c) out[c] *= inv;
+    *lse = m + std::log(l);
+  }
+
+  const HostAttentionOptions options;
+  const HostIsa isa;
+  const hk::SplitKernel kernel;
+  cpu::ThreadPool pool;
+  int64_t scratch_floats = 0;
+  std::vector<float> scratch;  // [n_threads][scratch_floats]: per thread hk::Scratch (K tile, V tile, q, scores)
+  std::vector<float> states;   // F32 split states of the current call, see HeadJob::state_offset
+  std::vector<HeadJob> heads;  // [max_heads]: the current call
+  int64_t n_heads = 0;
+  int64_t n_tasks = 0;
+  int64_t rows_per_head = 0;
+  std::atomic<int64_t> next_task{0};
+};
+
+HostAttention::HostAttention(const HostAttentionOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+HostAttention::~HostAttention() = default;
+void HostAttention::run(std::span<const AttentionArgs> heads) { impl_->run(heads); }
+HostIsa HostAttention::isa() const { return impl_->isa; }
+int HostAttention::n_threads() const { return impl_->pool.size(); }
+
+double measure_host_attention_gbps(HostAttention& attention, DType dtype, size_t bytes, int64_t n_q_heads) {
+  constexpr int64_t d = 128;
+  const auto elem = static_cast<int64_t>(dtype_size(dtype));
+  const int64_t n_keys = std::max<int64_t>(1, static_cast<int64_t>(bytes) / (2 * d * elem));
+  // K, V [n_keys][128] of `dtype`, values in (-1, 1) from a cheap LCG (filling 256 MiB with
+  // std::mt19937 takes longer than the timing); q, out F32 [1][n_q_heads * 128].
+  std::vector<uint8_t> k(static_cast<size_t>(n_keys * d * elem)), v(k.size());
+  uint32_t state = 12345;
+  auto next = [&state] {
+    state = state * 1664525u + 1013904223u;
+    const uint32_t bits = 0x3f800000u | (state >> 9);  // [1, 2)
+    float x;
+    std::memcpy(&x, &bits, 4);
+    return (x - 1.5f) * 2.0f;
+  };
+  auto fill = [&](std::vector<uint8_t>& buf) {
+    for (int64_t i = 0; i < n_keys * d; ++i) {
+      const float x = next();
+      if (dtype == DType::F32) {
+        std::memcpy(buf.data() + i * 4, &x, 4);
+      } else {
+        const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+        std::memcpy(buf.data() + i * 2, &h, 2);
+      }
+    }
+  };
+  fill(k);
+  fill(v);
+  std::vector<float> q(static_cast<size_t>(n_q_heads * d)), out(q.size()), lse(static_cast<size_t>(n_q_heads));
+  for (float& x : q) x = next();
+  AttentionArgs a;
+  a.q = MatView{q.data(), DType::F32, 1, n_q_heads * d, n_q_heads * d};
+  a.kv = KvHeadView{k.data(), v.data(), dtype, d};
+  a.n_keys = n_keys;
+  a.head_dim = d;
+  a.n_q_heads = n_q_heads;
+  a.q_pos0 = n_keys - 1;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  a.out = MatView{out.data(), DType::F32, 1, n_q_heads * d, n_q_heads * d};
+  a.lse = MatView{lse.data(), DType::F32, 1, n_q_heads, n_q_heads};
+  attention.run(std::span<const AttentionArgs>(&a, 1));  // warm-up: page faults, caches
+  double best = std::numeric_limits<double>::infinity();
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    attention.run(std::span<const AttentionArgs>(&a, 1));
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return static_cast<double>(2 * n_keys * d * elem) / best / 1e9;
+}
+
+std::string host_cpu_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
+  }
+  return "unknown cpu";
+}
+
+}  // namespace headinfer

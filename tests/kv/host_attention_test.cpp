@@ -1,0 +1,351 @@
+// Host attention kernel against a double-precision reference: every ISA path this CPU runs, KV in
+// F32, BF16 and F16, awkward lengths, head dims 64 and 128 (register-resident accumulators) and
+// 8, 16, 40 (the padded generic path), GQA groups 1, 4 and 8, decode and multi-query chunks,
+// sliding windows and parts that a query does not see. Then its KV read rate in GB/s.
+//
+// Tolerance, from the kernel's arithmetic (u = 2^-24, gamma_n = n u / (1 - n u)):
+//  - score s_j = fl(fl(q . k_j) * scale): |ds_j| <= scale * gamma_d * sum_i |q_i k_ji| + u |s_j|
+//    (K and V are exact after widening; the reference reads the same widened values).
+//  - p_j = exp(s_j - m): relative error eps_p <= 2 max|ds| + u max|s_j - m| + 6u (the polynomial
+//    exp is within 2 ulp; the split merge weights e^(m_s - M) add the same once more).
+//  - l = sum p_j and acc = sum p_j v_j are summed in a known depth: at most kTileKeys (32) adds
+//    inside a tile, one rescale-and-add per tile of a split, one per split in the merge:
+//    D = 32 + ceil(split_len / 32) + n_splits + 2, error gamma_D relative to sum p_j |v_j|.
+//  - out = acc / l: |d out_c| <= (2 eps_p + 2 gamma_D + 2u) * A_c,  A_c = sum p_j |v_jc| / sum p_j
+//  - lse = m + log l: |d lse| <= max|ds| + eps_p + gamma_D + u |lse|.
+// A dropped or extra key moves out_c by about p_j |v_jc - out_c|, far above these bounds, so the
+// check sees masking and split bugs at every length tested.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "headinfer/error.h"
+#include "headinfer/host_attention.h"
+
+namespace headinfer {
+namespace {
+
+constexpr double kU = 1.0 / 16777216.0;  // 2^-24: fp32 unit roundoff
+double gamma_n(double n) { return n * kU / (1.0 - n * kU); }
+
+std::vector<HostIsa> isas_here() {
+  std::vector<HostIsa> out;
+  for (HostIsa i : {HostIsa::Scalar, HostIsa::Avx2, HostIsa::Avx512})
+    if (host_isa_supported(i)) out.push_back(i);
+  return out;
+}
+
+// One kv head's data: K, V [n_keys][d] stored in `dtype`, and the same values widened (exact).
+struct KvData {
+  std::vector<uint8_t> k, v;   // dtype [n_keys][d], row stride d
+  std::vector<double> kd, vd;  // [n_keys][d]: the stored values
+};
+
+KvData make_kv(DType dtype, int64_t n_keys, int64_t d, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  const auto elem = static_cast<int64_t>(dtype_size(dtype));
+  KvData kv;
+  kv.k.resize(static_cast<size_t>(n_keys * d * elem));
+  kv.v.resize(kv.k.size());
+  kv.kd.resize(static_cast<size_t>(n_keys * d));
+  kv.vd.resize(kv.kd.size());
+  auto put = [&](std::vector<uint8_t>& raw, std::vector<double>& wide, int64_t i) {
+    const float x = dist(rng);
+    if (dtype == DType::F32) {
+      std::memcpy(raw.data() + i * 4, &x, 4);
+      wide[static_cast<size_t>(i)] = x;
+    } else {
+      const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+      std::memcpy(raw.data() + i * 2, &h, 2);
+      wide[static_cast<size_t>(i)] = dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  };
+  for (int64_t i = 0; i < n_keys * d; ++i) {
+    put(kv.k, kv.kd, i);
+    put(kv.v, kv.vd, i);
+  }
+  return kv;
+}
+
+struct Case {
+  DType dtype = DType::F32;
+  int64_t n_keys = 1;
+  int64_t head_dim = 64;
+  int64_t n_q_heads = 1;
+  int64_t n_queries = 1;
+  int64_t q_pos0 = 0;   // default: bottom-right aligned (n_keys - n_queries)
+  int64_t k_pos0 = 0;
+  int64_t window = 0;
+  float scale_boost = 1.0f;  // > 1: peakier softmax
+  bool aligned = true;
+};
+
+std::string describe(const Case& c, HostIsa isa) {
+  return std::string(host_isa_name(isa)) + " " + std::string(dtype_name(c.dtype)) + " keys " +
+         std::to_string(c.n_keys) + " d " + std::to_string(c.head_dim) + " gqa " + std::to_string(c.n_q_heads) +
+         " queries " + std::to_string(c.n_queries) + " q_pos0 " + std::to_string(c.q_pos0) + " k_pos0 " +
+         std::to_string(c.k_pos0) + " window " + std::to_string(c.window);
+}
+
+// Runs `c` with two kv heads in one call and checks every output and LSE against the reference.
+void check_case(HostAttention& attn, Case c, uint32_t seed) {
+  if (c.aligned) c.q_pos0 = c.k_pos0 + c.n_keys - c.n_queries;
+  const HostIsa isa = attn.isa();
+  SCOPED_TRACE(describe(c, isa));
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  const int64_t d = c.head_dim, nq = c.n_q_heads, T = c.n_queries, cols = nq * d;
+  const float scale = c.scale_boost / std::sqrt(static_cast<float>(d));
+  constexpr int kHeads = 2;
+  std::vector<KvData> kv;
+  std::vector<std::vector<float>> q(kHeads), out(kHeads), lse(kHeads);  // F32 [T][cols], [T][cols], [T][nq]
+  std::vector<AttentionArgs> args(kHeads);
+  for (int i = 0; i < kHeads; ++i) {
+    kv.push_back(make_kv(c.dtype, c.n_keys, d, rng));
+    q[i].resize(static_cast<size_t>(T * cols));
+    for (float& x : q[i]) x = dist(rng);
+    out[i].assign(q[i].size(), std::numeric_limits<float>::quiet_NaN());
+    lse[i].assign(static_cast<size_t>(T * nq), std::numeric_limits<float>::quiet_NaN());
+    AttentionArgs& a = args[static_cast<size_t>(i)];
+    a.q = MatView{q[i].data(), DType::F32, T, cols, cols};
+    a.kv = KvHeadView{kv[i].k.data(), kv[i].v.data(), c.dtype, d};
+    a.n_keys = c.n_keys;
+    a.head_dim = d;
+    a.n_q_heads = nq;
+    a.q_pos0 = c.q_pos0;
+    a.k_pos0 = c.k_pos0;
+    a.window = c.window;
+    a.scale = scale;
+    a.out = MatView{out[i].data(), DType::F32, T, cols, cols};
+    a.lse = MatView{lse[i].data(), DType::F32, T, nq, nq};
+  }
+  attn.run(args);
+
+  int failures = 0;
+  for (int i = 0; i < kHeads && failures < 5; ++i)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < nq; ++h) {
+        const int64_t q_pos = c.q_pos0 + t;
+        const int64_t j1 = std::min(c.n_keys, q_pos - c.k_pos0 + 1);
+        const int64_t j0 = c.window > 0 ? std::max<int64_t>(0, q_pos - c.window + 1 - c.k_pos0) : 0;
+        const float* o = out[i].data() + t * cols + h * d;
+        const float got_lse = lse[i][static_cast<size_t>(t * nq + h)];
+        if (j1 <= j0) {
+          EXPECT_TRUE(std::isinf(got_lse) && got_lse < 0) << "a query that sees no key has lse -inf";
+          for (int64_t x = 0; x < d; ++x) EXPECT_EQ(o[x], 0.0f);
+          continue;
+        }
+        const float* qv = q[i].data() + t * cols + h * d;
+        std::vector<double> s(static_cast<size_t>(j1 - j0)), abs_dot(s.size());
+        double m = -std::numeric_limits<double>::infinity(), ds_max = 0.0;
+        for (int64_t j = j0; j < j1; ++j) {
+          double dot = 0.0, mag = 0.0;
+          for (int64_t x = 0; x < d; ++x) {
+            const double p = static_cast<double>(qv[x]) * kv[i].kd[static_cast<size_t>(j * d + x)];
+            dot += p;
+            mag += std::abs(p);
+          }
+          const double sj = dot * static_cast<double>(scale);
+          s[static_cast<size_t>(j - j0)] = sj;
+          m = std::max(m, sj);
+          ds_max = std::max(ds_max, static_cast<double>(scale) * gamma_n(static_cast<double>(d)) * mag + kU * std::abs(sj));
+        }
+        double l = 0.0, spread = 0.0;
+        std::vector<double> ref(static_cast<size_t>(d), 0.0), mass(static_cast<size_t>(d), 0.0);
+        for (int64_t j = j0; j < j1; ++j) {
+          const double sj = s[static_cast<size_t>(j - j0)];
+          const double p = std::exp(sj - m);
+          spread = std::max(spread, m - sj);
+          l += p;
+          for (int64_t x = 0; x < d; ++x) {
+            const double vx = kv[i].vd[static_cast<size_t>(j * d + x)];
+            ref[static_cast<size_t>(x)] += p * vx;
+            mass[static_cast<size_t>(x)] += p * std::abs(vx);
+          }
+        }
+        const double len = static_cast<double>(j1 - j0);
+        const double splits = std::clamp(std::ceil(len / 256.0), 1.0, 64.0);
+        const double depth = 32.0 + std::ceil(len / splits / 32.0) + splits + 2.0;
+        const double eps_p = 2.0 * ds_max + kU * spread + 6.0 * kU;
+        const double rel = 2.0 * eps_p + 2.0 * gamma_n(depth) + 2.0 * kU;
+        const double ref_lse = m + std::log(l);
+        const double lse_tol = ds_max + eps_p + gamma_n(depth) + kU * std::abs(ref_lse);
+        if (std::abs(got_lse - ref_lse) > lse_tol && ++failures <= 5)
+          ADD_FAILURE() << "head " << i << " t " << t << " h " << h << ": lse " << got_lse << " vs " << ref_lse
+                        << " (tol " << lse_tol << ")";
+        for (int64_t x = 0; x < d; ++x) {
+          const double want = ref[static_cast<size_t>(x)] / l;
+          const double tol = rel * mass[static_cast<size_t>(x)] / l + 1e-30;
+          if (!(std::abs(o[x] - want) <= tol) && ++failures <= 5)
+            ADD_FAILURE() << "head " << i << " t " << t << " h " << h << " col " << x << ": " << o[x] << " vs "
+                          << want << " (tol " << tol << ")";
+        }
+      }
+}
+
+HostAttentionOptions limits(HostIsa isa, int threads) {
+  HostAttentionOptions o;
+  o.isa = isa;
+  o.n_threads = threads;
+  o.max_heads = 2;
+  o.max_queries = 5;
+  o.max_q_heads = 8;
+  o.max_head_dim = 128;
+  return o;
+}
+
+class EveryIsa : public ::testing::TestWithParam<HostIsa> {
+ protected:
+  void SetUp() override {
+    if (!host_isa_supported(GetParam())) GTEST_SKIP() << host_isa_name(GetParam()) << " not run by this CPU";
+  }
+};
+
+TEST_P(EveryIsa, DecodeMatchesDoubleReference) {
+  HostAttention attn(limits(GetParam(), 2));
+  uint32_t seed = 1;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+    for (int64_t n_keys : {1, 17, 97, 1500, 4099})
+      for (int64_t d : {64, 128})
+        for (int64_t gqa : {1, 4, 8}) {
+          Case c;
+          c.dtype = dtype;
+          c.n_keys = n_keys;
+          c.head_dim = d;
+          c.n_q_heads = gqa;
+          check_case(attn, c, seed++);
+        }
+}
+
+TEST_P(EveryIsa, ChunksWindowsPartsAndOddDims) {
+  HostAttention attn(limits(GetParam(), 2));
+  uint32_t seed = 1000;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+    for (int64_t d : {8, 16, 40, 128})
+      for (int64_t n_keys : {17, 1500}) {
+        Case c;
+        c.dtype = dtype;
+        c.n_keys = n_keys;
+        c.head_dim = d;
+        c.n_q_heads = 4;
+        c.n_queries = 5;  // a chunk: causal inside it
+        check_case(attn, c, seed++);
+        c.window = 13;    // sliding window: every query sees its own run
+        check_case(attn, c, seed++);
+        c.window = 0;
+        c.scale_boost = 8.0f;  // peaky softmax: one key dominates
+        check_case(attn, c, seed++);
+        c.scale_boost = 1.0f;
+        c.aligned = false;  // a part that starts later than some queries: those see nothing
+        c.k_pos0 = 50;
+        c.q_pos0 = 48;
+        check_case(attn, c, seed++);
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, EveryIsa, ::testing::Values(HostIsa::Scalar, HostIsa::Avx2, HostIsa::Avx512),
+                         [](const auto& info) { return std::string(host_isa_name(info.param)); });
+
+// Results depend on the shapes only: one thread and three threads give the same bits.
+TEST(HostAttention, ThreadCountDoesNotChangeTheBits) {
+  const HostIsa isa = best_host_isa();
+  HostAttention one(limits(isa, 1)), three(limits(isa, 3));
+  std::mt19937 rng(5);
+  const int64_t n_keys = 9000, d = 128, nq = 4;
+  const KvData kv = make_kv(DType::BF16, n_keys, d, rng);
+  std::vector<float> q(static_cast<size_t>(nq * d)), out1(q.size()), out3(q.size()), lse1(nq), lse3(nq);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  for (float& x : q) x = dist(rng);
+  auto args = [&](std::vector<float>& out, std::vector<float>& lse) {
+    AttentionArgs a;
+    a.q = MatView{q.data(), DType::F32, 1, nq * d, nq * d};
+    a.kv = KvHeadView{kv.k.data(), kv.v.data(), DType::BF16, d};
+    a.n_keys = n_keys;
+    a.head_dim = d;
+    a.n_q_heads = nq;
+    a.q_pos0 = n_keys - 1;
+    a.scale = 0.088f;
+    a.out = MatView{out.data(), DType::F32, 1, nq * d, nq * d};
+    a.lse = MatView{lse.data(), DType::F32, 1, nq, nq};
+    return a;
+  };
+  const AttentionArgs a1 = args(out1, lse1), a3 = args(out3, lse3);
+  one.run(std::span<const AttentionArgs>(&a1, 1));
+  three.run(std::span<const AttentionArgs>(&a3, 1));
+  EXPECT_EQ(0, std::memcmp(out1.data(), out3.data(), out1.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(lse1.data(), lse3.data(), lse1.size() * sizeof(float)));
+}
+
+TEST(HostAttention, CallsOverItsLimitsAreRefused) {
+  HostAttention attn(limits(HostIsa::Scalar, 1));
+  std::vector<float> buf(16 * 256, 1.0f);
+  AttentionArgs a;
+  a.q = MatView{buf.data(), DType::F32, 1, 9 * 16, 9 * 16};
+  a.kv = KvHeadView{buf.data(), buf.data(), DType::F32, 16};
+  a.n_keys = 4;
+  a.head_dim = 16;
+  a.n_q_heads = 9;  // over max_q_heads 8
+  a.out = a.q;
+  a.lse = MatView{buf.data(), DType::F32, 1, 9, 9};
+  EXPECT_THROW(attn.run(std::span<const AttentionArgs>(&a, 1)), Error);
+  std::vector<AttentionArgs> three(3, a);
+  EXPECT_THROW(attn.run(three), Error);
+}
+
+// Read rate of the machine's memory by plain summing with the same threads: the floor the kernel
+// is measured against.
+double plain_read_gbps(size_t bytes, int threads) {
+  std::vector<float> buf(bytes / sizeof(float), 1.0f);
+  std::vector<double> sums(static_cast<size_t>(threads));
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int i = 0; i < threads; ++i)
+      pool.emplace_back([&, i] {
+        const size_t b = buf.size() * static_cast<size_t>(i) / static_cast<size_t>(threads);
+        const size_t e = buf.size() * static_cast<size_t>(i + 1) / static_cast<size_t>(threads);
+        float acc[16] = {};
+        for (size_t x = b; x + 16 <= e; x += 16)
+          for (int k = 0; k < 16; ++k) acc[k] += buf[x + static_cast<size_t>(k)];
+        double s = 0;
+        for (float a : acc) s += a;
+        sums[static_cast<size_t>(i)] = s;
+      });
+    for (auto& th : pool) th.join();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return static_cast<double>(bytes) / best / 1e9 + 0.0 * sums[0];
+}
+
+TEST(HostAttention, KvReadBandwidth) {
+  const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  constexpr size_t kBytes = size_t{256} << 20;
+  std::printf("host attention KV read, %s, %d threads, decode (1 query, GQA 4, head_dim 128), %zu MiB of K+V\n",
+              host_cpu_name().c_str(), threads, kBytes >> 20);
+  std::printf("  plain parallel read of the same size: %.2f GB/s\n", plain_read_gbps(kBytes, threads));
+  for (HostIsa isa : isas_here()) {
+    HostAttentionOptions o;
+    o.isa = isa;
+    o.max_q_heads = 4;
+    HostAttention attn(o);
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      const double gbps = measure_host_attention_gbps(attn, dt, kBytes, 4);
+      std::printf("  %-7s %-4s %.2f GB/s\n", std::string(host_isa_name(isa)).c_str(), std::string(dtype_name(dt)).c_str(),
+                  gbps);
+      EXPECT_GT(gbps, 0.0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace headinfer

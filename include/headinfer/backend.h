@@ -13,6 +13,9 @@
 
 namespace headinfer {
 
+class Transfer;          // headinfer/transfer.h
+struct TransferOptions;  // headinfer/transfer.h
+
 // Row-major 2-D view: `rows` x `cols` elements of `dtype`, rows `row_stride` elements apart.
 struct MatView {
   void* data = nullptr;
@@ -81,6 +84,15 @@ struct AttentionArgs {
                         //     (-inf where a query sees no key of this part)
 };
 
+// The largest op calls a model will make (Ops::reserve_workspace).
+struct OpsWorkspaceSizes {
+  int64_t max_tokens = 0;        // rows of a linear / queries of an attention call
+  int64_t max_in_features = 0;   // widest linear input
+  DType weight_dtype = DType::F32;
+  int64_t max_q_heads = 0;       // query heads of one attention call (GQA group)
+  int64_t head_dim = 0;
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -102,6 +114,10 @@ class Ops {
   virtual void add(const MatView& x, const MatView& y) = 0;
   // Copies a view's rows into another view of the same shape (dtype conversion allowed).
   virtual void copy(const MatView& src, const MatView& dst) = 0;
+  // Sizes the ops' own scratch for the largest calls to come, so the scratch counts against the
+  // device budget before the KV cache is planned and never grows (or synchronises) in the token
+  // loop. Backends without scratch ignore it.
+  virtual void reserve_workspace(const OpsWorkspaceSizes& sizes) {}
 };
 
 // A device: where weights, activations and GPU-tier head blocks live, and the ops that run
@@ -119,6 +135,16 @@ class Device {
   // Copies device memory to the host and waits: only for results leaving the engine (logits).
   virtual void read_to_host(void* host_dst, const void* device_src, size_t bytes) = 0;
   virtual void write_from_host(void* device_dst, const void* host_src, size_t bytes) = 0;
+  // Bytes alloc() may hand out in all; 0: unlimited.
+  virtual size_t memory_budget() const = 0;
+  // A new transfer side for this device (headinfer/transfer.h): its compute stream is the stream
+  // ops() runs on, its copy streams feed this device's memory, its host tier is memory that
+  // device can copy from asynchronously (pinned on CUDA). One per KV cache, so caches share no
+  // stream state.
+  virtual std::unique_ptr<Transfer> make_transfer(const TransferOptions& options) = 0;
+  // The element type of KV head blocks for weights of `weight_dtype`: what this device's attention
+  // reads fastest while keeping the backend's exactness contract.
+  virtual DType kv_dtype(DType weight_dtype) const = 0;
 };
 
 struct CpuDeviceOptions {

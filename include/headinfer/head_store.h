@@ -9,6 +9,7 @@
 // across layer boundaries), attention runs over it, and the chunk's new K/V go to the home tier.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "headinfer/backend.h"
@@ -88,7 +89,8 @@ class HeadStore {
 // the device's attention up to the host kernel's fp32 rounding. Throws Error if the plan does
 // not fit.
 std::unique_ptr<KvCache> make_offload_kv_cache(Device& device, std::unique_ptr<Transfer> transfer,
-                                               const ModelConfig& config, const Plan& plan, int host_threads = 0);
+                                               const ModelConfig& config, const Plan& plan, int host_threads = 0,
+                                               DType kv_dtype = DType::F32);
 
 // What the engine knows when it builds its KV store.
 struct KvPlacementOptions {
@@ -102,11 +104,14 @@ struct KvPlacementOptions {
   double link_gbps = 0.0;   // hybrid auto: 0 = measured once and cached (bandwidth.h)
   double dram_gbps = 0.0;   // hybrid auto: host attention read rate; 0 = measured once and cached
   int host_threads = 0;     // host attention threads; 0: every core
+  // Element type of the head blocks; unset: F32. The engine sets it from Device::kv_dtype (bf16 on
+  // CUDA for 16-bit checkpoints, F32 for f32 checkpoints and on the CPU).
+  std::optional<DType> kv_dtype;
 };
 
 // Plans against what is already on `device` (weights, activations: device.bytes_in_use() when
-// called, of which `weight_bytes` are weights) and builds the offload cache on a CPU transfer.
-// Throws Error with the planner's message when it does not fit.
+// called, of which `weight_bytes` are weights) and builds the offload cache on the device's own
+// transfer (Device::make_transfer). Throws Error with the planner's message when it does not fit.
 std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig& config, int64_t context,
                                                int64_t chunk, int64_t weight_bytes, const KvPlacementOptions& options);
 

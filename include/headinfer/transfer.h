@@ -4,6 +4,7 @@
 // cudaStreamWaitEvent, cudaHostAlloc), so the CUDA backend implements this interface directly and
 // the pipeline in kv/ is the same code on every backend.
 //
+// Each Device makes its own (Device::make_transfer), so the compute stream is the one its ops run on.
 // The CPU implementation runs each copy stream on its own worker thread (standing in for a copy
 // engine), so a missing event between a copy and the compute that reads its result is a real race
 // in the CPU tests too, not something hidden by synchronous copies.
@@ -67,13 +68,16 @@ class Transfer {
   virtual size_t host_budget() const = 0;  // 0: unlimited
 };
 
-struct CpuTransferOptions {
+// What a Transfer is made with (Device::make_transfer).
+struct TransferOptions {
   size_t host_budget = 0;       // bytes of host-tier memory; 0: unlimited
-  // Test aid: each copy on a copy stream sleeps a pseudo-random 0..copy_jitter_us first, so that
-  // copies finish late and a missing wait shows up as wrong numbers.
+  // CPU test aid (other backends ignore it): each copy on a copy stream sleeps a pseudo-random
+  // 0..copy_jitter_us first, so that copies finish late and a missing wait shows up as wrong numbers.
   int copy_jitter_us = 0;
   uint64_t jitter_seed = 1;
 };
+using CpuTransferOptions = TransferOptions;
+// The CPU device's transfer (what CpuDevice::make_transfer returns).
 std::unique_ptr<Transfer> make_cpu_transfer(const CpuTransferOptions& options = {});
 
 // Measures the host -> device copy bandwidth of `transfer` in GB/s (1e9 bytes/s) with one

@@ -14,6 +14,7 @@
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
 #include "headinfer/tokenizer.h"
+#include "device_select.h"
 #include "parse_util.h"
 #include "progress.h"
 #include "size_parse.h"
@@ -38,7 +39,8 @@ struct GenerateArgs {
   bool json = false;
   int threads = 0;
   int64_t chunk = 512;
-  std::string gpu_mem;         // "" = unlimited
+  std::string device = "auto";  // cpu | cuda | auto
+  std::string gpu_mem;         // "" = CPU: unlimited; CUDA: the card's free memory
   std::string host_mem;        // "" = detected
   std::string offload = "auto";
   int64_t kv_group = 0;        // 0 = the planner picks
@@ -87,9 +89,9 @@ void run_generate(const GenerateArgs& a) {
 
   // The device's budget is the cap the planner plans against: one number, so they cannot disagree.
   const int64_t gpu_mem = a.gpu_mem.empty() ? 0 : parse_byte_size(a.gpu_mem, "--gpu-mem");
-  auto device = make_cpu_device({a.threads, static_cast<size_t>(gpu_mem)});
+  auto device = make_device({a.device, a.threads, gpu_mem});
   EngineOptions eo;
-  eo.kv.gpu_mem = gpu_mem;
+  eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
   eo.kv.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
   eo.kv.offload = parse_offload_mode(a.offload, "--offload");
   eo.kv.kv_group = a.kv_group;
@@ -166,7 +168,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print one JSON object with tokens and timings");
   cmd->add_option("-t,--threads", args->threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
-  cmd->add_option("--gpu-mem", args->gpu_mem, "Device memory cap: 24GiB (default: unlimited)");
+  cmd->add_option("--device", args->device, "cpu, cuda or auto (cuda when a GPU is present)")->capture_default_str();
+  cmd->add_option("--gpu-mem", args->gpu_mem, "Device memory cap: 24GiB (default: CUDA the free memory, CPU unlimited)");
   cmd->add_option("--host-mem", args->host_mem, "Host memory for offloaded KV (default: MemAvailable)");
   cmd->add_option("--offload", args->offload, "KV placement: auto, all or none")->capture_default_str();
   cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();

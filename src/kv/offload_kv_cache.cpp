@@ -48,12 +48,12 @@ namespace {
 class OffloadKvCache final : public KvCache {
  public:
   OffloadKvCache(Device& device, std::unique_ptr<Transfer> transfer, const ModelConfig& config, const Plan& plan,
-                 int host_threads)
+                 int host_threads, DType kv_dtype)
       : device_(device),
         transfer_(std::move(transfer)),
         config_(config),
         plan_(plan),
-        store_(device, *transfer_, config, plan, DType::F32),
+        store_(device, *transfer_, config, plan, kv_dtype),
         depth_(plan.ring_depth),
         hybrid_(plan.n_cpu_groups > 0) {
     if (!plan.fits) throw Error(plan.message);
@@ -81,8 +81,12 @@ class OffloadKvCache final : public KvCache {
       h2d_ = transfer_->make_copy_stream("kv fetch");
       d2h_ = transfer_->make_copy_stream("kv write-back");
     }
+    // The decode step's new rows go home straight from the F32 activations (start_host_attention).
+    if (hybrid_ && kv_dtype != DType::F32)
+      throw Error("hybrid decode keeps F32 head blocks; this KV is " + std::string(dtype_name(kv_dtype)) +
+                  ": turn hybrid decode off for this checkpoint");
     if (hybrid_) setup_hybrid(host_threads);
-    // Ring slot s: F32 [2][G][capacity][head_dim], the layout of a home group (HeadStore), so
+    // Ring slot s: [2][G][capacity][head_dim] of the KV dtype, the layout of a home group (HeadStore), so
     // fetches and write-backs are single 2-D copies with equal pitch on both sides.
     const size_t slot_bytes = 2 * static_cast<size_t>(plan.group_size) * store_.block_pitch();
     for (int64_t s = 0; s < depth_; ++s) {
@@ -285,21 +289,24 @@ class OffloadKvCache final : public KvCache {
   }
 
   // Appends the chunk's K/V of group g to the group storage at `base` ([2][G][capacity][head_dim]
-  // F32) and attends each head over rows [0, pos0 + T).
+  // of the store's dtype; ops.copy rounds the F32 activations to it) and attends each head over
+  // rows [0, pos0 + T).
   void attend_group(int64_t layer, int64_t g, void* base, const LayerAttention& a) {
     Ops& ops = device_.ops();
     const int64_t d = config_.head_dim, gs = config_.group_size(), G = plan_.group_size;
     const int64_t n_new = a.q.rows;
-    const int64_t cap = store_.capacity();
+    const DType kv = store_.dtype();
+    const size_t row = row_bytes(), block = store_.block_pitch();
     for (int64_t j = 0; j < G; ++j) {
       const int64_t h = g * G + j;
-      float* k = static_cast<float*>(base) + j * cap * d;
-      float* v = static_cast<float*>(base) + (G + j) * cap * d;
-      ops.copy(a.k_new.slice_cols(h * d, d), MatView{k + a.pos0 * d, DType::F32, n_new, d, d});
-      ops.copy(a.v_new.slice_cols(h * d, d), MatView{v + a.pos0 * d, DType::F32, n_new, d, d});
+      char* k = static_cast<char*>(base) + static_cast<size_t>(j) * block;
+      char* v = static_cast<char*>(base) + static_cast<size_t>(G + j) * block;
+      const size_t at = static_cast<size_t>(a.pos0) * row;
+      ops.copy(a.k_new.slice_cols(h * d, d), MatView{k + at, kv, n_new, d, d});
+      ops.copy(a.v_new.slice_cols(h * d, d), MatView{v + at, kv, n_new, d, d});
       AttentionArgs args;
       args.q = a.q.slice_cols(h * gs * d, gs * d);
-      args.kv = KvHeadView{k, v, DType::F32, d};
+      args.kv = KvHeadView{k, v, kv, d};
       args.n_keys = a.pos0 + n_new;
       args.head_dim = d;
       args.n_q_heads = gs;
@@ -348,9 +355,10 @@ class OffloadKvCache final : public KvCache {
 }  // namespace
 
 std::unique_ptr<KvCache> make_offload_kv_cache(Device& device, std::unique_ptr<Transfer> transfer,
-                                               const ModelConfig& config, const Plan& plan, int host_threads) {
+                                               const ModelConfig& config, const Plan& plan, int host_threads,
+                                               DType kv_dtype) {
   if (!plan.fits) throw Error(plan.message);
-  return std::make_unique<OffloadKvCache>(device, std::move(transfer), config, plan, host_threads);
+  return std::make_unique<OffloadKvCache>(device, std::move(transfer), config, plan, host_threads, kv_dtype);
 }
 
 std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig& config, int64_t context,
@@ -359,7 +367,8 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   PlannerInput in;
   in.config = config;
   in.context = context;
-  in.kv_elem_bytes = 4;  // the CPU backend's KV is F32
+  const DType kv_dtype = options.kv_dtype.value_or(DType::F32);
+  in.kv_elem_bytes = static_cast<int64_t>(dtype_size(kv_dtype));
   in.weight_bytes = weight_bytes;
   in.activation_bytes = static_cast<int64_t>(device.bytes_in_use()) - weight_bytes;
   in.gpu_mem = options.gpu_mem;
@@ -372,7 +381,7 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   CpuTransferOptions to;
   to.host_budget = static_cast<size_t>(in.host_mem);
   to.copy_jitter_us = options.copy_jitter_us;
-  auto transfer = make_cpu_transfer(to);
+  auto transfer = device.make_transfer(to);
   // Balancing needs both bandwidths; a forced split or hybrid off needs neither.
   if (options.hybrid == HybridMode::Auto && options.cpu_groups < 0) {
     const HybridBandwidths bw = resolve_hybrid_bandwidths(*transfer, device, "cpu copy worker", options.link_gbps,
@@ -382,7 +391,7 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   }
   const Plan plan = make_plan(in);
   if (!plan.fits) throw Error(plan.message);
-  return make_offload_kv_cache(device, std::move(transfer), config, plan, options.host_threads);
+  return make_offload_kv_cache(device, std::move(transfer), config, plan, options.host_threads, kv_dtype);
 }
 
 void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk,
@@ -392,7 +401,7 @@ void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t c
   PlannerInput in;
   in.config = config;
   in.context = context;
-  in.kv_elem_bytes = 4;  // the CPU backend's KV is F32
+  in.kv_elem_bytes = static_cast<int64_t>(dtype_size(options.kv_dtype.value_or(DType::F32)));
   in.weight_elem_bytes = static_cast<int64_t>(dtype_size(embed != nullptr ? embed->dtype : DType::F32));
   in.gpu_mem = options.gpu_mem;
   in.host_mem = options.host_mem > 0 ? options.host_mem : detect_host_memory();

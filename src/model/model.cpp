@@ -1,5 +1,6 @@
 #include "headinfer/model.h"
 
+#include <algorithm>
 #include <array>
 #include <string>
 
@@ -90,6 +91,15 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   gate_ = DeviceBuffer(device_, M * c.intermediate_size * f, "activations");
   up_ = DeviceBuffer(device_, M * c.intermediate_size * f, "activations");
   logits_ = DeviceBuffer(device_, c.vocab_size * f, "logits");
+  // The ops' scratch (GEMM casts, split-KV partials) is taken now, so device.bytes_in_use() holds
+  // it when the KV cache is planned and the token loop never grows it.
+  OpsWorkspaceSizes ws;
+  ws.max_tokens = sizes_.max_chunk;
+  ws.max_in_features = std::max({c.hidden_size, c.q_dim(), c.intermediate_size});
+  ws.weight_dtype = weights_.embed.dtype;
+  ws.max_q_heads = c.group_size();
+  ws.head_dim = c.head_dim;
+  device_.ops().reserve_workspace(ws);
 }
 
 void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits) {

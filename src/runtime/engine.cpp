@@ -23,6 +23,15 @@ const EngineOptions& checked_placement(const Checkpoint& checkpoint, const Engin
   return o;
 }
 
+// The KV element type the device keeps for this checkpoint, unless the caller chose one.
+EngineOptions with_kv_dtype(const Checkpoint& checkpoint, const Device& device, EngineOptions o) {
+  if (!o.kv.kv_dtype) {
+    const TensorView* embed = checkpoint.find("model.embed_tokens.weight");
+    o.kv.kv_dtype = device.kv_dtype(embed != nullptr ? embed->dtype : DType::F32);
+  }
+  return o;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -30,10 +39,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options)
-    : options_(checked_placement(checkpoint, options)),
+    : options_(checked_placement(checkpoint, with_kv_dtype(checkpoint, device, options))),
       model_(checkpoint, device, workspace_sizes(options)),
       kv_(make_planned_kv_cache(device, checkpoint.config(), options.context, options.chunk, model_.weight_bytes(),
-                                options.kv)),
+                                options_.kv)),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {}
 
 std::span<const float> Engine::prefill(std::span<const int32_t> ids,

@@ -8,6 +8,7 @@
 
 #include "cpu_ops.h"
 #include "headinfer/error.h"
+#include "headinfer/transfer.h"
 
 namespace headinfer {
 namespace {
@@ -59,6 +60,12 @@ class CpuDevice final : public Device {
   }
   void read_to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void write_from_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  size_t memory_budget() const override { return budget_; }
+  std::unique_ptr<Transfer> make_transfer(const TransferOptions& options) override {
+    return make_cpu_transfer(options);
+  }
+  // The CPU attention is the fp32 reference: its KV stays F32 whatever the weights are.
+  DType kv_dtype(DType) const override { return DType::F32; }
 
  private:
   cpu::ThreadPool pool_;

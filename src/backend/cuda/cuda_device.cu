@@ -8,6 +8,7 @@
 
 #include "cuda_common.h"
 #include "cuda_ops.h"
+#include "cuda_transfer.h"
 #include "headinfer/cuda_device.h"
 
 namespace headinfer {
@@ -25,6 +26,16 @@ void* Scratch::get(size_t bytes) {
   buffer_.reset();
   buffer_ = DeviceBuffer(device_, bytes, what_);
   return buffer_.data();
+}
+
+void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
+  ids_.get(static_cast<size_t>(std::max<int64_t>(s.max_tokens, 1)) * sizeof(int32_t));
+  gemm_workspace_.get(gemm_workspace_bytes());
+  // Only 16-bit weights round x for the tensor-core GEMM.
+  if (s.weight_dtype != DType::F32)
+    gemm_cast_.get(static_cast<size_t>(s.max_tokens * s.max_in_features) * dtype_size(s.weight_dtype));
+  const size_t partials = attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.head_dim);
+  if (partials > 0) attn_partials_.get(partials);
 }
 
 namespace {
@@ -113,6 +124,15 @@ class CudaDevice final : public Device {
     HEADINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
     // The caller may release `src` as soon as we return.
     HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  size_t memory_budget() const override { return budget_; }
+  std::unique_ptr<Transfer> make_transfer(const TransferOptions& options) override {
+    return make_cuda_transfer(ordinal_, stream_, options);
+  }
+  // 16-bit checkpoints keep bf16 KV: half the bytes to stream, and the kernels widen it to fp32.
+  // f32 checkpoints keep f32 KV so their greedy ids match the CPU reference exactly.
+  DType kv_dtype(DType weight_dtype) const override {
+    return weight_dtype == DType::F32 ? DType::F32 : DType::BF16;
   }
 
  private:

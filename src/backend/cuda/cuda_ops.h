@@ -28,6 +28,12 @@ class Scratch {
   DeviceBuffer buffer_;
 };
 
+// Scratch bounds for reserve_workspace: cuBLASLt's workspace (gemm.cu), and the largest attention
+// scratch (split-KV partials, cuDNN's 16-bit Q/O and Stats) any call with at most `max_tasks`
+// (query row, q head) tasks can need (attention.cu).
+size_t gemm_workspace_bytes();
+size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t head_dim);
+
 class CudaOps final : public Ops {
  public:
   CudaOps(Device& device, cudaStream_t stream, cublasLtHandle_t lt, int sm_count)
@@ -50,6 +56,7 @@ class CudaOps final : public Ops {
   void silu_mul(const MatView& gate, const MatView& up, const MatView& out) override;
   void add(const MatView& x, const MatView& y) override;
   void copy(const MatView& src, const MatView& dst) override;
+  void reserve_workspace(const OpsWorkspaceSizes& sizes) override;
 
  private:
   // cuBLASLt matmul y = x W^T for one shape: the heuristic's pick, cached by shape, leading

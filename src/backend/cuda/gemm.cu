@@ -105,6 +105,8 @@ __global__ void add_bias_kernel(float* y, int64_t y_ld, const B* bias, int64_t r
 
 }  // namespace
 
+size_t gemm_workspace_bytes() { return kLtWorkspaceBytes; }
+
 void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld,
                         int64_t m_out, int64_t n_tokens, int64_t k_in) {
   const cudaDataType_t ab = cuda_type(ab_type);

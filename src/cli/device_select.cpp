@@ -1,0 +1,22 @@
+#include "device_select.h"
+
+#include "headinfer/error.h"
+#ifdef HEADINFER_WITH_CUDA
+#include "headinfer/cuda_device.h"
+#endif
+
+namespace headinfer::cli {
+
+std::unique_ptr<Device> make_device(const DeviceChoice& c) {
+  if (c.kind != "cpu" && c.kind != "cuda" && c.kind != "auto")
+    throw Error("--device: '" + c.kind + "' is not cpu, cuda or auto");
+#ifdef HEADINFER_WITH_CUDA
+  if (c.kind == "cuda" || (c.kind == "auto" && cuda_device_count() > 0))
+    return make_cuda_device({0, static_cast<size_t>(c.gpu_mem)});
+#else
+  if (c.kind == "cuda") throw Error("--device cuda: this build has no CUDA backend (configure with nvcc present)");
+#endif
+  return make_cpu_device({c.threads, static_cast<size_t>(c.gpu_mem)});
+}
+
+}  // namespace headinfer::cli

@@ -1,0 +1,251 @@
+// The offload KV cache on the GPU: the CUDA Transfer's copy streams and events carry the same
+// pipeline the CPU tests check, so every placement must give the all-resident logits bit for bit
+// (same kernels in the same order; the ring slot only changes where a head's keys are read from),
+// the device pool must stay under the cap, and f32 checkpoints must pick the CPU's greedy ids.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "cuda_test_util.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/engine.h"
+#include "headinfer/head_store.h"
+#include "headinfer/model.h"
+#include "testdata.h"
+
+namespace headinfer::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<fs::path> all_models() {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(testdata_dir() / "models" / "tiny")) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  out.push_back(testdata_dir() / "models" / "stories260k");
+  return out;
+}
+
+std::vector<int32_t> random_prompt(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = dist(rng);
+  return ids;
+}
+
+DType weight_dtype(const Checkpoint& ckpt) {
+  const TensorView* embed = ckpt.find("model.embed_tokens.weight");
+  return embed != nullptr ? embed->dtype : DType::F32;
+}
+
+struct RunResult {
+  std::vector<float> logits;    // [1 + n_decode, vocab]: after the prompt, then after each decode
+  std::vector<int32_t> tokens;  // greedy picks
+  Plan plan;
+  size_t device_peak = 0;
+  size_t device_budget = 0;
+};
+
+struct RunSpec {
+  int64_t chunk = 7;
+  int64_t n_decode = 4;
+  bool cuda = true;
+  KvPlacementOptions kv;  // kv.gpu_mem is the device's budget (0: the card's free memory)
+};
+
+// Model + the planned cache on a fresh device whose budget is the cap, as `generate` builds them.
+RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, const RunSpec& spec) {
+  const ModelConfig& c = ckpt.config();
+  const int64_t context = static_cast<int64_t>(prompt.size()) + spec.n_decode;
+  auto device = spec.cuda ? make_cuda_device({0, static_cast<size_t>(spec.kv.gpu_mem)})
+                          : make_cpu_device({0, static_cast<size_t>(spec.kv.gpu_mem)});
+  KvPlacementOptions kv = spec.kv;
+  kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
+  kv.kv_dtype = device->kv_dtype(weight_dtype(ckpt));
+  RunResult r;
+  r.device_budget = device->memory_budget();
+  {
+    Model model(ckpt, *device, {std::min(spec.chunk, context), 512});
+    auto cache = make_planned_kv_cache(*device, c, context, spec.chunk, static_cast<int64_t>(model.weight_bytes()), kv);
+    r.plan = *kv_cache_plan(*cache);
+    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+    auto keep = [&] {
+      r.logits.insert(r.logits.end(), logits.begin(), logits.end());
+      r.tokens.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+    };
+    int64_t pos = 0;
+    const auto n_prompt = static_cast<int64_t>(prompt.size());
+    while (pos < n_prompt) {
+      const int64_t n = std::min(model.max_chunk(), n_prompt - pos);
+      model.forward(std::span<const int32_t>(prompt).subspan(static_cast<size_t>(pos), static_cast<size_t>(n)), pos,
+                    *cache, logits);
+      pos += n;
+    }
+    keep();
+    for (int64_t i = 0; i < spec.n_decode; ++i, ++pos) {
+      const int32_t id = r.tokens.back();
+      model.forward(std::span<const int32_t>(&id, 1), pos, *cache, logits);
+      keep();
+    }
+  }
+  r.device_peak = device->peak_bytes();
+  EXPECT_LE(r.device_peak, r.device_budget) << "device pool over the cap";
+  // Nothing allocates on the device beyond what the planner counted (weights, activations and
+  // the ops' reserved scratch, resident KV, ring).
+  EXPECT_LE(static_cast<int64_t>(r.device_peak), r.plan.gpu_bytes_total) << "device peak beyond the plan";
+  return r;
+}
+
+void expect_identical(const RunResult& ref, const RunResult& got, const std::string& what) {
+  ASSERT_EQ(ref.logits.size(), got.logits.size()) << what;
+  EXPECT_EQ(ref.tokens, got.tokens) << what;
+  EXPECT_EQ(0, std::memcmp(ref.logits.data(), got.logits.data(), ref.logits.size() * sizeof(float)))
+      << what << ": logits differ in their bits";
+}
+
+int64_t prompt_length(int64_t chunk) {
+  switch (chunk) {
+    case 1: return 23;
+    case 7: return 40;
+    case 97: return 250;
+    default: return chunk + 103;
+  }
+}
+
+class GpuPlacements : public CudaTest, public ::testing::WithParamInterface<int64_t> {};
+
+TEST_P(GpuPlacements, EveryPlacementIsBitIdenticalToAllResident) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const int64_t chunk = GetParam();
+  for (const fs::path& dir : all_models()) {
+    int n_runs = 0;
+    const std::string label = dir.filename().string() + " chunk " + std::to_string(chunk);
+    SCOPED_TRACE(label);
+    auto ckpt = Checkpoint::open(dir);
+    const ModelConfig& c = ckpt->config();
+    const auto prompt = random_prompt(prompt_length(chunk), c.vocab_size, 1234);
+    RunSpec spec;
+    spec.chunk = chunk;
+    spec.kv.offload = OffloadMode::None;
+    const RunResult ref = run(*ckpt, prompt, spec);
+    ASSERT_EQ(ref.plan.n_streamed_groups, 0);
+
+    // Every run builds a fresh device (its budget is the cap), so the sweep is kept to the cases
+    // that differ: one head per group and the whole layer as one group.
+    std::vector<int64_t> groups = {1, c.n_kv_heads};
+    std::sort(groups.begin(), groups.end());
+    groups.erase(std::unique(groups.begin(), groups.end()), groups.end());
+    for (int64_t g : groups) {
+      if (c.n_kv_heads % g != 0) continue;
+      RunSpec s = spec;
+      s.kv.offload = OffloadMode::All;
+      s.kv.kv_group = g;
+      const RunResult got = run(*ckpt, prompt, s);
+      EXPECT_EQ(got.plan.n_resident_groups, 0);
+      expect_identical(ref, got, "offload all, G " + std::to_string(g));
+      ++n_runs;
+    }
+
+    // --offload auto under caps that leave 1 and about half of the head blocks resident (G = 1).
+    // The fixed bytes are those of the all-resident run minus its KV.
+    const int64_t context = static_cast<int64_t>(prompt.size()) + spec.n_decode;
+    const int64_t fixed = ref.plan.weight_bytes + ref.plan.activation_bytes;
+    const int64_t block = 2 * context * c.head_dim * ref.plan.kv_elem_bytes;  // K + V of one head
+    const int64_t n_blocks = c.n_layers * c.n_kv_heads;
+    std::vector<int64_t> residents = {1, n_blocks / 2};
+    std::sort(residents.begin(), residents.end());
+    residents.erase(std::unique(residents.begin(), residents.end()), residents.end());
+    for (int64_t resident : residents) {
+      if (resident < 1) continue;
+      RunSpec s = spec;
+      s.kv.offload = OffloadMode::Auto;
+      s.kv.kv_group = 1;
+      const int64_t ring_slots = std::min<int64_t>(2, n_blocks - resident);
+      s.kv.gpu_mem = fixed + (resident + ring_slots) * block;
+      const RunResult got = run(*ckpt, prompt, s);
+      EXPECT_EQ(got.plan.n_resident_groups, resident);
+      EXPECT_GT(got.plan.n_streamed_groups, 0);
+      expect_identical(ref, got, "offload auto, " + std::to_string(resident) + " resident");
+      ++n_runs;
+    }
+    std::printf("[offload] %-28s kv %s, all-resident peak %zu B (plan %lld B): %d placements checked\n",
+                label.c_str(), ref.plan.kv_elem_bytes == 4 ? "f32" : "bf16",
+                ref.device_peak, static_cast<long long>(ref.plan.gpu_bytes_total), n_runs);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Chunks, GpuPlacements, ::testing::Values(1, 97, 1500),
+                         [](const auto& info) { return "chunk" + std::to_string(info.param); });
+
+// f32 checkpoints through the streamed cache on the GPU pick the CPU's greedy ids.
+TEST_F(CudaTest, F32StreamedGreedyMatchesCpu) {
+  HEADINFER_REQUIRE_TESTDATA();
+  int n_cases = 0;
+  for (const fs::path& dir : all_models()) {
+    const std::string name = dir.filename().string();
+    auto ckpt = Checkpoint::open(dir);
+    if (weight_dtype(*ckpt) != DType::F32) continue;
+    std::vector<std::vector<int32_t>> prompts;
+    if (name == "stories260k") {
+      std::ifstream in(dir / "reference.json");
+      for (const auto& c : nlohmann::json::parse(in)) prompts.push_back(c["prompt_ids"].get<std::vector<int32_t>>());
+    } else {
+      std::ifstream in(dir / "ref.json");
+      for (const auto& c : nlohmann::json::parse(in)["cases"])
+        prompts.push_back(c["prompt_ids"].get<std::vector<int32_t>>());
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      RunSpec spec;
+      spec.chunk = 64;
+      spec.n_decode = 16;
+      spec.kv.offload = OffloadMode::All;
+      spec.kv.kv_group = 1;
+      const RunResult gpu = run(*ckpt, prompts[i], spec);
+      spec.cuda = false;
+      spec.kv.offload = OffloadMode::None;
+      const RunResult cpu = run(*ckpt, prompts[i], spec);
+      EXPECT_EQ(gpu.tokens, cpu.tokens) << name << " case " << i;
+      std::printf("[f32-greedy] %-20s case %zu prompt %zu: %s\n", name.c_str(), i, prompts[i].size(),
+                  gpu.tokens == cpu.tokens ? "identical" : "DIFFERENT");
+      ++n_cases;
+    }
+  }
+  EXPECT_GE(n_cases, 8);
+}
+
+// The engine as `generate` builds it on the GPU: bf16 checkpoints keep bf16 head blocks, f32 keep
+// f32. With everything resident, the device holds the model plus exactly the KV of that dtype.
+TEST_F(CudaTest, EngineChoosesKvDtypeFromDevice) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* name : {"llama3-bf16", "llama3-f32"}) {
+    auto ckpt = Checkpoint::open(testdata_dir() / "models" / "tiny" / name);
+    const ModelConfig& c = ckpt->config();
+    EngineOptions eo;
+    eo.context = 64;
+    eo.kv.offload = OffloadMode::None;
+    size_t model_bytes = 0;
+    {
+      auto device = make_cuda_device({});
+      Model model(*ckpt, *device, {std::min(eo.chunk, eo.context), eo.mlp_chunk});
+      model_bytes = device->bytes_in_use();
+    }
+    auto device = make_cuda_device({});
+    eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
+    Engine engine(*ckpt, *device, eo);
+    const size_t elem = std::string(name).ends_with("f32") ? 4 : 2;
+    const auto kv_bytes = static_cast<size_t>(c.n_layers * c.n_kv_heads * 2 * eo.context * c.head_dim) * elem;
+    EXPECT_EQ(device->bytes_in_use(), model_bytes + kv_bytes) << name;
+    const std::vector<int32_t> prompt = {1, 2, 3, 4, 5};
+    auto logits = engine.prefill(prompt);
+    EXPECT_TRUE(std::all_of(logits.begin(), logits.end(), [](float x) { return std::isfinite(x); })) << name;
+  }
+}
+
+}  // namespace
+}  // namespace headinfer::test

@@ -9,7 +9,7 @@
 #        N_DECODE (32), SKIP_PEERS=1 to rerun only headinfer.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DEPS=$ROOT/.carry/deps/usr
+DEPS=${DEPS:-$ROOT/.carry/deps/usr}
 OUT=${OUT:-$ROOT/out}
 SHAPE=${SHAPE:-llama3-8b}
 CONTEXTS=${CONTEXTS:-8K,32K,128K}
@@ -52,7 +52,7 @@ if [[ -z "${SKIP_PEERS:-}" || ! -f "$OUT/peers.json" ]]; then
 fi
 cat "$OUT/peers.log" | grep -v Warning | tail -12
 python3 "$ROOT/bench/report.py" --peers "$OUT/peers.json" "${runs[@]}" --out-dir "$ROOT/bench/results" \
-  --shape "$SHAPE" --commit "$(cat "$ROOT/.carry/commit" 2>/dev/null || echo unknown)" \
+  --shape "$SHAPE" --commit "${COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
   --command "bench/run_gpu.sh (CONTEXTS=$CONTEXTS)" | tee "$OUT/report-stem.txt"
 stem=$(cat "$OUT/report-stem.txt")
 cp "$stem".json "$stem".md "$OUT/"

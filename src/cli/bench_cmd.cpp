@@ -22,6 +22,7 @@
 #include "headinfer/head_store.h"
 #include "headinfer/planner.h"
 #include "headinfer/random_model.h"
+#include "device_select.h"
 #include "parse_util.h"
 #include "progress.h"
 #include "size_parse.h"
@@ -42,6 +43,8 @@ struct BenchArgs {
   int64_t kv_group = 0;
   int64_t chunk = 512;
   int threads = 0;
+  std::string device = "auto";
+  std::string hybrid = "off";
   uint64_t seed = 0;
   bool json = false;
 };
@@ -102,12 +105,13 @@ void run_bench(const BenchArgs& a) {
   nlohmann::json results = nlohmann::json::array();
   std::string device_name;
   for (int64_t ctx : contexts) {
-    auto device = make_cpu_device({a.threads, static_cast<size_t>(gpu_mem)});
+    auto device = make_device({a.device, a.threads, gpu_mem});
     device_name = device->name();
     EngineOptions eo;
     eo.context = ctx + a.n_decode;
     eo.chunk = a.chunk;
-    eo.kv.gpu_mem = gpu_mem;
+    eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
+    eo.kv.hybrid = parse_hybrid_mode(a.hybrid, "--hybrid");
     eo.kv.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
     eo.kv.offload = parse_offload_mode(a.offload, "--offload");
     eo.kv.kv_group = a.kv_group;
@@ -143,6 +147,7 @@ void run_bench(const BenchArgs& a) {
                         {"link_bytes_per_token", link_bytes},
                         {"link_gbps_achieved", static_cast<double>(link_bytes) / decode_s / 1e9}};
     if (plan != nullptr) {
+      r["cpu_groups"] = plan->n_cpu_groups;
       r["resident_groups"] = plan->n_resident_groups;
       r["streamed_groups"] = plan->n_streamed_groups;
       r["kv_group"] = plan->group_size;
@@ -182,6 +187,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--kv-group", args->kv_group, "KV heads per transfer group (0: planner)")->capture_default_str();
   cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "CPU threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--device", args->device, "cpu, cuda or auto (cuda when a GPU is present)")->capture_default_str();
+  cmd->add_option("--hybrid", args->hybrid, "auto: attend part of the host-tier KV on the CPU during decode; off")
+      ->capture_default_str();
   cmd->add_option("--seed", args->seed, "Seed of the random weights and tokens")->capture_default_str();
   cmd->add_flag("--json", args->json, "Print one JSON object");
   cmd->callback([args] { run_bench(*args); });

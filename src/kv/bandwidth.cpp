@@ -1,5 +1,6 @@
 #include "headinfer/bandwidth.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "headinfer/backend.h"
+#include "headinfer/error.h"
 #include "headinfer/host_attention.h"
 #include "headinfer/transfer.h"
 
@@ -71,8 +73,16 @@ HybridBandwidths resolve_hybrid_bandwidths(Transfer& transfer, Device& device, c
   if (link_flag_gbps > 0) {
     out.link = {link_flag_gbps, "--link-gbps"};
   } else {
-    out.link = cached_bandwidth(dir, "link: " + link_name,
-                                [&] { return measure_copy_gbps(transfer, device, kLinkProbeBytes); });
+    // The probe takes device memory: at most half of what the budget still has free, so a tight
+    // --gpu-mem never fails here (a smaller probe only times the link a little less well).
+    size_t probe = kLinkProbeBytes;
+    if (device.memory_budget() != 0) {
+      const size_t free_bytes = device.memory_budget() > device.bytes_in_use() ? device.memory_budget() - device.bytes_in_use() : 0;
+      probe = std::min(probe, free_bytes / 2);
+    }
+    if (probe < (size_t{1} << 20))
+      throw Error("--hybrid auto: no device memory left to measure the link; give --link-gbps");
+    out.link = cached_bandwidth(dir, "link: " + link_name, [&] { return measure_copy_gbps(transfer, device, probe); });
   }
   if (dram_flag_gbps > 0) {
     out.dram = {dram_flag_gbps, "--dram-gbps"};

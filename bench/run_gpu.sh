@@ -26,6 +26,7 @@ CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2
 [[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
 cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DHEADINFER_TESTS=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
+  -DHEADINFER_CUDNN_FRONTEND_INCLUDE="${CUDNN_FE:-$ROOT/.carry/cudnn_frontend/include}" \
   >"$OUT/bench-configure.log" 2>&1 || { tail -20 "$OUT/bench-configure.log"; exit 1; }
 cmake --build "$ROOT/build-gpu" --target headinfer -j "$(nproc)" >"$OUT/bench-build.log" 2>&1 ||
   { grep -E "error" "$OUT/bench-build.log" | head -20; exit 1; }
@@ -42,9 +43,13 @@ bench() {  # label, file, extra flags...
     echo "$label failed: $(tail -3 "$OUT/$file.err")"
   fi
 }
-bench "headinfer (24 GiB cap)" hi-capped.json --ctx "$CONTEXTS" --gpu-mem 24GiB
-bench "headinfer (24 GiB cap, all streamed)" hi-streamed.json --ctx "$CONTEXTS" --gpu-mem 24GiB --offload all
-bench "headinfer (uncapped)" hi-uncapped.json --ctx 8K --offload none
+grep -E "cuDNN SDPA" "$OUT/bench-configure.log" || echo "cuDNN SDPA prefill: off"
+CHUNK=${CHUNK:-8192}
+bench "headinfer (uncapped)" hi-uncapped.json --ctx 8K --offload none --chunk "$CHUNK"
+bench "headinfer (24 GiB cap)" hi-capped.json --ctx "$CONTEXTS" --gpu-mem 24GiB --chunk "$CHUNK"
+bench "headinfer (24 GiB cap, all streamed)" hi-streamed.json --ctx "$CONTEXTS" --gpu-mem 24GiB --offload all --chunk "$CHUNK"
+bench "headinfer (24 GiB cap, hybrid)" hi-hybrid.json --ctx "${HYBRID_CONTEXTS:-128K}" --gpu-mem 24GiB --offload all \
+  --hybrid auto --chunk "$CHUNK"
 
 if [[ -z "${SKIP_PEERS:-}" || ! -f "$OUT/peers.json" ]]; then
   python3 "$ROOT/bench/peers.py" --shape "$SHAPE" --ctx "$PEER_CONTEXTS" --n-decode 8 \

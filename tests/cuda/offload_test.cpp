@@ -95,7 +95,9 @@ RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, const 
     }
   }
   r.device_peak = device->peak_bytes();
-  EXPECT_LE(r.device_peak, r.device_budget) << "device pool over the cap";
+  if (r.device_budget > 0) {
+    EXPECT_LE(r.device_peak, r.device_budget) << "device pool over the cap";
+  }
   // Nothing allocates on the device beyond what the planner counted (weights, activations and
   // the ops' reserved scratch, resident KV, ring).
   EXPECT_LE(static_cast<int64_t>(r.device_peak), r.plan.gpu_bytes_total) << "device peak beyond the plan";
@@ -197,8 +199,8 @@ TEST_F(CudaTest, F32StreamedGreedyMatchesCpu) {
       for (const auto& c : nlohmann::json::parse(in)) prompts.push_back(c["prompt_ids"].get<std::vector<int32_t>>());
     } else {
       std::ifstream in(dir / "ref.json");
-      for (const auto& c : nlohmann::json::parse(in)["cases"])
-        prompts.push_back(c["prompt_ids"].get<std::vector<int32_t>>());
+      const auto ref = nlohmann::json::parse(in);  // named: a range-for over parse(in)["cases"] dangles
+      for (const auto& c : ref["cases"]) prompts.push_back(c["prompt_ids"].get<std::vector<int32_t>>());
     }
     for (size_t i = 0; i < prompts.size(); ++i) {
       RunSpec spec;

@@ -103,6 +103,7 @@ struct CudnnSdpa::Impl {
   cudaStream_t stream;
   cudnnHandle_t handle = nullptr;
   Scratch workspace;  // bytes: the largest workspace any cached graph asked for
+  size_t workspace_limit = 0;  // reserve_workspace's bytes; 0: not reserved, the workspace grows on demand
   std::map<GraphKey, CachedGraph> graphs;
 };
 
@@ -133,6 +134,8 @@ bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
   const GraphKey key{s_q, s_kv, h_q, d, kv_ld, right_bound, left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits};
   const CachedGraph& cached = impl_->graph_for(key, a.kv.dtype, a.scale);
   if (!cached.graph) return false;
+  // Declining depends on the shape alone, so every placement still takes the same kernel.
+  if (impl_->workspace_limit > 0 && static_cast<size_t>(cached.workspace_bytes) > impl_->workspace_limit) return false;
 
   const size_t vec16 = (static_cast<size_t>(s_q * h_q * d) * 2 + 255) / 256 * 256;
   char* base = static_cast<char*>(scratch.get(scratch_bytes(s_q * h_q, d)));
@@ -155,6 +158,11 @@ bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
   return true;
 }
 
+void CudnnSdpa::reserve_workspace(size_t bytes) {
+  impl_->workspace.get(bytes);
+  impl_->workspace_limit = bytes;
+}
+
 #else  // no cuDNN in this build: every call takes the CUDA-core kernel
 
 struct CudnnSdpa::Impl {};
@@ -162,6 +170,7 @@ CudnnSdpa::CudnnSdpa(Device&, cudaStream_t) {}
 CudnnSdpa::~CudnnSdpa() = default;
 bool CudnnSdpa::available() { return false; }
 bool CudnnSdpa::run(const AttentionArgs&, Scratch&) { return false; }
+void CudnnSdpa::reserve_workspace(size_t) {}
 
 #endif
 

@@ -28,6 +28,9 @@ class CudnnSdpa {
   // Runs `a` if cuDNN can compute exactly its mask (see attention_cudnn.cpp) for 16-bit KV; returns
   // false, having queued nothing, when it cannot.
   bool run(const AttentionArgs& a, Scratch& scratch);
+  // Takes `bytes` of cuDNN workspace now (Ops::reserve_workspace) and from then on declines graphs
+  // that need more, so the workspace never grows inside the token loop or past the planned bytes.
+  void reserve_workspace(size_t bytes);
 
  private:
   struct Impl;

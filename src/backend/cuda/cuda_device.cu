@@ -36,6 +36,9 @@ void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
     gemm_cast_.get(static_cast<size_t>(s.max_tokens * s.max_in_features) * dtype_size(s.weight_dtype));
   const size_t partials = attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.head_dim);
   if (partials > 0) attn_partials_.get(partials);
+  // cuDNN SDPA runs only on 16-bit KV (16-bit checkpoints); its forward graphs have asked for a few
+  // hundred bytes of workspace, so 1 MiB leaves room without taking much from the KV.
+  if (s.weight_dtype != DType::F32) cudnn_.reserve_workspace(size_t{1} << 20);
 }
 
 namespace {

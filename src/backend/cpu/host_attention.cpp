@@ -91,7 +91,9 @@ struct HostAttention::Impl {
     if (o.max_heads < 1 || o.max_queries < 1 || o.max_q_heads < 1 || o.max_head_dim < 1)
       throw Error("host attention: every size limit must be at least 1");
     const int64_t dp = hk::padded_dim(o.max_head_dim);
-    scratch_floats = 2 * hk::kTileKeys * dp + o.max_queries * o.max_q_heads * dp + hk::kTileKeys;
+    // Rounded to whole 64-byte lines so two threads never write the same cache line.
+    scratch_floats = (2 * hk::kTileKeys * dp + o.max_queries * o.max_q_heads * dp + o.max_q_heads * hk::kTileKeys +
+                      o.max_q_heads + 15) / 16 * 16;
     scratch.assign(static_cast<size_t>(pool.size() * scratch_floats), 0.0f);
     states.assign(static_cast<size_t>(o.max_heads * kMaxSplits * o.max_queries * o.max_q_heads *
                                       hk::state_floats(o.max_head_dim)),
@@ -165,8 +167,9 @@ struct HostAttention::Impl {
   void run_tasks(int64_t part) {
     float* base = scratch.data() + part * scratch_floats;
     const int64_t dp = hk::padded_dim(options.max_head_dim);
-    const hk::Scratch s{base, base + hk::kTileKeys * dp, base + 2 * hk::kTileKeys * dp,
-                        base + 2 * hk::kTileKeys * dp + options.max_queries * options.max_q_heads * dp};
+    float* q = base + 2 * hk::kTileKeys * dp;
+    float* scores = q + options.max_queries * options.max_q_heads * dp;
+    const hk::Scratch s{base, base + hk::kTileKeys * dp, q, scores, scores + options.max_q_heads * hk::kTileKeys};
     for (;;) {
       const int64_t task = next_task.fetch_add(1, std::memory_order_relaxed);
       if (task >= n_tasks) return;
@@ -221,7 +224,7 @@ struct HostAttention::Impl {
   const hk::SplitKernel kernel;
   cpu::ThreadPool pool;
   int64_t scratch_floats = 0;
-  std::vector<float> scratch;  // [n_threads][scratch_floats]: per thread hk::Scratch (K tile, V tile, q, scores)
+  std::vector<float> scratch;  // [n_threads][scratch_floats]: per thread hk::Scratch (K tile, V tile, q, scores, alpha)
   std::vector<float> states;   // F32 split states of the current call, see HeadJob::state_offset
   std::vector<HeadJob> heads;  // [max_heads]: the current call
   int64_t n_heads = 0;

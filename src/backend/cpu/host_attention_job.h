@@ -13,13 +13,13 @@ namespace headinfer::cpu::host_kernel {
 
 enum class KvElem : uint8_t { F32, F16, BF16 };
 
-// Keys per tile: a tile of K and of V is widened to fp32 once and then read by every query and
-// query head of the kv head, so both should stay in L1 (32 keys x 128 dims x 4 B = 16 KiB each).
+// Keys per tile: the unit of the online softmax (one max, one rescale per tile) and of the sums
+// that start from zero (at most kTileKeys terms deep); a multiple of every register width.
 constexpr int64_t kTileKeys = 32;
-// Head dims are padded to a multiple of 16 floats (one AVX-512 register; two AVX2 ones) in the
-// fp32 scratch, with zeros, so every loop runs over whole registers: zero K columns add nothing to
-// a dot product and zero V columns stay zero in the output.
-constexpr int64_t kPadFloats = 16;
+// Head dims are padded to a multiple of 32 floats (a chunk of two AVX-512 registers; four AVX2
+// ones) in the fp32 scratch, with zeros, so every loop runs over whole chunks: zero K columns add
+// nothing to a dot product and zero V columns stay zero in the output.
+constexpr int64_t kPadFloats = 32;
 static constexpr int64_t padded_dim(int64_t d) { return (d + kPadFloats - 1) / kPadFloats * kPadFloats; }
 
 // One kv head with its query heads, as the kernel reads it.
@@ -42,10 +42,11 @@ struct Head {
 
 // Per-thread fp32 scratch (owned by the dispatcher, sized at construction).
 struct Scratch {
-  float* k_tile = nullptr;  // [kTileKeys][padded_dim]: the tile's keys, widened, zero-padded
+  float* k_tile = nullptr;  // [kTileKeys][padded_dim]: the tile's keys, widened, zero-padded (odd dims)
   float* v_tile = nullptr;  // [kTileKeys][padded_dim]
   float* q = nullptr;       // [n_queries * n_q_heads][padded_dim]: the queries, zero-padded
-  float* scores = nullptr;  // [kTileKeys]
+  float* scores = nullptr;  // [n_q_heads][kTileKeys]: one query's scores, then p, over a tile
+  float* alpha = nullptr;   // [n_q_heads]: exp(m_old - m_new) of the current tile
 };
 
 // The running softmax state of one (query, query head) over one split of the keys:

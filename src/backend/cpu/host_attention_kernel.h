@@ -3,14 +3,26 @@
 // ISA translation unit (host_attention_{scalar,avx2,avx512}.cpp) with its own V. Included only by
 // those units; everything here has internal linkage (see host_attention_job.h for why).
 //
-// V provides: type R (a register of W floats); zero, set1, load, store (unaligned), add, sub, mul,
-// fma(a, b, c) = a * b + c, hsum (fixed reduction tree), exp (exp_poly below, lane-wise), and
-// widen_bf16 / widen_f16 (W elements to fp32).
+// V provides: type R (a register of W floats); kAcc, the accumulator registers one block keeps
+// live (16 on AVX-512's 32 registers, 8 on AVX2's 16); zero, set1, load, store (unaligned), add,
+// mul, max, fma(a, b, c) = a * b + c, hsum and hmax (fixed trees), hsums (kAcc registers to kAcc
+// sums in one transposing tree), exp (exp_poly below, lane-wise, 0 below kExpLo), load_f16 (W
+// stored halves to fp32) and load2_bf16 (2W stored bf16 to two registers; kBf16EvenOdd says
+// whether as even and odd elements, see Kv).
 //
-// Per split of one kv head's keys, tile by tile: widen the tile's K and V rows to fp32 once, then
-// for every query and query head that sees part of the tile, the online softmax: scores of the
-// visible keys, new running max m, rescale of the running sum l and accumulator by exp(m_old -
-// m_new), then l += sum p and acc += sum p * v. Exponents are always <= 0, so nothing overflows.
+// Decode reads every K and V row once from DRAM, so the work per row must be a few dozen vector
+// ops, not a few hundred. Per split of one kv head's keys, tile by tile (kTileKeys keys), for each
+// query:
+//  - scores for a block of NK keys x NH query heads (NK * NH = kAcc accumulators): each K chunk is
+//    widened in registers once, straight from the stored rows, and used by every head of the
+//    block; the kAcc dot products are reduced together (hsums), so no key pays a horizontal
+//    reduction of its own;
+//  - the online softmax on the tile's row of scores per head, W keys per vector op: new running
+//    max m, p = exp(s - m) (exponents <= 0, nothing overflows), the tile's sum of p;
+//  - acc_tile = sum p_j v_j for a block of NH heads x NC registers, each V chunk widened once for
+//    all heads, then state = state * exp(m_old - m_new) + acc_tile (one fused step per tile).
+// Sums inside a tile start from zero and are added to the running state once per tile, which is
+// the summation depth the test derives its tolerance from.
 #include <cstddef>
 #include <cstdint>
 
@@ -24,7 +36,7 @@ constexpr float kNegInf = -__builtin_inff();
 // Cephes expf: 2^n * P(r) with r = x - n ln2 (ln2 split in two for an exact product), max
 // relative error about 2 ulp. Inputs clamped to [-87.3, 88.3] so 2^n stays a normal float; here
 // x <= 0 always and exp(-87.3) = 1.2e-38 is below any term that could matter next to the 1 of the
-// maximum.
+// maximum, so the vector paths return 0 below kExpLo (masked keys carry s = -inf).
 constexpr float kExpLo = -87.3f, kExpHi = 88.3f, kLog2e = 1.44269504088896341f;
 constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
 constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
@@ -73,105 +85,282 @@ float bf16_bits_to_f32(uint16_t h) {
   return f;
 }
 
-// Rows [row0, row0 + n) of K or V into `dst` [n][dp] fp32, columns [d, dp) zero.
+// One stored element type as the kernel reads it: T in memory, 2W of them (a chunk) to two
+// registers. kPermuted: the registers hold the chunk's even then odd elements rather than its
+// halves, because that is what widens bf16 cheapest (one load, one shift, one and per 2W; the
+// zero-extending load takes a shuffle and a shift per W, on the ports the FMAs need). q is
+// permuted the same way, so dot products are unchanged, and the accumulators are put back in
+// order once per split.
+template <class V, KvElem E>
+struct Kv;
+template <class V>
+struct Kv<V, KvElem::F32> {
+  using T = float;
+  static constexpr bool kPermuted = false;
+  static void load2(const T* p, typename V::R& a, typename V::R& b) {
+    a = V::load(p);
+    b = V::load(p + V::W);
+  }
+};
+template <class V>
+struct Kv<V, KvElem::BF16> {
+  using T = uint16_t;
+  static constexpr bool kPermuted = V::kBf16EvenOdd;
+  static void load2(const T* p, typename V::R& a, typename V::R& b) { V::load2_bf16(p, a, b); }
+};
+template <class V>
+struct Kv<V, KvElem::F16> {
+  using T = uint16_t;
+  static constexpr bool kPermuted = false;
+  static void load2(const T* p, typename V::R& a, typename V::R& b) {
+    a = V::load_f16(p);
+    b = V::load_f16(p + V::W);
+  }
+};
+
+// x[0, dp) from natural order to [even | odd] per chunk of 2W (forward) or back.
+template <int64_t W>
+void permute_even_odd(float* x, int64_t dp, bool forward, float* tmp) {
+  for (int64_t c0 = 0; c0 < dp; c0 += 2 * W) {
+    for (int64_t i = 0; i < 2 * W; ++i) tmp[i] = x[c0 + i];
+    for (int64_t i = 0; i < W; ++i) {
+      if (forward) {
+        x[c0 + i] = tmp[2 * i];
+        x[c0 + W + i] = tmp[2 * i + 1];
+      } else {
+        x[c0 + 2 * i] = tmp[i];
+        x[c0 + 2 * i + 1] = tmp[W + i];
+      }
+    }
+  }
+}
+
+// Rows [row0, row0 + n) of K or V into `dst` [n][dp] fp32, columns [d, dp) zero: the path for head
+// dims that are not whole registers, so the tile loops still run over whole registers.
 template <class V>
 void widen_rows(const Head& hd, const void* base, int64_t row0, int64_t n, int64_t dp, float* dst) {
-  constexpr int64_t W = V::W;
   const int64_t d = hd.head_dim;
   for (int64_t r = 0; r < n; ++r) {
     float* out = dst + r * dp;
     const int64_t row = (row0 + r) * hd.kv_row_stride;
-    int64_t i = 0;
-    switch (hd.elem) {
-      case KvElem::F32: {
-        const float* src = static_cast<const float*>(base) + row;
-        for (; i + W <= d; i += W) V::store(out + i, V::load(src + i));
-        for (; i < d; ++i) out[i] = src[i];
-        break;
-      }
-      case KvElem::BF16: {
-        const uint16_t* src = static_cast<const uint16_t*>(base) + row;
-        for (; i + W <= d; i += W) V::widen_bf16(src + i, out + i);
-        for (; i < d; ++i) out[i] = bf16_bits_to_f32(src[i]);
-        break;
-      }
-      case KvElem::F16: {
-        const uint16_t* src = static_cast<const uint16_t*>(base) + row;
-        for (; i + W <= d; i += W) V::widen_f16(src + i, out + i);
-        for (; i < d; ++i) out[i] = f16_bits_to_f32(src[i]);
-        break;
+    const uint16_t* half = static_cast<const uint16_t*>(base) + row;
+    for (int64_t i = 0; i < d; ++i) {
+      switch (hd.elem) {
+        case KvElem::F32: out[i] = static_cast<const float*>(base)[row + i]; break;
+        case KvElem::BF16: out[i] = bf16_bits_to_f32(half[i]); break;
+        case KvElem::F16: out[i] = f16_bits_to_f32(half[i]); break;
       }
     }
-    for (; i < dp; ++i) out[i] = 0.0f;
+    for (int64_t i = d; i < dp; ++i) out[i] = 0.0f;
   }
 }
 
-// kDim: the padded head dim as a compile-time constant (64, 128: the accumulator stays in
-// registers), or 0 to read it from the head.
+// One tile of keys for one query: kDim is the padded head dim as a compile-time constant (64, 128)
+// or 0 to read it at run time; E the element type K and V are read in; NH the query heads per
+// block (1, 2 or 4, from the GQA group), which fixes NK = kAcc / NH keys per score block.
+template <class V, int64_t kDim, KvElem E, int NH>
+struct Tile {
+  using R = typename V::R;
+  using T = typename Kv<V, E>::T;
+  static constexpr int64_t W = V::W;
+  static constexpr int NK = V::kAcc / NH;
+  // V registers (W floats each, taken in chunks of two) per accumulation block: as many as the
+  // accumulators allow, capped by the head dim when it is known.
+  static constexpr int64_t kRegsMax = V::kAcc / NH;
+  static constexpr int64_t kRegsCap = kDim != 0 ? kDim / W : 4;
+  static constexpr int64_t NC = kRegsCap < kRegsMax ? kRegsCap : kRegsMax;
+  static_assert(NC % 2 == 0, "accumulation blocks are whole chunks of 2W");
+
+  // Raw dot products q_h . k_j for keys [ja, jb) of the tile into sc[h * kTileKeys + j]. q: the
+  // query's heads [nqh][dp]; k: the tile's first row, rows ld elements apart.
+  static void scores(const float* q, int64_t nqh, const T* k, int64_t ld, int64_t ja, int64_t jb, int64_t dp_runtime,
+                     float* sc) {
+    const int64_t dp = kDim != 0 ? kDim : dp_runtime;
+    for (int64_t h0 = 0; h0 < nqh; h0 += NH) {
+      int64_t j0 = ja;
+      if (h0 + NH <= nqh)
+        for (; j0 + NK <= jb; j0 += NK) score_block<true>(q, nqh, h0, k, ld, j0, jb, dp, sc);
+      for (; j0 < jb; j0 += NK) score_block<false>(q, nqh, h0, k, ld, j0, jb, dp, sc);
+    }
+  }
+
+  // One block of NK keys from j0 x NH heads from h0. A partial block (kFull false) repeats the
+  // last head or key (valid memory) past nqh or jb and drops those sums.
+  template <bool kFull>
+  static void score_block(const float* q, int64_t nqh, int64_t h0, const T* k, int64_t ld, int64_t j0, int64_t jb,
+                          int64_t dp_runtime, float* sc) {
+    const int64_t dp = kDim != 0 ? kDim : dp_runtime;
+    const float* qh[NH];
+    for (int h = 0; h < NH; ++h) qh[h] = q + (kFull || h0 + h < nqh ? h0 + h : nqh - 1) * dp;
+    const T* kj[NK];
+    for (int i = 0; i < NK; ++i) kj[i] = k + (kFull || j0 + i < jb ? j0 + i : jb - 1) * ld;
+    R acc[NH * NK];  // [head][key], so each head's NK sums land side by side
+    for (int i = 0; i < NH * NK; ++i) acc[i] = V::zero();
+    for (int64_t c = 0; c < dp; c += 2 * W) {
+      for (int i = 0; i < NK; ++i) {
+        R ka, kb;
+        Kv<V, E>::load2(kj[i] + c, ka, kb);
+        for (int h = 0; h < NH; ++h) {
+          acc[h * NK + i] = V::fma(V::load(qh[h] + c), ka, acc[h * NK + i]);
+          acc[h * NK + i] = V::fma(V::load(qh[h] + c + W), kb, acc[h * NK + i]);
+        }
+      }
+    }
+    alignas(64) float dots[NH * NK];
+    V::hsums(acc, dots);
+    if constexpr (kFull) {
+      for (int h = 0; h < NH; ++h) __builtin_memcpy(sc + (h0 + h) * kTileKeys + j0, dots + h * NK, NK * sizeof(float));
+    } else {
+      for (int h = 0; h < NH && h0 + h < nqh; ++h)
+        for (int i = 0; i < NK && j0 + i < jb; ++i) sc[(h0 + h) * kTileKeys + j0 + i] = dots[h * NK + i];
+    }
+  }
+
+  // acc_tile = sum over keys [ja, jb) of p_hj * v_j, then st_h = st_h * alpha_h + acc_tile for
+  // every head h. p: sc as softmax left it; st: the query's states, sf floats apart.
+  template <int64_t kNC>
+  static void accumulate_block(const float* p, int64_t nqh, int64_t h0, const T* v, int64_t ld, int64_t ja,
+                               int64_t jb, int64_t c0, const float* alpha, float* st, int64_t sf) {
+    const float* ph[NH];
+    for (int h = 0; h < NH; ++h) ph[h] = p + (h0 + h < nqh ? h0 + h : nqh - 1) * kTileKeys;
+    R acc[NH * kNC];
+    for (int i = 0; i < NH * kNC; ++i) acc[i] = V::zero();
+    for (int64_t j = ja; j < jb; ++j) {
+      R vv[kNC];
+      for (int c = 0; c < kNC; c += 2) Kv<V, E>::load2(v + j * ld + c0 + c * W, vv[c], vv[c + 1]);
+      for (int h = 0; h < NH; ++h) {
+        const R pv = V::set1(ph[h][j]);
+        for (int c = 0; c < kNC; ++c) acc[h * kNC + c] = V::fma(pv, vv[c], acc[h * kNC + c]);
+      }
+    }
+    for (int h = 0; h < NH && h0 + h < nqh; ++h) {
+      float* s = st + (h0 + h) * sf + c0;
+      const R a = V::set1(alpha[h0 + h]);
+      for (int c = 0; c < kNC; ++c) V::store(s + c * W, V::fma(V::load(s + c * W), a, acc[h * kNC + c]));
+    }
+  }
+
+  static void accumulate(const float* p, int64_t nqh, const T* v, int64_t ld, int64_t ja, int64_t jb, int64_t dp,
+                         const float* alpha, float* st, int64_t sf) {
+    const int64_t dim = kDim != 0 ? kDim : dp;
+    for (int64_t h0 = 0; h0 < nqh; h0 += NH) {
+      int64_t c0 = 0;
+      for (; c0 + NC * W <= dim; c0 += NC * W) accumulate_block<NC>(p, nqh, h0, v, ld, ja, jb, c0, alpha, st, sf);
+      if constexpr (kDim == 0 || kDim % (NC * W) != 0)
+        for (; c0 < dim; c0 += 2 * W) accumulate_block<2>(p, nqh, h0, v, ld, ja, jb, c0, alpha, st, sf);
+    }
+  }
+
+  // The online softmax of one query's heads over the tile: sc holds raw dots for [ja, jb);
+  // leaves p_hj there (0 outside [ja, jb)), alpha_h = exp(m_old - m_new), and updates m and l.
+  static void softmax(float* sc, int64_t nqh, int64_t ja, int64_t jb, float scale, float* alpha, float* st,
+                      int64_t sf, int64_t dp) {
+    const R scale_vec = V::set1(scale);
+    for (int64_t h = 0; h < nqh; ++h) {
+      float* s = sc + h * kTileKeys;
+      for (int64_t j = 0; j < ja; ++j) s[j] = kNegInf;
+      for (int64_t j = jb; j < kTileKeys; ++j) s[j] = kNegInf;
+      R mx = V::set1(kNegInf);
+      for (int64_t j = 0; j < kTileKeys; j += W) {
+        const R x = V::mul(V::load(s + j), scale_vec);
+        V::store(s + j, x);
+        mx = V::max(mx, x);
+      }
+      float* m = st + h * sf + dp;
+      const float m_tile = V::hmax(mx);
+      const float m_new = *m > m_tile ? *m : m_tile;
+      alpha[h] = *m == kNegInf ? 0.0f : exp_poly_scalar(*m - m_new);
+      const R m_vec = V::set1(m_new);
+      R sum = V::zero();
+      for (int64_t j = 0; j < kTileKeys; j += W) {
+        const R pj = V::exp(V::sub(V::load(s + j), m_vec));
+        V::store(s + j, pj);
+        sum = V::add(sum, pj);
+      }
+      m[0] = m_new;
+      m[1] = m[1] * alpha[h] + V::hsum(sum);
+    }
+  }
+
+  static void run(const Head& hd, const T* k, const T* v, int64_t ld, int64_t t0, int64_t n, const Scratch& s,
+                  float* states) {
+    const int64_t dp = kDim != 0 ? kDim : padded_dim(hd.head_dim);
+    const int64_t nqh = hd.n_q_heads, sf = dp + 2;
+    for (int64_t t = 0; t < hd.n_queries; ++t) {
+      // Keys visible to query t: one run [lo, hi) (causal, and the window when there is one).
+      const int64_t q_pos = hd.q_pos0 + t;
+      const int64_t hi = q_pos - hd.k_pos0 + 1;
+      const int64_t lo = hd.window > 0 ? q_pos - hd.window + 1 - hd.k_pos0 : t0;
+      const int64_t a = lo > t0 ? lo : t0;
+      const int64_t b = hi < t0 + n ? hi : t0 + n;
+      if (a >= b) continue;
+      float* st = states + t * nqh * sf;
+      scores(s.q + t * nqh * dp, nqh, k, ld, a - t0, b - t0, dp, s.scores);
+      softmax(s.scores, nqh, a - t0, b - t0, hd.scale, s.alpha, st, sf, dp);
+      accumulate(s.scores, nqh, v, ld, a - t0, b - t0, dp, s.alpha, st, sf);
+    }
+  }
+};
+
+// Software prefetch of K and V rows a few tiles ahead. The hardware streamer stops at each 4 KiB
+// page and restarts on the next; one thread reading two streams while it computes then leaves
+// DRAM idle at every page turn (measured: F32 decode on one core, 6.6 -> 7.9 GB/s).
+constexpr int64_t kPrefetchTiles = 2;
+
+template <class T>
+void prefetch_rows(const T* k, const T* v, int64_t r0, int64_t r1, int64_t ld, int64_t d) {
+  const int64_t bytes = d * static_cast<int64_t>(sizeof(T));
+  for (int64_t r = r0; r < r1; ++r) {
+    const char* kr = reinterpret_cast<const char*>(k + r * ld);
+    const char* vr = reinterpret_cast<const char*>(v + r * ld);
+    for (int64_t o = 0; o < bytes; o += 64) {
+      __builtin_prefetch(kr + o, 0, 3);
+      __builtin_prefetch(vr + o, 0, 3);
+    }
+  }
+}
+
 template <class V, int64_t kDim>
 struct Split {
-  using R = typename V::R;
-  static constexpr int64_t W = V::W;
+  template <KvElem E, int NH>
+  static void tiles(const Head& hd, int64_t key_begin, int64_t key_end, const Scratch& s, float* states) {
+    using T = typename Kv<V, E>::T;
+    const int64_t dp = kDim != 0 ? kDim : padded_dim(hd.head_dim);
+    for (int64_t t0 = key_begin; t0 < key_end; t0 += kTileKeys) {
+      const int64_t n = key_end - t0 < kTileKeys ? key_end - t0 : kTileKeys;
+      if constexpr (E == KvElem::F32) {
+        if (hd.head_dim != dp) {
+          widen_rows<V>(hd, hd.k, t0, n, dp, s.k_tile);
+          widen_rows<V>(hd, hd.v, t0, n, dp, s.v_tile);
+          Tile<V, kDim, E, NH>::run(hd, s.k_tile, s.v_tile, dp, t0, n, s, states);
+          continue;
+        }
+      }
+      const int64_t ld = hd.kv_row_stride;
+      if (t0 + kPrefetchTiles * kTileKeys < key_end) {
+        const int64_t r0 = t0 + kPrefetchTiles * kTileKeys;
+        const int64_t r1 = r0 + kTileKeys < key_end ? r0 + kTileKeys : key_end;
+        prefetch_rows(static_cast<const T*>(hd.k), static_cast<const T*>(hd.v), r0, r1, ld, hd.head_dim);
+      }
+      Tile<V, kDim, E, NH>::run(hd, static_cast<const T*>(hd.k) + t0 * ld, static_cast<const T*>(hd.v) + t0 * ld, ld,
+                                t0, n, s, states);
+    }
+  }
 
-  // Tile rows [j0, j1) for one (query, query head): q [dp], state st [dp + 2] (acc, m, l); the
-  // tile's K and V rows are `ld` floats apart (dp in the scratch, the store's stride when read
-  // in place).
-  static void attend_rows(const float* q, const float* k_tile, const float* v_tile, int64_t ld, int64_t j0,
-                          int64_t j1, int64_t dp_runtime, float scale, float* scores, float* st) {
-    const int64_t dp = kDim != 0 ? kDim : dp_runtime;
-    const int64_t n = j1 - j0;
-    const float* k = k_tile + j0 * ld;
-    const float* v = v_tile + j0 * ld;
-    // Scores, four keys at a time so four independent FMA chains are in flight.
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-      R a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
-      for (int64_t c = 0; c < dp; c += W) {
-        const R qv = V::load(q + c);
-        a0 = V::fma(qv, V::load(k + (j + 0) * ld + c), a0);
-        a1 = V::fma(qv, V::load(k + (j + 1) * ld + c), a1);
-        a2 = V::fma(qv, V::load(k + (j + 2) * ld + c), a2);
-        a3 = V::fma(qv, V::load(k + (j + 3) * ld + c), a3);
-      }
-      scores[j + 0] = V::hsum(a0) * scale;
-      scores[j + 1] = V::hsum(a1) * scale;
-      scores[j + 2] = V::hsum(a2) * scale;
-      scores[j + 3] = V::hsum(a3) * scale;
+  template <KvElem E>
+  static void by_group(const Head& hd, int64_t key_begin, int64_t key_end, const Scratch& s, float* states) {
+    const int64_t dp = kDim != 0 ? kDim : padded_dim(hd.head_dim), sf = dp + 2;
+    const int64_t n_rows = hd.n_queries * hd.n_q_heads;
+    float tmp[2 * V::W];
+    if constexpr (Kv<V, E>::kPermuted)
+      for (int64_t r = 0; r < n_rows; ++r) permute_even_odd<V::W>(s.q + r * dp, dp, true, tmp);
+    switch (hd.n_q_heads) {
+      case 1: tiles<E, 1>(hd, key_begin, key_end, s, states); break;
+      case 2: tiles<E, 2>(hd, key_begin, key_end, s, states); break;
+      default: tiles<E, 4>(hd, key_begin, key_end, s, states); break;
     }
-    for (; j < n; ++j) {
-      R a = V::zero();
-      for (int64_t c = 0; c < dp; c += W) a = V::fma(V::load(q + c), V::load(k + j * ld + c), a);
-      scores[j] = V::hsum(a) * scale;
-    }
-    float m_tile = kNegInf;
-    for (j = 0; j < n; ++j) m_tile = scores[j] > m_tile ? scores[j] : m_tile;
-    const float m_old = st[dp];
-    const float m_new = m_old > m_tile ? m_old : m_tile;
-    const float alpha = m_old == kNegInf ? 0.0f : exp_poly_scalar(m_old - m_new);
-    // p_j = exp(s_j - m_new) in place; the lanes past n (up to a whole register, inside the
-    // kTileKeys buffer) are computed and ignored.
-    const R m_vec = V::set1(m_new);
-    for (j = 0; j < n; j += W) V::store(scores + j, V::exp(V::sub(V::load(scores + j), m_vec)));
-    float sum = 0.0f;
-    for (j = 0; j < n; ++j) sum += scores[j];
-    st[dp + 1] = st[dp + 1] * alpha + sum;
-    st[dp] = m_new;
-    const R alpha_vec = V::set1(alpha);
-    if constexpr (kDim != 0) {
-      R acc[kDim / W];
-      for (int64_t c = 0; c < kDim / W; ++c) acc[c] = V::mul(V::load(st + c * W), alpha_vec);
-      for (j = 0; j < n; ++j) {
-        const R p = V::set1(scores[j]);
-        for (int64_t c = 0; c < kDim / W; ++c) acc[c] = V::fma(p, V::load(v + j * ld + c * W), acc[c]);
-      }
-      for (int64_t c = 0; c < kDim / W; ++c) V::store(st + c * W, acc[c]);
-    } else {
-      for (int64_t c = 0; c < dp; c += W) {
-        R acc = V::mul(V::load(st + c), alpha_vec);
-        for (j = 0; j < n; ++j) acc = V::fma(V::set1(scores[j]), V::load(v + j * ld + c), acc);
-        V::store(st + c, acc);
-      }
-    }
+    if constexpr (Kv<V, E>::kPermuted)
+      for (int64_t r = 0; r < n_rows; ++r) permute_even_odd<V::W>(states + r * sf, dp, false, tmp);
   }
 
   static void run(const Head& hd, int64_t key_begin, int64_t key_end, const Scratch& s, float* states) {
@@ -188,33 +377,13 @@ struct Split {
       st[dp] = kNegInf;
       st[dp + 1] = 0.0f;
     }
-    // F32 rows of a whole-register width are read in place; anything else is widened per tile.
-    const bool in_place = hd.elem == KvElem::F32 && d == dp;
-    const int64_t ld = in_place ? hd.kv_row_stride : dp;
-    for (int64_t t0 = key_begin; t0 < key_end; t0 += kTileKeys) {
-      const int64_t n = key_end - t0 < kTileKeys ? key_end - t0 : kTileKeys;
-      const float* k_tile = s.k_tile;
-      const float* v_tile = s.v_tile;
-      if (in_place) {
-        k_tile = static_cast<const float*>(hd.k) + t0 * ld;
-        v_tile = static_cast<const float*>(hd.v) + t0 * ld;
-      } else {
-        widen_rows<V>(hd, hd.k, t0, n, dp, s.k_tile);
-        widen_rows<V>(hd, hd.v, t0, n, dp, s.v_tile);
-      }
-      for (int64_t t = 0; t < hd.n_queries; ++t) {
-        // Keys visible to query t: one run [lo, hi) (causal, and the window when there is one).
-        const int64_t q_pos = hd.q_pos0 + t;
-        const int64_t hi = q_pos - hd.k_pos0 + 1;
-        const int64_t lo = hd.window > 0 ? q_pos - hd.window + 1 - hd.k_pos0 : t0;
-        const int64_t a = lo > t0 ? lo : t0;
-        const int64_t b = hi < t0 + n ? hi : t0 + n;
-        if (a >= b) continue;
-        for (int64_t h = 0; h < nqh; ++h) {
-          const int64_t r = t * nqh + h;
-          attend_rows(s.q + r * dp, k_tile, v_tile, ld, a - t0, b - t0, dp, hd.scale, s.scores, states + r * sf);
-        }
-      }
+    // Rows of a whole-register width are read in place in their stored type; others are widened
+    // into the scratch per tile and read as F32.
+    if (d != dp) return by_group<KvElem::F32>(hd, key_begin, key_end, s, states);
+    switch (hd.elem) {
+      case KvElem::F32: return by_group<KvElem::F32>(hd, key_begin, key_end, s, states);
+      case KvElem::BF16: return by_group<KvElem::BF16>(hd, key_begin, key_end, s, states);
+      case KvElem::F16: return by_group<KvElem::F16>(hd, key_begin, key_end, s, states);
     }
   }
 };

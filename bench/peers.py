@@ -85,13 +85,22 @@ def transformers_peer(shape, ctx, cache, n_decode, cap_gib):
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total) if cap_gib else 1.0)
     cfg = LlamaConfig(**{k: v for k, v in SHAPES[shape].items() if k != "model_type"})
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    cfg._attn_implementation = "sdpa"  # what from_pretrained picks; a bare config would fall back to eager
+    result = {"system": f"transformers ({cache} cache)", "context": ctx, "gpu_cap_gib": cap_gib}
+    # Built directly in bf16 on the GPU: an fp32 build would not fit the cap before the cast.
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(cfg).eval()
+    except torch.OutOfMemoryError:
+        torch.set_default_dtype(torch.float32)
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        return dict(result, error="out of memory loading the weights")
+    torch.set_default_dtype(torch.float32)
     ids = torch.randint(0, cfg.vocab_size, (1, ctx), device="cuda")
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     if cache != "default":
         kw["cache_implementation"] = cache
-    result = {"system": f"transformers ({cache} cache)", "context": ctx, "gpu_cap_gib": cap_gib}
     try:
         with torch.no_grad():
             torch.cuda.synchronize()
@@ -130,7 +139,8 @@ def main():
         out["transformers"] = transformers.__version__
         for ctx in contexts:
             for cache, cap, n in (("default", None, a.n_decode), ("default", a.gpu_mem_gib, a.n_decode),
-                                  ("offloaded", a.gpu_mem_gib, a.offloaded_n_decode)):
+                                  ("offloaded", a.gpu_mem_gib, a.offloaded_n_decode),
+                                  ("offloaded", None, a.offloaded_n_decode)):
                 r = transformers_peer(a.shape, ctx, cache, n, cap)
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 out["peers"].append(r)

@@ -83,7 +83,7 @@ struct Plan {
   int64_t kv_bytes_host = 0;        // host-tier head blocks
   int64_t weight_bytes = 0;
   int64_t activation_bytes = 0;
-  int64_t ring_bytes = 0;           // ring_depth slots of one group at full context
+  int64_t ring_bytes = 0;           // ring_depth slots of one group at full context (+ hybrid new-row staging)
   int64_t gpu_bytes_total = 0;      // weights + activations + resident KV + ring
   int64_t gpu_mem = 0;              // the cap (0: unlimited)
   int64_t host_mem = 0;             // the host memory it was planned against (0: unlimited)

@@ -20,14 +20,19 @@
 // Hybrid decode (plan.n_cpu_groups > 0): in a decode step (one new position) the CPU-attended
 // groups never enter the ring. Per layer that has some, before its other groups:
 //
-//   compute: record q_ready (q and the new K/V exist)
-//   d2h:     wait q_ready -> copy the new K/V rows of the CPU groups home -> record cpu_rows_home
+//   compute: convert the CPU groups' new K/V rows to the KV dtype into the device staging buffer
+//            -> record q_ready (q and the staged rows exist)
+//   d2h:     wait q_ready -> copy the staged rows home -> record cpu_rows_home
 //   host:    wait cpu_rows_home -> copy q to the host -> host task: host attention of the CPU
 //            groups over their home rows [0, pos0 + 1) -> copy out and LSE into the layer's
 //            output columns -> record host_done
 //   compute: ... resident and streamed groups of the layer ... -> wait host_done
 //
 // so the CPU attends while the ring streams, and only the query and the result cross the link.
+// The staged rows are rounded by the same Ops::copy as a device-attended group's rows, so the home
+// block holds what the all-resident cache would. The staging buffer is rewritten only by the next
+// CPU layer's conversion, which the compute stream issues after waiting host_done, and host_done
+// follows cpu_rows_home: the previous copy home has finished reading it.
 // Each CPU-attended head is attended whole, so its output and LSE are final: there is nothing to
 // merge, and they differ from the device op only by the host kernel's fp32 rounding. Decode steps
 // visit the ring in their own order (the host-tier groups the CPU does not attend); prefill
@@ -81,10 +86,6 @@ class OffloadKvCache final : public KvCache {
       h2d_ = transfer_->make_copy_stream("kv fetch");
       d2h_ = transfer_->make_copy_stream("kv write-back");
     }
-    // The decode step's new rows go home straight from the F32 activations (start_host_attention).
-    if (hybrid_ && kv_dtype != DType::F32)
-      throw Error("hybrid decode keeps F32 head blocks; this KV is " + std::string(dtype_name(kv_dtype)) +
-                  ": turn hybrid decode off for this checkpoint");
     if (hybrid_) setup_hybrid(host_threads);
     // Ring slot s: [2][G][capacity][head_dim] of the KV dtype, the layout of a home group (HeadStore), so
     // fetches and write-backs are single 2-D copies with equal pitch on both sides.
@@ -146,6 +147,12 @@ class OffloadKvCache final : public KvCache {
     int64_t visit = -1;               // the visit whose fetch was issued into this slot
     int seq = 0;                      // ... of this sequence
     int64_t rows = 0;                 // rows that fetch brought
+  };
+  // One layer's host task: its arguments stay untouched until the task has run.
+  struct HostJob {
+    OffloadKvCache* cache = nullptr;
+    std::vector<AttentionArgs> args;  // [most CPU heads in a layer]
+    int64_t n_args = 0;
   };
   // A visit order of streamed groups; visit k of it uses slot k % depth and group order[k % n].
   struct Sequence {
@@ -221,7 +228,12 @@ class OffloadKvCache final : public KvCache {
     o.max_q_heads = gs;
     o.max_head_dim = d;
     host_attention_ = std::make_unique<HostAttention>(o);
-    host_args_.resize(static_cast<size_t>(max_heads));
+    host_jobs_.resize(static_cast<size_t>(config_.n_layers));
+    for (HostJob& job : host_jobs_) {
+      job.cache = this;
+      job.args.resize(static_cast<size_t>(max_heads));
+    }
+    staging_ = DeviceBuffer(device_, static_cast<size_t>(max_heads) * 2 * row_bytes(), "hybrid new-row staging");
     host_ = transfer_->make_copy_stream("host attention");
     q_ready_ = transfer_->make_event();
     cpu_rows_home_ = transfer_->make_event();
@@ -237,27 +249,39 @@ class OffloadKvCache final : public KvCache {
     const int64_t G = plan_.group_size, gs = config_.group_size(), d = config_.head_dim;
     const size_t f = sizeof(float), rb = row_bytes();
     const std::vector<int64_t>& groups = cpu_groups_[static_cast<size_t>(layer)];
+    // Staging row 2i is head i's K, 2i + 1 its V (i counts the layer's CPU heads in order).
+    Ops& ops = device_.ops();
+    const DType kv = store_.dtype();
+    int64_t i = 0;
+    for (int64_t g : groups)
+      for (int64_t h = g * G; h < (g + 1) * G; ++h, ++i) {
+        char* k_row = staging_.as<char>() + static_cast<size_t>(2 * i) * rb;
+        ops.copy(a.k_new.slice_cols(h * d, d), MatView{k_row, kv, 1, d, d});
+        ops.copy(a.v_new.slice_cols(h * d, d), MatView{k_row + rb, kv, 1, d, d});
+      }
     transfer_->compute_stream().record(*q_ready_);
     d2h_->wait(*q_ready_);
+    i = 0;
     for (int64_t g : groups)
-      for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+      for (int64_t h = g * G; h < (g + 1) * G; ++h, ++i) {
         const size_t home = static_cast<size_t>(a.pos0) * rb;
-        d2h_->copy_2d(static_cast<char*>(store_.k_block(layer, h)) + home, rb,
-                      a.k_new.row<float>(0) + h * d, static_cast<size_t>(a.k_new.row_stride) * f, rb, 1);
-        d2h_->copy_2d(static_cast<char*>(store_.v_block(layer, h)) + home, rb,
-                      a.v_new.row<float>(0) + h * d, static_cast<size_t>(a.v_new.row_stride) * f, rb, 1);
+        const char* k_row = staging_.as<char>() + static_cast<size_t>(2 * i) * rb;
+        d2h_->copy_2d(static_cast<char*>(store_.k_block(layer, h)) + home, rb, k_row, rb, rb, 1);
+        d2h_->copy_2d(static_cast<char*>(store_.v_block(layer, h)) + home, rb, k_row + rb, rb, rb, 1);
       }
     d2h_->record(*cpu_rows_home_);
 
     host_->wait(*cpu_rows_home_);
     const size_t q_row = static_cast<size_t>(config_.q_dim()) * f;
     host_->copy_2d(q_host_, q_row, a.q.data, static_cast<size_t>(a.q.row_stride) * f, q_row, 1);
-    // The previous layer's host task has finished (its host_done was waited on), so its
-    // arguments may be overwritten.
-    n_host_args_ = 0;
+    // Each layer has its own arguments: the compute stream's wait on host_done does not hold this
+    // thread (CUDA), so the previous layer's task may still be queued. The same layer's task of the
+    // previous step has run: that step's logits were read back before this step began.
+    HostJob& job = host_jobs_[static_cast<size_t>(layer)];
+    job.n_args = 0;
     for (int64_t g : groups)
       for (int64_t h = g * G; h < (g + 1) * G; ++h) {
-        AttentionArgs& args = host_args_[static_cast<size_t>(n_host_args_++)];
+        AttentionArgs& args = job.args[static_cast<size_t>(job.n_args++)];
         args.q = MatView{q_host_ + h * gs * d, DType::F32, 1, gs * d, config_.q_dim()};
         args.kv = KvHeadView{store_.k_block(layer, h), store_.v_block(layer, h), store_.dtype(), d};
         args.n_keys = a.pos0 + 1;
@@ -270,7 +294,7 @@ class OffloadKvCache final : public KvCache {
         args.out = MatView{out_host_ + h * gs * d, DType::F32, 1, gs * d, config_.q_dim()};
         args.lse = MatView{lse_host_ + h * gs, DType::F32, 1, gs, config_.n_heads};
       }
-    host_->host_task(&run_host_attention, this);
+    host_->host_task(&run_host_attention, &job);
     for (int64_t g : groups) {
       // Group g's query heads are adjacent columns of out ([G * gs * d]) and of lse ([G * gs]).
       const int64_t h0 = g * G * gs;
@@ -282,10 +306,9 @@ class OffloadKvCache final : public KvCache {
     host_->record(*host_done_);
   }
 
-  static void run_host_attention(void* self) {
-    auto* cache = static_cast<OffloadKvCache*>(self);
-    cache->host_attention_->run(
-        std::span<const AttentionArgs>(cache->host_args_.data(), static_cast<size_t>(cache->n_host_args_)));
+  static void run_host_attention(void* p) {
+    const auto* job = static_cast<const HostJob*>(p);
+    job->cache->host_attention_->run(std::span<const AttentionArgs>(job->args.data(), static_cast<size_t>(job->n_args)));
   }
 
   // Appends the chunk's K/V of group g to the group storage at `base` ([2][G][capacity][head_dim]
@@ -341,8 +364,9 @@ class OffloadKvCache final : public KvCache {
   // Hybrid decode.
   std::vector<std::vector<int64_t>> cpu_groups_;       // [n_layers]: groups the CPU attends in decode
   std::unique_ptr<HostAttention> host_attention_;
-  std::vector<AttentionArgs> host_args_;               // [most CPU heads in a layer]: the current host task
-  int64_t n_host_args_ = 0;
+  std::vector<HostJob> host_jobs_;                     // [n_layers]: each layer's host task
+  DeviceBuffer staging_;                               // device KV dtype [most CPU heads in a layer][2][head_dim]:
+                                                       //   the new K, V rows converted before going home
   std::unique_ptr<Stream> host_;                       // query down, host task, results up
   std::unique_ptr<Event> q_ready_;                     // compute: this layer's q and new K/V exist
   std::unique_ptr<Event> cpu_rows_home_;               // d2h: the CPU groups' new rows are home

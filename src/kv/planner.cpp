@@ -197,7 +197,12 @@ Plan make_plan(const PlannerInput& in) {
   p.n_groups = c.n_layers * p.groups_per_layer;
   p.group_block_bytes = g * p.head_block_bytes;
   const int64_t gb = p.group_block_bytes, n = p.n_groups;
-  auto ring_for = [&](int64_t resident) { return std::min(in.ring_depth, n - resident) * gb; };
+  // Hybrid decode converts the CPU groups' new rows on the device before they go home: at most one
+  // layer's K and V rows, kept next to the ring (it exists only while some group streams).
+  const int64_t hybrid_staging = in.hybrid == HybridMode::Auto ? 2 * c.n_kv_heads * c.head_dim * in.kv_elem_bytes : 0;
+  auto ring_for = [&](int64_t resident) {
+    return n > resident ? std::min(in.ring_depth, n - resident) * gb + hybrid_staging : 0;
+  };
 
   int64_t r = 0;
   switch (in.offload) {

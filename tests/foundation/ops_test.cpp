@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "headinfer/backend.h"
 #include "headinfer/dtype.h"
@@ -168,6 +171,54 @@ INSTANTIATE_TEST_SUITE_P(AwkwardSizes, CpuAttention,
                          ::testing::Values(AttnCase{1, 1, 16, 1, 0, 0}, AttnCase{7, 17, 16, 2, 0, 10},
                                            AttnCase{17, 97, 32, 4, 0, 80}, AttnCase{13, 97, 64, 1, 48, 84},
                                            AttnCase{1, 1500, 128, 4, 0, 1499}, AttnCase{3, 1500, 16, 2, 48, 1497}));
+
+// A BF16/F16 KV store (hybrid decode's home blocks): Ops::copy narrows as f32_to_bf16/f16 do, and
+// attention over the narrow store is bit-identical to attention over an F32 store holding the
+// widened values (each row is widened before use, so every sum runs in the same order).
+TEST(CpuOps, NarrowKvStoreMatchesWidenedF32Bitwise) {
+  std::mt19937 rng(97);
+  auto dev = make_cpu_device({2, 0});
+  const int64_t n_keys = 97, d = 48, gs = 3;
+  for (DType kv : {DType::BF16, DType::F16}) {
+    SCOPED_TRACE(std::string(dtype_name(kv)));
+    // F32 activations [n_keys, 2 * d] (K columns then V, as k_new/v_new are strided views).
+    auto act = random_vec(static_cast<size_t>(n_keys * 2 * d), rng);
+    std::vector<uint16_t> k16(static_cast<size_t>(n_keys * d)), v16(k16.size());
+    const MatView src{act.data(), DType::F32, n_keys, 2 * d, 2 * d};
+    dev->ops().copy(src.slice_cols(0, d), MatView{k16.data(), kv, n_keys, d, d});
+    dev->ops().copy(src.slice_cols(d, d), MatView{v16.data(), kv, n_keys, d, d});
+    std::vector<float> k32(k16.size()), v32(v16.size());
+    for (int64_t j = 0; j < n_keys; ++j)
+      for (int64_t i = 0; i < d; ++i) {
+        const float x = act[static_cast<size_t>(j * 2 * d + i)], y = act[static_cast<size_t>(j * 2 * d + d + i)];
+        const size_t at = static_cast<size_t>(j * d + i);
+        ASSERT_EQ(k16[at], kv == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x));
+        ASSERT_EQ(v16[at], kv == DType::BF16 ? f32_to_bf16(y) : f32_to_f16(y));
+      }
+    convert_to_f32(kv, k16.data(), k32.data(), k32.size());
+    convert_to_f32(kv, v16.data(), v32.data(), v32.size());
+    auto q = random_vec(static_cast<size_t>(5 * gs * d), rng);
+    std::vector<float> out_n(q.size()), out_w(q.size()), lse_n(5 * gs), lse_w(5 * gs);
+    AttentionArgs a;
+    a.q = view(q, 5, gs * d);
+    a.n_keys = n_keys;
+    a.head_dim = d;
+    a.n_q_heads = gs;
+    a.q_pos0 = n_keys - 5;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    AttentionArgs w = a;
+    a.kv = KvHeadView{k16.data(), v16.data(), kv, d};
+    a.out = view(out_n, 5, gs * d);
+    a.lse = view(lse_n, 5, gs);
+    w.kv = KvHeadView{k32.data(), v32.data(), DType::F32, d};
+    w.out = view(out_w, 5, gs * d);
+    w.lse = view(lse_w, 5, gs);
+    dev->ops().attention(a);
+    dev->ops().attention(w);
+    EXPECT_EQ(0, std::memcmp(out_n.data(), out_w.data(), out_n.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(lse_n.data(), lse_w.data(), lse_n.size() * sizeof(float)));
+  }
+}
 
 TEST(Dtype, HalfConversionsRoundToNearestEven) {
   EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);

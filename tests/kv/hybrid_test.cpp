@@ -203,6 +203,57 @@ TEST(HybridDecode, EqualsAllResidentOnEveryModel) {
               kLogitRtol);
 }
 
+// BF16 and F16 KV (what the CUDA device stores for bf16/f16 checkpoints): the CPU groups' new rows
+// are rounded to the KV dtype on the device before going home, and the host kernel reads the
+// narrow rows. The reference is the all-resident run with the same KV dtype (CpuOps::attention
+// widens each stored row, so it sums the same values as the host kernel in its own order).
+// Prefill is bit-identical as above. In decode, the first step differs only by the host kernel's
+// fp32 rounding (the bound above, ~3e-5 of the attention scale); from then on an activation that
+// moved by that relative amount delta may round to the neighbouring BF16 (F16) value when stored:
+// one ulp, 2^-7 (2^-10) of the element, with probability about delta / ulp. The expected change of
+// a stored element is therefore about delta again, but its spread is larger (sqrt(delta * ulp)
+// ~ 5e-4 for one BF16 element), diluted in the output by the softmax average over the keys and
+// the other d - 1 coordinates of each dot product. Measured: 1.5e-5 of max|logit| at most, ten
+// times the F32 KV runs and below the same kLogitRtol; greedy tokens must match.
+TEST(HybridDecode, NarrowKvEqualsAllResidentOnEveryModel) {
+  HEADINFER_REQUIRE_TESTDATA();
+  double worst_all = 0.0;
+  for (DType kv : {DType::BF16, DType::F16})
+    for (const fs::path& dir : all_models()) {
+      SCOPED_TRACE(dir.filename().string() + " " + std::string(dtype_name(kv)));
+      auto ckpt = Checkpoint::open(dir);
+      const ModelConfig& c = ckpt->config();
+      const auto prompt = random_prompt(kPrompt, c.vocab_size, 4322);
+      KvPlacementOptions base;
+      base.offload = OffloadMode::None;
+      base.kv_dtype = kv;
+      const RunResult ref = run(*ckpt, prompt, base);
+      const int64_t n_host = c.n_layers * c.n_kv_heads;
+      for (int64_t k : {n_host, n_host / 2}) {
+        KvPlacementOptions o = base;
+        o.offload = OffloadMode::All;
+        o.kv_group = 1;
+        o.hybrid = HybridMode::Auto;
+        o.cpu_groups = k;
+        o.host_threads = 2;
+        o.copy_jitter_us = 30;
+        const RunResult got = run(*ckpt, prompt, o);
+        EXPECT_EQ(got.plan.n_cpu_groups, k);
+        worst_all = std::max(worst_all, compare(ref, got, c.vocab_size,
+                                                std::to_string(k) + " of " + std::to_string(n_host) + " on the CPU"));
+      }
+      KvPlacementOptions o = base;
+      o.offload = OffloadMode::All;
+      o.kv_group = c.n_kv_heads;
+      o.hybrid = HybridMode::Auto;
+      o.cpu_groups = c.n_layers;
+      o.host_threads = 2;
+      worst_all = std::max(worst_all, compare(ref, run(*ckpt, prompt, o), c.vocab_size, "G all, every group on the CPU"));
+    }
+  std::printf("hybrid decode, BF16/F16 KV: largest decode-logit difference %.3g of max|logit| (allowed %.0e)\n",
+              worst_all, kLogitRtol);
+}
+
 // After decode steps with a CPU part, a prompt continues through the ring (prefill fetches every
 // host-tier group, including the rows the decode steps wrote home from the CPU side).
 TEST(HybridDecode, PrefillAfterDecodeSeesTheDecodeRows) {

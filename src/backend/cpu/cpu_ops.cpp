@@ -114,14 +114,22 @@ void CpuOps::rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int6
 
 void CpuOps::attention(const AttentionArgs& a) {
   require_f32(a.q, "attention");
-  if (a.kv.dtype != DType::F32) throw Error("cpu backend: attention needs an F32 KV store");
   const int64_t d = a.head_dim;
-  const auto* kbase = static_cast<const float*>(a.kv.k);
-  const auto* vbase = static_cast<const float*>(a.kv.v);
+  // A BF16/F16 store (hybrid tests, other devices' KV) is widened row by row into fp32 scratch, so
+  // every sum runs in the same order as over an F32 store holding the same values.
+  const bool widened = a.kv.dtype != DType::F32;
+  const auto kv_row_bytes = a.kv.row_stride * static_cast<int64_t>(dtype_size(a.kv.dtype));
   const int64_t n_tasks = a.q.rows * a.n_q_heads;
   pool_.parallel_for(n_tasks, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> sbuf;
+    thread_local std::vector<float> sbuf, kbuf;
     float* scores = scratch(sbuf, std::max<int64_t>(a.n_keys, 1));
+    float* wide = widened ? scratch(kbuf, d) : nullptr;  // F32 [head_dim]: one widened K or V row
+    auto kv_row = [&](const void* base, int64_t j) -> const float* {
+      const char* p = static_cast<const char*>(base) + j * kv_row_bytes;
+      if (!widened) return reinterpret_cast<const float*>(p);
+      convert_to_f32(a.kv.dtype, p, wide, static_cast<size_t>(d));
+      return wide;
+    };
     for (int64_t task = b; task < e; ++task) {
       const int64_t t = task / a.n_q_heads, h = task % a.n_q_heads;
       const float* q = a.q.row<float>(t) + h * d;
@@ -138,7 +146,7 @@ void CpuOps::attention(const AttentionArgs& a) {
       }
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = j0; j < j1; ++j) {
-        scores[j] = dot_f32(q, kbase + j * a.kv.row_stride, d) * a.scale;
+        scores[j] = dot_f32(q, kv_row(a.kv.k, j), d) * a.scale;
         m = std::max(m, scores[j]);
       }
       float sum = 0.0f;
@@ -149,7 +157,7 @@ void CpuOps::attention(const AttentionArgs& a) {
       std::fill(out, out + d, 0.0f);
       for (int64_t j = j0; j < j1; ++j) {
         const float p = scores[j];
-        const float* v = vbase + j * a.kv.row_stride;
+        const float* v = kv_row(a.kv.v, j);
         for (int64_t i = 0; i < d; ++i) out[i] += p * v[i];
       }
       const float inv = 1.0f / sum;
@@ -207,10 +215,18 @@ void CpuOps::add(const MatView& x, const MatView& y) {
 
 void CpuOps::copy(const MatView& src, const MatView& dst) {
   if (src.rows != dst.rows || src.cols != dst.cols) throw Error("cpu backend: copy shape mismatch");
-  if (dst.dtype != DType::F32) throw Error("cpu backend: copy writes F32 only");
-  for (int64_t t = 0; t < src.rows; ++t)
-    widen(src.row<char>(0) + t * src.row_stride * static_cast<int64_t>(dtype_size(src.dtype)), src.dtype, 0, src.cols,
-          dst.row<float>(t));
+  const auto src_row_bytes = src.row_stride * static_cast<int64_t>(dtype_size(src.dtype));
+  if (dst.dtype == DType::F32) {
+    for (int64_t t = 0; t < src.rows; ++t) widen(src.row<char>(0) + t * src_row_bytes, src.dtype, 0, src.cols, dst.row<float>(t));
+    return;
+  }
+  // Narrowing (F32 activations into a BF16/F16 KV store) rounds to nearest even, as torch does.
+  require_f32(src, "copy to BF16/F16");
+  for (int64_t t = 0; t < src.rows; ++t) {
+    const float* s = src.row<float>(t);
+    auto* o = dst.row<uint16_t>(t);
+    for (int64_t i = 0; i < src.cols; ++i) o[i] = dst.dtype == DType::BF16 ? f32_to_bf16(s[i]) : f32_to_f16(s[i]);
+  }
 }
 
 }  // namespace headinfer::cpu

@@ -20,18 +20,29 @@ def gib(b):
     return None if b is None else b / 2**30
 
 
+# A decode-only row (`headinfer bench --decode-only`) decoded over random KV values instead of a
+# prefilled context: its decode speed is comparable, its prefill was never run, and it says so.
+DECODE_ONLY_NOTE = "decode-only (random KV)"
+
+
+def row_note(run, r):
+    notes = [n for n in (run.get("note", ""), DECODE_ONLY_NOTE if r.get("decode_only") else "") if n]
+    return "; ".join(notes)
+
+
 def rows(doc):
     out = []
     for sys_label, run in doc["headinfer"].items():
         for r in run["results"]:
             out.append(dict(system=sys_label, context=r["context"], prefill_s=r["prefill_seconds"],
                             decode_s=r["decode_seconds_per_token"], gpu_gib=gib(r["gpu_peak_bytes"]),
-                            host_gib=gib(r.get("host_bytes")), link_gbps=r.get("link_gbps_achieved"), note=run.get("note", "")))
+                            host_gib=gib(r.get("host_bytes")), link_gbps=r.get("link_gbps_achieved"),
+                            decode_only=bool(r.get("decode_only")), note=row_note(run, r)))
     for p in doc["peers"].get("peers", []):
         cap = f", {p['gpu_cap_gib']:g} GiB cap" if p.get("gpu_cap_gib") else ""
         out.append(dict(system=p["system"] + cap, context=p["context"], prefill_s=p.get("prefill_seconds"),
                         decode_s=p.get("decode_seconds_per_token"), gpu_gib=gib(p.get("gpu_peak_bytes")),
-                        host_gib=None, link_gbps=None, note=p.get("error", "")))
+                        host_gib=None, link_gbps=None, decode_only=False, note=p.get("error", "")))
     return out
 
 
@@ -63,7 +74,9 @@ def plot(doc, path):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     by_sys = {}
     for r in rows(doc):
-        by_sys.setdefault(r["system"], []).append(r)
+        # decode-only points get their own line: a reader must not take them for prefilled runs
+        name = r["system"] + (f" ({DECODE_ONLY_NOTE})" if r["decode_only"] else "")
+        by_sys.setdefault(name, []).append(r)
     for name, rs in by_sys.items():
         rs = sorted(rs, key=lambda r: r["context"])
         pts = [(r["context"], r["decode_s"]) for r in rs if r["decode_s"] is not None]

@@ -39,6 +39,10 @@ class Engine {
                                  const std::function<void(int64_t, int64_t)>& progress = {});
   std::span<const float> decode(int32_t id) { return prefill(std::span<const int32_t>(&id, 1)); }
   void reset();
+  // Decode-only benchmarks: replaces the whole context with n_positions of random K/V
+  // (KvCache::fill_random) instead of a prefill, so the next decode runs at position n_positions.
+  // Throws Error when n_positions is outside 0..context().
+  void fill_random_context(int64_t n_positions, uint64_t seed);
 
  private:
   EngineOptions options_;

@@ -28,6 +28,12 @@ class KvCache {
   virtual int64_t capacity() const = 0;
   // Forgets all positions (the next chunk starts at position 0).
   virtual void reset() = 0;
+  // Decode-only benchmarks: forgets all positions, then holds n_positions of random K/V (uniform
+  // in [-1, 1), rounded to the KV dtype) in every head block, as if a prefill had written them;
+  // the next chunk starts at n_positions. The values depend only on (seed, layer, kv head, K/V,
+  // position, channel), so every placement holds the same ones. Throws Error when n_positions is
+  // outside 0..capacity().
+  virtual void fill_random(int64_t n_positions, uint64_t seed) = 0;
 };
 
 // Every head block on the device, K and V [capacity, head_dim] per (layer, kv head), F32.

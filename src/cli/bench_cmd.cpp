@@ -1,7 +1,9 @@
 // `headinfer bench`: prefill of random tokens then greedy decode, per context length, on a
 // built-in shape or a checkpoint folder (its weights, or random ones of its shape). Reports what
 // ../shared/BENCH.md asks for: prefill seconds, median decode seconds per token, GPU peak bytes,
-// host bytes, link bytes per token and the link GB/s that implies.
+// host bytes, link bytes per token and the link GB/s that implies. --decode-only skips the
+// prefill and fills the KV with random values instead (for contexts whose prefill would take too
+// long); such rows carry "decode_only": true and no prefill figures.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -47,6 +49,7 @@ struct BenchArgs {
   std::string hybrid = "off";
   uint64_t seed = 0;
   bool json = false;
+  bool decode_only = false;
 };
 
 std::vector<int64_t> parse_contexts(const std::string& text) {
@@ -119,17 +122,25 @@ void run_bench(const BenchArgs& a) {
 
     std::mt19937_64 rng(a.seed + static_cast<uint64_t>(ctx));
     std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
-    std::vector<int32_t> prompt(static_cast<size_t>(ctx));
-    for (int32_t& t : prompt) t = token(rng);
-
-    ProgressReporter progress("prefill " + std::to_string(ctx));
+    std::span<const float> logits;
+    double prefill_s = 0.0, fill_s = 0.0;
+    int32_t first = 0;  // decode-only: the first decoded token, random (there are no logits yet)
     const auto t0 = std::chrono::steady_clock::now();
-    std::span<const float> logits = engine.prefill(prompt, [&](int64_t d, int64_t n) { progress.update(d, n); });
-    const double prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (a.decode_only) {
+      engine.fill_random_context(ctx, a.seed + static_cast<uint64_t>(ctx));
+      fill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      first = token(rng);
+    } else {
+      std::vector<int32_t> prompt(static_cast<size_t>(ctx));
+      for (int32_t& t : prompt) t = token(rng);
+      ProgressReporter progress("prefill " + std::to_string(ctx));
+      logits = engine.prefill(prompt, [&](int64_t d, int64_t n) { progress.update(d, n); });
+      prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
 
     std::vector<double> step_s;
     for (int64_t i = 0; i < a.n_decode; ++i) {
-      const int32_t next = argmax(logits);
+      const int32_t next = i == 0 && a.decode_only ? first : argmax(logits);
       const auto s0 = std::chrono::steady_clock::now();
       logits = engine.decode(next);
       step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
@@ -138,6 +149,7 @@ void run_bench(const BenchArgs& a) {
     const Plan* plan = kv_cache_plan(engine.kv_cache());
     const int64_t link_bytes = plan != nullptr ? plan->link_bytes_per_token : 0;
     nlohmann::json r = {{"context", ctx},
+                        {"decode_only", a.decode_only},
                         {"prefill_seconds", prefill_s},
                         {"prefill_tokens_per_second", static_cast<double>(ctx) / prefill_s},
                         {"decode_seconds_per_token", decode_s},
@@ -146,6 +158,11 @@ void run_bench(const BenchArgs& a) {
                         {"host_bytes", kv_cache_host_peak_bytes(engine.kv_cache())},
                         {"link_bytes_per_token", link_bytes},
                         {"link_gbps_achieved", static_cast<double>(link_bytes) / decode_s / 1e9}};
+    if (a.decode_only) {
+      r["prefill_seconds"] = nullptr;
+      r["prefill_tokens_per_second"] = nullptr;
+      r["random_fill_seconds"] = fill_s;
+    }
     if (plan != nullptr) {
       r["cpu_groups"] = plan->n_cpu_groups;
       r["resident_groups"] = plan->n_resident_groups;
@@ -153,17 +170,23 @@ void run_bench(const BenchArgs& a) {
       r["kv_group"] = plan->group_size;
     }
     results.push_back(r);
+    if (!a.json && a.decode_only)
+      std::printf("ctx %8lld  decode-only (random KV, filled in %.1f s)  ", static_cast<long long>(ctx), fill_s);
+    else if (!a.json)
+      std::printf("ctx %8lld  prefill %9.3f s (%8.0f tok/s)  ", static_cast<long long>(ctx), prefill_s,
+                  static_cast<double>(ctx) / prefill_s);
     if (!a.json)
-      std::printf("ctx %8lld  prefill %9.3f s (%8.0f tok/s)  decode %9.4f s/token (%7.2f tok/s)  GPU peak %7.2f GiB  "
+      std::printf("decode %9.4f s/token (%7.2f tok/s)  GPU peak %7.2f GiB  "
                   "host %7.2f GiB  link %7.3f GiB/token (%6.2f GB/s)\n",
-                  static_cast<long long>(ctx), prefill_s, static_cast<double>(ctx) / prefill_s, decode_s,
+                  decode_s,
                   1.0 / decode_s, static_cast<double>(device->peak_bytes()) / (1 << 30),
                   static_cast<double>(kv_cache_host_peak_bytes(engine.kv_cache())) / (1 << 30),
                   static_cast<double>(link_bytes) / (1 << 30), static_cast<double>(link_bytes) / decode_s / 1e9);
   }
   if (a.json) {
     const nlohmann::json out = {{"model", label}, {"device", device_name}, {"n_decode", a.n_decode},
-                                {"gpu_mem", gpu_mem},  {"offload", a.offload}, {"results", results}};
+                                {"gpu_mem", gpu_mem},  {"offload", a.offload}, {"decode_only", a.decode_only},
+                                {"results", results}};
     std::printf("%s\n", out.dump().c_str());
   }
 }
@@ -192,6 +215,8 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", args->seed, "Seed of the random weights and tokens")->capture_default_str();
   cmd->add_flag("--json", args->json, "Print one JSON object");
+  cmd->add_flag("--decode-only", args->decode_only,
+                "Fill the KV with random values instead of prefilling, then decode (labelled decode-only)");
   cmd->callback([args] { run_bench(*args); });
 }
 

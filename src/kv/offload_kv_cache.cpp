@@ -46,6 +46,7 @@
 #include "headinfer/error.h"
 #include "headinfer/head_store.h"
 #include "headinfer/host_attention.h"
+#include "random_kv_fill.h"
 
 namespace headinfer {
 namespace {
@@ -115,6 +116,31 @@ class OffloadKvCache final : public KvCache {
     store_.reset();
     for (Sequence& seq : seqs_) seq.visit = 0;
     for (Slot& s : slots_) s.visit = -1;
+  }
+
+  void fill_random(int64_t n_positions, uint64_t seed) override {
+    if (n_positions < 0 || n_positions > store_.capacity())
+      throw Error("random KV fill: " + std::to_string(n_positions) + " positions, KV cache holds " +
+                  std::to_string(store_.capacity()) + " (raise --ctx)");
+    reset();  // no copy in flight reads or writes the blocks, and no ring slot holds stale rows
+    std::vector<RandomKvBlock> host_blocks;
+    std::vector<char> staging;  // host [64 MiB] staging for resident groups only
+    for (int64_t l = 0; l < config_.n_layers; ++l)
+      for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
+        const int64_t g = h / plan_.group_size;
+        for (int which = 0; which < 2; ++which) {
+          const RandomKvBlock b{which == 0 ? store_.k_block(l, h) : store_.v_block(l, h), l, h, which};
+          if (store_.tier(l, g) == Tier::Host) {
+            host_blocks.push_back(b);
+            continue;
+          }
+          if (staging.empty()) staging.resize(size_t{64} << 20);
+          fill_random_device_block(device_, b, store_.dtype(), n_positions, config_.head_dim, seed, staging);
+        }
+      }
+    // The host tier is written in place, all blocks at once, so every core works on it.
+    fill_random_host_blocks(host_blocks, store_.dtype(), n_positions, config_.head_dim, seed);
+    store_.set_length(n_positions);
   }
 
   void attend(int64_t layer, const LayerAttention& a) override {

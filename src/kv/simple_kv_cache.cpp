@@ -1,8 +1,10 @@
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "headinfer/error.h"
 #include "headinfer/kv_cache.h"
+#include "random_kv_fill.h"
 
 namespace headinfer {
 namespace {
@@ -25,6 +27,22 @@ class SimpleKvCache final : public KvCache {
 
   int64_t capacity() const override { return capacity_; }
   void reset() override {}
+
+  void fill_random(int64_t n_positions, uint64_t seed) override {
+    if (n_positions < 0 || n_positions > capacity_)
+      throw Error("random KV fill: " + std::to_string(n_positions) + " positions, KV cache holds " +
+                  std::to_string(capacity_) + " (raise --ctx)");
+    // Every block is device memory: generated on the host in 64 MiB pieces and copied over.
+    std::vector<char> staging(size_t{64} << 20);
+    for (int64_t l = 0; l < config_.n_layers; ++l)
+      for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
+        const size_t block = static_cast<size_t>(l * config_.n_kv_heads + h);
+        fill_random_device_block(device_, {k_blocks_[block].data(), l, h, 0}, DType::F32, n_positions,
+                                 config_.head_dim, seed, staging);
+        fill_random_device_block(device_, {v_blocks_[block].data(), l, h, 1}, DType::F32, n_positions,
+                                 config_.head_dim, seed, staging);
+      }
+  }
 
   void attend(int64_t layer, const LayerAttention& a) override {
     const int64_t d = config_.head_dim;

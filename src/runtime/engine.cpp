@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 
 #include "headinfer/error.h"
 
@@ -65,6 +66,15 @@ std::span<const float> Engine::prefill(std::span<const int32_t> ids,
 void Engine::reset() {
   n_past_ = 0;
   kv_->reset();
+}
+
+void Engine::fill_random_context(int64_t n_positions, uint64_t seed) {
+  if (n_positions < 0 || n_positions > options_.context)
+    throw Error("random context of " + std::to_string(n_positions) + " positions: context is " +
+                std::to_string(options_.context) + " (raise --ctx)");
+  n_past_ = 0;  // a failed fill leaves an empty context, not a stale one
+  kv_->fill_random(n_positions, seed);
+  n_past_ = n_positions;
 }
 
 double GenerateResult::decode_tokens_per_second() const {

@@ -15,6 +15,7 @@
 #include "headinfer/backend.h"
 #include "headinfer/error.h"
 #include "headinfer/transfer.h"
+#include "../budgeted_pool.h"
 
 namespace headinfer {
 namespace {
@@ -222,9 +223,10 @@ class CpuCopyStream final : public Stream {
 
 class CpuTransfer final : public Transfer {
  public:
-  explicit CpuTransfer(const CpuTransferOptions& o) : options_(o) {}
+  explicit CpuTransfer(const CpuTransferOptions& o)
+      : options_(o), host_(o.host_budget, "host memory", "raise --host-mem or lower --ctx") {}
   ~CpuTransfer() override {
-    for (auto& [p, n] : sizes_) std::free(p);
+    host_.release_all([](void* p) { std::free(p); });
   }
 
   Stream& compute_stream() override { return compute_; }
@@ -234,46 +236,20 @@ class CpuTransfer final : public Transfer {
   std::unique_ptr<Event> make_event() override { return std::make_unique<CpuEvent>(); }
 
   void* alloc_host(size_t bytes, const char* what) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const size_t budget = options_.host_budget;
-    if (budget != 0 && in_use_ + bytes > budget)
-      throw Error(std::string("host memory budget exceeded allocating ") + what + ": " + std::to_string(bytes) +
-                  " bytes requested, " + std::to_string(budget - in_use_) + " of " + std::to_string(budget) +
-                  " left (raise --host-mem or lower --ctx)");
-    const size_t rounded = ((bytes + 63) / 64) * 64;
-    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-    if (p == nullptr) throw Error(std::string("out of host memory allocating ") + what);
-    sizes_[p] = bytes;
-    in_use_ += bytes;
-    peak_ = std::max(peak_, in_use_);
-    return p;
+    return host_.allocate(bytes, what, [&](size_t n) { return aligned_host_alloc(n, what); });
   }
   void free_host(void* p) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = sizes_.find(p);
-    if (it == sizes_.end()) return;
-    in_use_ -= it->second;
-    sizes_.erase(it);
-    std::free(p);
+    host_.release(p, [](void* q) { std::free(q); });
   }
-  size_t host_bytes_in_use() const override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return in_use_;
-  }
-  size_t host_peak_bytes() const override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return peak_;
-  }
+  size_t host_bytes_in_use() const override { return host_.in_use(); }
+  size_t host_peak_bytes() const override { return host_.peak(); }
   size_t host_budget() const override { return options_.host_budget; }
 
  private:
   const CpuTransferOptions options_;
   CpuComputeStream compute_;
   uint64_t n_streams_ = 0;
-  mutable std::mutex mutex_;
-  std::unordered_map<void*, size_t> sizes_;
-  size_t in_use_ = 0;
-  size_t peak_ = 0;
+  BudgetedPool host_;
 };
 
 }  // namespace

@@ -3,8 +3,9 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
-#include <mutex>
-#include <unordered_map>
+#include <optional>
+
+#include "../budgeted_pool.h"
 
 #include "cuda_common.h"
 #include "cuda_ops.h"
@@ -60,7 +61,8 @@ class CudaDevice final : public Device {
     name_ = std::string("cuda:") + std::to_string(o.ordinal) + " (" + prop.name + ")";
     size_t free_bytes = 0, total_bytes = 0;
     HEADINFER_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    budget_ = o.memory_budget != 0 ? o.memory_budget : free_bytes;
+    memory_.emplace(o.memory_budget != 0 ? o.memory_budget : free_bytes, "GPU memory",
+                    "on " + name_ + ": raise --gpu-mem");
     HEADINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) {
       cudaStreamDestroy(stream_);
@@ -73,7 +75,7 @@ class CudaDevice final : public Device {
     cudaSetDevice(ordinal_);
     ops_.reset();  // returns its scratch buffers while the allocator is still alive
     cudaStreamSynchronize(stream_);
-    for (auto& [p, n] : sizes_) cudaFree(p);
+    memory_->release_all([](void* p) { cudaFree(p); });
     cublasLtDestroy(lt_);
     cudaStreamDestroy(stream_);
   }
@@ -82,42 +84,24 @@ class CudaDevice final : public Device {
   Ops& ops() override { return *ops_; }
 
   void* alloc(size_t bytes, const char* what) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (in_use_ + bytes > budget_)
-      throw Error(std::string("GPU memory budget exceeded allocating ") + what + ": " + std::to_string(bytes) +
-                  " bytes requested, " + std::to_string(budget_ - in_use_) + " of " + std::to_string(budget_) +
-                  " left on " + name_);
-    void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, bytes == 0 ? 256 : bytes);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      throw Error(std::string("cudaMalloc of ") + std::to_string(bytes) + " bytes for " + what + " failed on " +
-                  name_ + ": " + cudaGetErrorString(e));
-    }
-    sizes_[p] = bytes;
-    in_use_ += bytes;
-    peak_ = std::max(peak_, in_use_);
-    return p;
+    return memory_->allocate(bytes, what, [&](size_t n) {
+      void* p = nullptr;
+      const cudaError_t e = cudaMalloc(&p, n == 0 ? 256 : n);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw Error(std::string("cudaMalloc of ") + std::to_string(n) + " bytes for " + what + " failed on " + name_ +
+                    ": " + cudaGetErrorString(e));
+      }
+      return p;
+    });
   }
 
+  // cudaFree waits for the device, so no queued kernel still uses p.
   void free(void* p) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = sizes_.find(p);
-    if (it == sizes_.end()) return;
-    in_use_ -= it->second;
-    sizes_.erase(it);
-    // cudaFree waits for the device, so no queued kernel still uses p.
-    cudaFree(p);
+    memory_->release(p, [](void* q) { cudaFree(q); });
   }
-
-  size_t bytes_in_use() const override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return in_use_;
-  }
-  size_t peak_bytes() const override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return peak_;
-  }
+  size_t bytes_in_use() const override { return memory_->in_use(); }
+  size_t peak_bytes() const override { return memory_->peak(); }
 
   void read_to_host(void* dst, const void* src, size_t bytes) override {
     HEADINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
@@ -128,7 +112,7 @@ class CudaDevice final : public Device {
     // The caller may release `src` as soon as we return.
     HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
-  size_t memory_budget() const override { return budget_; }
+  size_t memory_budget() const override { return memory_->budget(); }
   std::unique_ptr<Transfer> make_transfer(const TransferOptions& options) override {
     return make_cuda_transfer(ordinal_, stream_, options);
   }
@@ -141,14 +125,10 @@ class CudaDevice final : public Device {
  private:
   int ordinal_;
   std::string name_;
-  size_t budget_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   std::unique_ptr<cuda::CudaOps> ops_;
-  mutable std::mutex mutex_;
-  std::unordered_map<void*, size_t> sizes_;
-  size_t in_use_ = 0;
-  size_t peak_ = 0;
+  std::optional<BudgetedPool> memory_;  // made once the card's free memory is known
 };
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "../budgeted_pool.h"
 #include "cuda_common.h"
 #include "cuda_transfer.h"
 #include "headinfer/transfer.h"
@@ -100,10 +101,14 @@ class CudaStream final : public Stream {
 class CudaTransfer final : public Transfer {
  public:
   CudaTransfer(int ordinal, cudaStream_t compute, const TransferOptions& options)
-      : ordinal_(ordinal), options_(options), max_pitch_(query_max_pitch(ordinal)), compute_(compute, false, max_pitch_) {}
+      : ordinal_(ordinal),
+        options_(options),
+        max_pitch_(query_max_pitch(ordinal)),
+        compute_(compute, false, max_pitch_),
+        host_(options.host_budget, "host memory", "raise --host-mem or lower --ctx") {}
   ~CudaTransfer() override {
     cudaSetDevice(ordinal_);
-    for (auto& [p, n] : sizes_) cudaFreeHost(p);
+    host_.release_all([](void* p) { cudaFreeHost(p); });
   }
 
   Stream& compute_stream() override { return compute_; }
@@ -117,43 +122,25 @@ class CudaTransfer final : public Transfer {
   std::unique_ptr<Event> make_event() override { return std::make_unique<CudaEvent>(ordinal_); }
 
   void* alloc_host(size_t bytes, const char* what) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const size_t budget = options_.host_budget;
-    if (budget != 0 && in_use_ + bytes > budget)
-      throw Error(std::string("host memory budget exceeded allocating ") + what + ": " + std::to_string(bytes) +
-                  " bytes requested, " + std::to_string(budget - in_use_) + " of " + std::to_string(budget) +
-                  " left (raise --host-mem or lower --ctx)");
-    HEADINFER_CUDA_CHECK(cudaSetDevice(ordinal_));
-    void* p = nullptr;
-    // Portable: pinned for every GPU of the process, so a later multi-GPU split reuses the arena.
-    const cudaError_t e = cudaHostAlloc(&p, bytes == 0 ? 64 : bytes, cudaHostAllocPortable);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      throw Error(std::string("cudaHostAlloc of ") + std::to_string(bytes) + " pinned bytes for " + what +
-                  " failed: " + cudaGetErrorString(e) + " (lower --ctx or --host-mem)");
-    }
-    sizes_[p] = bytes;
-    in_use_ += bytes;
-    peak_ = std::max(peak_, in_use_);
-    return p;
+    return host_.allocate(bytes, what, [&](size_t n) {
+      HEADINFER_CUDA_CHECK(cudaSetDevice(ordinal_));
+      void* p = nullptr;
+      // Portable: pinned for every GPU of the process, so a later multi-GPU split reuses the arena.
+      const cudaError_t e = cudaHostAlloc(&p, n == 0 ? 64 : n, cudaHostAllocPortable);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw Error(std::string("cudaHostAlloc of ") + std::to_string(n) + " pinned bytes for " + what +
+                    " failed: " + cudaGetErrorString(e) + " (lower --ctx or --host-mem)");
+      }
+      return p;
+    });
   }
+  // cudaFreeHost waits for copies still reading p.
   void free_host(void* p) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = sizes_.find(p);
-    if (it == sizes_.end()) return;
-    in_use_ -= it->second;
-    sizes_.erase(it);
-    // cudaFreeHost waits for copies still reading p.
-    cudaFreeHost(p);
+    host_.release(p, [](void* q) { cudaFreeHost(q); });
   }
-  size_t host_bytes_in_use() const override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return in_use_;
-  }
-  size_t host_peak_bytes() const override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return peak_;
-  }
+  size_t host_bytes_in_use() const override { return host_.in_use(); }
+  size_t host_peak_bytes() const override { return host_.peak(); }
   size_t host_budget() const override { return options_.host_budget; }
 
  private:
@@ -167,10 +154,7 @@ class CudaTransfer final : public Transfer {
   const TransferOptions options_;
   const size_t max_pitch_;
   CudaStream compute_;
-  mutable std::mutex mutex_;
-  std::unordered_map<void*, size_t> sizes_;
-  size_t in_use_ = 0;
-  size_t peak_ = 0;
+  BudgetedPool host_;
 };
 
 }  // namespace

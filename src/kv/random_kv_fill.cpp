@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <thread>
 
 namespace headinfer {
@@ -22,21 +23,47 @@ uint64_t block_key(uint64_t seed, const RandomKvBlock& b) {
   return splitmix64(splitmix64(seed) ^ splitmix64(id));
 }
 
-// Elements [begin, end) of a block (element i = row * head_dim + channel) into dst[0 ..).
+// Element i in [-1, 1): 24 random bits (exact in f32, so every dtype rounds the same f32 value).
+// One hash serves elements 2j (high bits) and 2j + 1: the hash is most of the cost of tens of GiB.
+float element(uint64_t key, int64_t i) {
+  const uint64_t r = splitmix64(key ^ static_cast<uint64_t>(i >> 1));
+  const uint64_t bits24 = (i & 1) != 0 ? (r >> 16) & 0xffffffu : r >> 40;
+  return static_cast<float>(bits24) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+// Elements [begin, end) of a block (element i = row * head_dim + channel) into dst[0 ..), as T.
+template <typename T, typename Narrow>
+void fill_typed(T* dst, uint64_t key, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  if ((i & 1) != 0 && i < end) dst[i - begin] = Narrow()(element(key, i)), ++i;
+  for (; i + 1 < end; i += 2) {  // pairs, one hash each
+    const uint64_t r = splitmix64(key ^ static_cast<uint64_t>(i >> 1));
+    dst[i - begin] = Narrow()(static_cast<float>(r >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    dst[i + 1 - begin] = Narrow()(static_cast<float>((r >> 16) & 0xffffffu) * (2.0f / 16777216.0f) - 1.0f);
+  }
+  if (i < end) dst[i - begin] = Narrow()(element(key, i));
+}
+
+// Function objects rather than function pointers, so the narrowing inlines into the pair loop.
+struct KeepF32 {
+  float operator()(float x) const { return x; }
+};
+// f32_to_bf16 without its NaN branch (these values are finite): the same round-to-nearest-even.
+struct ToBF16 {
+  uint16_t operator()(float x) const {
+    const auto bits = std::bit_cast<uint32_t>(x);
+    return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  }
+};
+struct ToF16 {
+  uint16_t operator()(float x) const { return f32_to_f16(x); }
+};
+
 void fill_range(void* dst, DType dtype, uint64_t key, int64_t begin, int64_t end) {
-  uint64_t r = 0;
-  for (int64_t i = begin; i < end; ++i) {
-    // One hash gives elements 2j and 2j + 1 24 random bits each (exact in f32, so every dtype
-    // rounds the same f32 value): the hash is most of the cost of filling tens of GiB.
-    if (i == begin || (i & 1) == 0) r = splitmix64(key ^ static_cast<uint64_t>(i >> 1));
-    const uint64_t bits24 = (i & 1) != 0 ? (r >> 16) & 0xffffffu : r >> 40;
-    const float x = static_cast<float>(bits24) * (2.0f / 16777216.0f) - 1.0f;
-    const size_t j = static_cast<size_t>(i - begin);
-    switch (dtype) {
-      case DType::F32: static_cast<float*>(dst)[j] = x; break;
-      case DType::BF16: static_cast<uint16_t*>(dst)[j] = f32_to_bf16(x); break;
-      case DType::F16: static_cast<uint16_t*>(dst)[j] = f32_to_f16(x); break;
-    }
+  switch (dtype) {
+    case DType::F32: fill_typed<float, KeepF32>(static_cast<float*>(dst), key, begin, end); break;
+    case DType::BF16: fill_typed<uint16_t, ToBF16>(static_cast<uint16_t*>(dst), key, begin, end); break;
+    case DType::F16: fill_typed<uint16_t, ToF16>(static_cast<uint16_t*>(dst), key, begin, end); break;
   }
 }
 

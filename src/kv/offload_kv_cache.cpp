@@ -334,7 +334,8 @@ class OffloadKvCache final : public KvCache {
 
   static void run_host_attention(void* p) {
     const auto* job = static_cast<const HostJob*>(p);
-    job->cache->host_attention_->run(std::span<const AttentionArgs>(job->args.data(), static_cast<size_t>(job->n_args)));
+    job->cache->host_attention_->run(
+        std::span<const AttentionArgs>(job->args.data(), static_cast<size_t>(job->n_args)));
   }
 
   // Appends the chunk's K/V of group g to the group storage at `base` ([2][G][capacity][head_dim]
@@ -434,7 +435,8 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   auto transfer = device.make_transfer(to);
   // Balancing needs both bandwidths; a forced split or hybrid off needs neither.
   if (options.hybrid == HybridMode::Auto && options.cpu_groups < 0) {
-    const HybridBandwidths bw = resolve_hybrid_bandwidths(*transfer, device, "cpu copy worker", options.link_gbps,
+    // The link is cached under this device's name: a CPU copy worker's rate must never plan a GPU.
+    const HybridBandwidths bw = resolve_hybrid_bandwidths(*transfer, device, device.name(), options.link_gbps,
                                                           options.dram_gbps, options.host_threads);
     in.link_gbps = bw.link.gbps;
     in.dram_gbps = bw.dram.gbps;

@@ -217,7 +217,8 @@ void CpuOps::copy(const MatView& src, const MatView& dst) {
   if (src.rows != dst.rows || src.cols != dst.cols) throw Error("cpu backend: copy shape mismatch");
   const auto src_row_bytes = src.row_stride * static_cast<int64_t>(dtype_size(src.dtype));
   if (dst.dtype == DType::F32) {
-    for (int64_t t = 0; t < src.rows; ++t) widen(src.row<char>(0) + t * src_row_bytes, src.dtype, 0, src.cols, dst.row<float>(t));
+    for (int64_t t = 0; t < src.rows; ++t)
+      widen(src.row<char>(0) + t * src_row_bytes, src.dtype, 0, src.cols, dst.row<float>(t));
     return;
   }
   // Narrowing (F32 activations into a BF16/F16 KV store) rounds to nearest even, as torch does.

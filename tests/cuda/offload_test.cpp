@@ -221,6 +221,56 @@ TEST_F(CudaTest, F32StreamedGreedyMatchesCpu) {
   EXPECT_GE(n_cases, 8);
 }
 
+// Hybrid decode on the GPU with the device's KV dtype (bf16 for bf16 checkpoints): the CPU groups'
+// new rows are rounded on the GPU, copied home, and attended whole by the host kernel after the
+// copy's event; the GPU waits for the host result before o_proj. Prefill never uses the host path,
+// so its logits are bit-identical; decode logits differ from the all-resident run by the host
+// kernel's fp32 rounding against the GPU decode kernel's, carried through the remaining layers,
+// plus the occasional bf16 rounding of a stored row to its neighbour (tests/kv/hybrid_test.cpp
+// derives both; 1.5e-5 of max|logit| measured on the CPU backend): the same 1e-4 of max|logit|
+// bound, and greedy tokens identical. run() also checks the staging buffer was in the plan.
+TEST_F(CudaTest, HybridDecodeEqualsAllResident) {
+  HEADINFER_REQUIRE_TESTDATA();
+  constexpr double kLogitRtol = 1e-4;
+  double worst_all = 0.0;
+  for (const fs::path& dir : all_models()) {
+    const std::string label = dir.filename().string();
+    SCOPED_TRACE(label);
+    auto ckpt = Checkpoint::open(dir);
+    const ModelConfig& c = ckpt->config();
+    const auto prompt = random_prompt(40, c.vocab_size, 4321);
+    RunSpec spec;
+    spec.n_decode = 12;
+    spec.kv.offload = OffloadMode::None;
+    const RunResult ref = run(*ckpt, prompt, spec);
+    const int64_t n_host = c.n_layers * c.n_kv_heads;
+    for (int64_t k : {n_host, n_host / 2}) {
+      RunSpec s = spec;
+      s.kv.offload = OffloadMode::All;
+      s.kv.kv_group = 1;
+      s.kv.hybrid = HybridMode::Auto;
+      s.kv.cpu_groups = k;
+      s.kv.host_threads = 2;
+      const RunResult got = run(*ckpt, prompt, s);
+      ASSERT_EQ(got.plan.n_cpu_groups, k);
+      ASSERT_EQ(ref.logits.size(), got.logits.size());
+      EXPECT_EQ(ref.tokens, got.tokens) << k << " groups on the CPU";
+      const auto vocab = static_cast<size_t>(c.vocab_size);
+      EXPECT_EQ(0, std::memcmp(ref.logits.data(), got.logits.data(), vocab * sizeof(float))) << "prefill logits";
+      for (size_t row = 1; row < ref.logits.size() / vocab; ++row) {
+        double scale = 0.0, diff = 0.0;
+        for (size_t i = row * vocab; i < (row + 1) * vocab; ++i) {
+          scale = std::max(scale, std::abs(static_cast<double>(ref.logits[i])));
+          diff = std::max(diff, std::abs(static_cast<double>(ref.logits[i]) - got.logits[i]));
+        }
+        EXPECT_LE(diff / scale, kLogitRtol) << k << " groups on the CPU, decode step " << row;
+        worst_all = std::max(worst_all, diff / scale);
+      }
+    }
+  }
+  std::printf("[hybrid] largest decode-logit difference %.3g of max|logit| (allowed %.0e)\n", worst_all, kLogitRtol);
+}
+
 // The engine as `generate` builds it on the GPU: bf16 checkpoints keep bf16 head blocks, f32 keep
 // f32. With everything resident, the device holds the model plus exactly the KV of that dtype.
 TEST_F(CudaTest, EngineChoosesKvDtypeFromDevice) {

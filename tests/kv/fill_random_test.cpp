@@ -87,7 +87,7 @@ TEST(FillRandom, DecodeIsDeterministicAndSeedDependent) {
 
 TEST(FillRandom, SameLogitsOnEveryPlacement) {
   const auto ckpt = tiny_model();
-  for (DType dtype : {DType::F32, DType::BF16}) {
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
     const std::string name(dtype_name(dtype));
     const Decoded ref = fill_and_decode(*ckpt, placement(OffloadMode::None, 0, dtype));
     EXPECT_EQ(ref.plan.n_streamed_groups, 0);

@@ -343,30 +343,14 @@ class OffloadKvCache final : public KvCache {
   // rows [0, pos0 + T).
   void attend_group(int64_t layer, int64_t g, void* base, const LayerAttention& a) {
     Ops& ops = device_.ops();
-    const int64_t d = config_.head_dim, gs = config_.group_size(), G = plan_.group_size;
-    const int64_t n_new = a.q.rows;
+    const int64_t G = plan_.group_size;
     const DType kv = store_.dtype();
-    const size_t row = row_bytes(), block = store_.block_pitch();
+    const size_t block = store_.block_pitch();
     for (int64_t j = 0; j < G; ++j) {
       const int64_t h = g * G + j;
       char* k = static_cast<char*>(base) + static_cast<size_t>(j) * block;
       char* v = static_cast<char*>(base) + static_cast<size_t>(G + j) * block;
-      const size_t at = static_cast<size_t>(a.pos0) * row;
-      ops.copy(a.k_new.slice_cols(h * d, d), MatView{k + at, kv, n_new, d, d});
-      ops.copy(a.v_new.slice_cols(h * d, d), MatView{v + at, kv, n_new, d, d});
-      AttentionArgs args;
-      args.q = a.q.slice_cols(h * gs * d, gs * d);
-      args.kv = KvHeadView{k, v, kv, d};
-      args.n_keys = a.pos0 + n_new;
-      args.head_dim = d;
-      args.n_q_heads = gs;
-      args.q_pos0 = a.pos0;
-      args.k_pos0 = 0;
-      args.window = config_.layer_window[static_cast<size_t>(layer)];
-      args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
-      args.out = a.out.slice_cols(h * gs * d, gs * d);
-      args.lse = a.lse.slice_cols(h * gs, gs);
-      ops.attention(args);
+      store_and_attend_head(ops, config_, layer, h, a, k, v, kv);
     }
   }
 

@@ -45,32 +45,14 @@ class SimpleKvCache final : public KvCache {
   }
 
   void attend(int64_t layer, const LayerAttention& a) override {
-    const int64_t d = config_.head_dim;
     const int64_t n_new = a.q.rows;
     if (a.pos0 + n_new > capacity_)
       throw Error("context full: " + std::to_string(a.pos0 + n_new) + " positions needed, KV cache holds " +
                   std::to_string(capacity_) + " (raise --ctx)");
-    const int64_t gs = config_.group_size();
     Ops& ops = device_.ops();
     for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
       const size_t block = static_cast<size_t>(layer * config_.n_kv_heads + h);
-      float* k = k_blocks_[block].as<float>();
-      float* v = v_blocks_[block].as<float>();
-      ops.copy(a.k_new.slice_cols(h * d, d), MatView{k + a.pos0 * d, DType::F32, n_new, d, d});
-      ops.copy(a.v_new.slice_cols(h * d, d), MatView{v + a.pos0 * d, DType::F32, n_new, d, d});
-      AttentionArgs args;
-      args.q = a.q.slice_cols(h * gs * d, gs * d);
-      args.kv = KvHeadView{k, v, DType::F32, d};
-      args.n_keys = a.pos0 + n_new;
-      args.head_dim = d;
-      args.n_q_heads = gs;
-      args.q_pos0 = a.pos0;
-      args.k_pos0 = 0;
-      args.window = config_.layer_window[static_cast<size_t>(layer)];
-      args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
-      args.out = a.out.slice_cols(h * gs * d, gs * d);
-      args.lse = a.lse.slice_cols(h * gs, gs);
-      ops.attention(args);
+      store_and_attend_head(ops, config_, layer, h, a, k_blocks_[block].data(), v_blocks_[block].data(), DType::F32);
     }
   }
 
@@ -83,6 +65,29 @@ class SimpleKvCache final : public KvCache {
 };
 
 }  // namespace
+
+void store_and_attend_head(Ops& ops, const ModelConfig& config, int64_t layer, int64_t kv_head,
+                           const LayerAttention& a, void* k_block, void* v_block, DType kv_dtype) {
+  const int64_t d = config.head_dim;
+  const int64_t gs = config.group_size();
+  const int64_t n_new = a.q.rows;
+  const size_t at = static_cast<size_t>(a.pos0 * d) * dtype_size(kv_dtype);
+  ops.copy(a.k_new.slice_cols(kv_head * d, d), MatView{static_cast<char*>(k_block) + at, kv_dtype, n_new, d, d});
+  ops.copy(a.v_new.slice_cols(kv_head * d, d), MatView{static_cast<char*>(v_block) + at, kv_dtype, n_new, d, d});
+  AttentionArgs args;
+  args.q = a.q.slice_cols(kv_head * gs * d, gs * d);
+  args.kv = KvHeadView{k_block, v_block, kv_dtype, d};
+  args.n_keys = a.pos0 + n_new;
+  args.head_dim = d;
+  args.n_q_heads = gs;
+  args.q_pos0 = a.pos0;
+  args.k_pos0 = 0;
+  args.window = config.layer_window[static_cast<size_t>(layer)];
+  args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
+  args.out = a.out.slice_cols(kv_head * gs * d, gs * d);
+  args.lse = a.lse.slice_cols(kv_head * gs, gs);
+  ops.attention(args);
+}
 
 std::unique_ptr<KvCache> make_simple_kv_cache(Device& device, const ModelConfig& config, int64_t capacity) {
   return std::make_unique<SimpleKvCache>(device, config, capacity);

@@ -23,19 +23,13 @@
 #include "headinfer/error.h"
 #include "headinfer/random_model.h"
 #include "npy.h"
+#include "engine_options.h"
 #include "testdata.h"
 
 namespace headinfer {
 namespace {
 
 using nlohmann::json;
-
-EngineOptions context_of(int64_t context, int64_t chunk) {
-  EngineOptions eo;
-  eo.context = context;
-  eo.chunk = chunk;
-  return eo;
-}
 namespace fs = std::filesystem;
 
 constexpr float kLogitRtol = 1e-5f;

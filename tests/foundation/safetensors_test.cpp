@@ -8,19 +8,13 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
+#include "engine_options.h"
 #include "testdata.h"
 
 namespace headinfer {
 namespace {
 
 using nlohmann::json;
-
-EngineOptions context_of(int64_t context, int64_t chunk) {
-  EngineOptions eo;
-  eo.context = context;
-  eo.chunk = chunk;
-  return eo;
-}
 namespace fs = std::filesystem;
 
 std::string read_bytes(const fs::path& p) {

@@ -17,6 +17,7 @@
 #include "headinfer/error.h"
 #include "headinfer/head_store.h"
 #include "headinfer/model.h"
+#include "model_set.h"
 #include "testdata.h"
 
 namespace headinfer {
@@ -24,21 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<fs::path> all_models() {
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(test::testdata_dir() / "models" / "tiny")) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
-  out.push_back(test::testdata_dir() / "models" / "stories260k");
-  return out;
-}
-
-std::vector<int32_t> random_prompt(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
+using test::all_models;
+using test::random_prompt;
 
 struct RunResult {
   std::vector<float> logits;    // [1 + n_decode, vocab]: after the prompt, then after each decode

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one script to run on the GPU machine: configures and builds the CUDA tests there with CMake,
 # runs cuda_ops_tests (every CUDA op against the CPU reference, then the tiny models end to end),
-# and writes logs under $OUT (./out when unset).
+# and writes logs under $OUT (./out when unset). With HEADINFER_BF16_CHECK=1 it then runs
+# scripts/bf16_check.py: the bf16 tiny checkpoints against transformers in bf16 on the same GPU
+# (needs the machine's torch + transformers; report in $OUT/bf16_check.json).
 #
 # The GPU machine has CMake and nvcc but neither the nlohmann-json, CLI11 nor GoogleTest packages,
 # and no network. So, on a machine that has them (the dev box), first run
@@ -59,7 +61,7 @@ cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUD
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
   >"$OUT/configure.log" 2>&1 ||
   { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build "$ROOT/build-gpu" --target cuda_ops_tests -j "$(nproc)" >"$OUT/build.log" 2>&1 ||
+cmake --build "$ROOT/build-gpu" --target cuda_ops_tests headinfer -j "$(nproc)" >"$OUT/build.log" 2>&1 ||
   { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 echo "configure + build: $(( $(date +%s) - start )) s (sm_$ARCH)"
 grep -E "cuDNN SDPA" "$OUT/configure.log" || true
@@ -73,6 +75,18 @@ grep -E "^\[model\]|FAILED|Failure|error" "$OUT/cuda_ops_tests.log" | head -60 |
 grep -E "^\[bench\]" "$OUT/cuda_ops_tests.log" || true
 grep -E "^\[max-err\]" "$OUT/cuda_ops_tests.log" | sort -t= -k3 -g -r | head -12 || true
 tail -4 "$OUT/cuda_ops_tests.log"
+# bf16 checkpoints against transformers in bf16 on this card (issue 5): one [bf16] line per model/prompt.
+if [[ "${HEADINFER_BF16_CHECK:-}" == 1 ]]; then
+  bf16_rc=0
+  python3 "$ROOT/scripts/bf16_check.py" --bin "$ROOT/build-gpu/src/cli/headinfer" --testdata "$HEADINFER_TESTDATA" \
+    --out "$OUT" >"$OUT/bf16_check.log" 2>&1 || bf16_rc=$?
+  grep -E "^\[bf16\]" "$OUT/bf16_check.log" || true
+  if (( bf16_rc != 0 )); then
+    grep -qE "^\[bf16\] summary" "$OUT/bf16_check.log" || tail -5 "$OUT/bf16_check.log"
+    echo "bf16_check.py exited $bf16_rc (log: $OUT/bf16_check.log)"
+    (( rc != 0 )) || rc=$bf16_rc
+  fi
+fi
 # PyTorch's SDPA on the same card, the peer for the attention benchmark (HEADINFER_BENCH_PEER=1).
 if [[ -n "${HEADINFER_BENCH_PEER:-}" ]]; then
   python3 "$ROOT/bench/attention/sdpa_peer.py" >"$OUT/sdpa_peer.log" 2>&1 || true

@@ -1,10 +1,13 @@
 // `headinfer generate`: load a checkpoint folder, run a prompt, print the continuation.
+#include <bit>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <memory>
+#include <span>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -45,6 +48,43 @@ struct GenerateArgs {
   std::string offload = "auto";
   int64_t kv_group = 0;        // 0 = the planner picks
   std::string hybrid = "off";  // decode: attend part of the host-tier groups on the CPU
+  std::string dump_logits;     // "" = off
+};
+
+// --dump-logits FILE: every logits vector the sampler sees, raw little-endian float32, one [vocab]
+// row per generated token (row i chose token i: the prompt's last position, then each decode
+// step). Rows are written as they come, so long runs hold no [tokens, vocab] copy; a run that
+// fails removes the file, so it never leaves a partial one.
+class LogitsDump {
+ public:
+  static_assert(std::endian::native == std::endian::little, "--dump-logits writes the host's float32 bytes");
+
+  explicit LogitsDump(std::string path) : path_(std::move(path)), out_(path_, std::ios::binary | std::ios::trunc) {
+    if (!out_) throw Error("--dump-logits " + path_ + ": cannot open for writing (check that the folder exists)");
+  }
+  LogitsDump(const LogitsDump&) = delete;
+  LogitsDump& operator=(const LogitsDump&) = delete;
+  ~LogitsDump() {
+    if (finished_) return;
+    out_.close();
+    std::error_code ignored;
+    std::filesystem::remove(path_, ignored);
+  }
+
+  void write_row(std::span<const float> logits) {
+    out_.write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size_bytes()));
+    if (!out_) throw Error("--dump-logits " + path_ + ": write failed (disk full?)");
+  }
+  void finish() {
+    out_.close();
+    if (!out_) throw Error("--dump-logits " + path_ + ": write failed on close (disk full?)");
+    finished_ = true;
+  }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+  bool finished_ = false;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -58,6 +98,9 @@ void run_generate(const GenerateArgs& a) {
   if (n_prompt_sources != 1) throw Error("give exactly one prompt: -p TEXT, -f FILE or --prompt-ids 1,2,3");
   if (a.n_new < 0) throw Error("-n must be >= 0");
   if (a.chat && a.prompt_ids.size() > 0) throw Error("--chat needs a text prompt (-p or -f)");
+  // Opened before the model loads, so a bad path fails at once; removed again if anything fails.
+  std::optional<LogitsDump> dump;
+  if (!a.dump_logits.empty()) dump.emplace(a.dump_logits);
 
   auto checkpoint = Checkpoint::open(a.model_dir);
   const ModelConfig& config = checkpoint->config();
@@ -121,7 +164,9 @@ void run_generate(const GenerateArgs& a) {
       std::fflush(stdout);
     };
   }
+  if (dump) cb.on_logits = [&](std::span<const float> logits) { dump->write_row(logits); };
   const GenerateResult r = generate(engine, prompt, go, cb);
+  if (dump) dump->finish();
   if (stream && !a.json) std::fputs(stream->flush().c_str(), stdout);
 
   if (a.json) {
@@ -176,6 +221,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--hybrid", args->hybrid,
                   "Decode: attend part of the host-tier KV on the CPU while the rest streams (auto or off)")
       ->capture_default_str();
+  cmd->add_option("--dump-logits", args->dump_logits,
+                  "Write the logits each token was chosen from: raw float32 [tokens, vocab], little-endian");
   cmd->callback([args] { run_generate(*args); });
 }
 

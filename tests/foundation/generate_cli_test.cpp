@@ -1,0 +1,139 @@
+// `headinfer generate --dump-logits`, run as a user runs it: the built binary in a child process,
+// on the CPU, against the shared tiny checkpoints. The file must hold one float32 [vocab] row per
+// generated token, and under --temp 0 each row's argmax must be the token it chose.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "testdata.h"
+
+namespace headinfer {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A fresh folder per test for the child's stdout/stderr and the dump.
+class GenerateCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("headinfer_cli_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  CliRun run(const std::string& args) const {
+    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    const std::string cmd = std::string("'") + HEADINFER_CLI + "' " + args + " >'" + out.string() + "' 2>'" +
+                            err.string() + "'";
+    const int status = std::system(cmd.c_str());
+    CliRun r;
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = read_file(out);
+    r.err = read_file(err);
+    return r;
+  }
+
+  fs::path dir_;
+};
+
+fs::path tiny(const std::string& name) { return test::testdata_dir() / "models/tiny" / name; }
+
+std::string prompt_ids_arg(const fs::path& f32_dir, size_t case_index) {
+  std::ifstream in(f32_dir / "ref.json");
+  const auto ids = json::parse(in)["cases"][case_index]["prompt_ids"].get<std::vector<int32_t>>();
+  std::string s;
+  for (int32_t id : ids) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(id);
+  }
+  return s;
+}
+
+std::vector<float> read_f32(const fs::path& p) {
+  const std::string bytes = read_file(p);
+  std::vector<float> v(bytes.size() / sizeof(float));
+  std::memcpy(v.data(), bytes.data(), v.size() * sizeof(float));
+  return v;
+}
+
+// bf16 weights (the case the GPU check compares), and a sharded f32 model with its own head_dim.
+TEST_F(GenerateCli, DumpLogitsHasOneRowPerTokenAndGreedyPicksEachRowsArgmax) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const int64_t vocab = 320;  // every tiny model
+  for (const char* model : {"llama3-bf16", "qwen3-f32"}) {
+    SCOPED_TRACE(model);
+    const std::string arch = std::string(model).substr(0, std::string(model).find('-'));
+    const fs::path dump = dir_ / "logits.f32";
+    const CliRun r = run("generate -m '" + tiny(model).string() + "' --prompt-ids " +
+                         prompt_ids_arg(tiny(arch + "-f32"), 1) +
+                         " -n 13 --temp 0 --ignore-eos --device cpu -t 2 --json --dump-logits '" + dump.string() + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto tokens = json::parse(r.out)["tokens"].get<std::vector<int32_t>>();
+    ASSERT_EQ(tokens.size(), 13u);
+    ASSERT_EQ(fs::file_size(dump), tokens.size() * vocab * sizeof(float));
+    const std::vector<float> logits = read_f32(dump);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const float* row = logits.data() + i * vocab;
+      for (int64_t j = 0; j < vocab; ++j) ASSERT_TRUE(std::isfinite(row[j])) << "row " << i << " col " << j;
+      EXPECT_EQ(std::max_element(row, row + vocab) - row, tokens[i]) << "row " << i;
+    }
+    // Rows differ from step to step: each decode step's logits were dumped, not the prefill's again.
+    EXPECT_FALSE(std::equal(logits.begin(), logits.begin() + vocab, logits.begin() + vocab));
+  }
+}
+
+TEST_F(GenerateCli, DumpLogitsToAMissingFolderIsOneErrorLine) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const CliRun r = run("generate -m '" + tiny("llama3-bf16").string() +
+                       "' --prompt-ids 1,2,3 -n 2 --device cpu --dump-logits '" + (dir_ / "no/such/dir/x.f32").string() +
+                       "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("error: --dump-logits ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find("no/such/dir/x.f32"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+// The file is opened before the model loads; a run that then fails must not leave it behind.
+TEST_F(GenerateCli, FailedRunLeavesNoDumpFile) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const fs::path dump = dir_ / "logits.f32";
+  const CliRun r = run("generate -m '" + tiny("llama3-bf16").string() +
+                       "' --prompt-ids 1,2,100000 -n 2 --device cpu --dump-logits '" + dump.string() + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("outside the vocabulary"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dump));
+}
+
+}  // namespace
+}  // namespace headinfer

@@ -1,0 +1,166 @@
+// `headinfer plan` run as a process: --device picks the device whose link is measured (and cached
+// under its name, the key generate's planned cache uses) and whose KV dtype is planned; --shape
+// plans a built-in shape; bad flags are one line on stderr and exit status 1.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliResult {
+  int status = -1;  // exit status; -1 when the process did not exit normally
+  std::string out;
+  std::string err;
+};
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A scratch folder per test: the bandwidth cache ($XDG_CACHE_HOME) and the captured streams.
+class PlanCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("headinfer-plan-cli-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Runs `headinfer plan ARGS` with the cache in this test's folder.
+  CliResult plan(const std::string& args) {
+    const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
+    const std::string cmd = "XDG_CACHE_HOME='" + (dir_ / "cache").string() + "' '" HEADINFER_CLI "' plan " + args +
+                            " >'" + out.string() + "' 2>'" + err.string() + "'";
+    const int raw = std::system(cmd.c_str());
+    CliResult r;
+    r.status = raw != -1 && WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+    r.out = read_text(out);
+    r.err = read_text(err);
+    return r;
+  }
+
+  nlohmann::json cache_file() { return nlohmann::json::parse(read_text(dir_ / "cache" / "headinfer" / "bandwidth.json")); }
+
+  fs::path dir_;
+};
+
+constexpr const char* kTiny = "--shape tiny --ctx 1500 --gpu-mem 1GiB --host-mem 1GiB --hybrid off --json";
+
+TEST_F(PlanCli, DeviceCpuMeasuresItsOwnLinkOnceAndCachesItUnderItsName) {
+  const CliResult first = plan(std::string(kTiny) + " --device cpu -t 1");
+  ASSERT_EQ(first.status, 0) << first.err;
+  const nlohmann::json j = nlohmann::json::parse(first.out);
+  // The CPU device's name is the key make_planned_kv_cache caches the link under.
+  EXPECT_EQ(j["device"], "cpu (1 threads)");
+  EXPECT_GT(j["link_gbps"].get<double>(), 0.0);
+  EXPECT_EQ(j["link_gbps_source"].get<std::string>().rfind("measured", 0), 0u) << j["link_gbps_source"];
+  // The CPU device keeps F32 KV whatever the weights are, so the plan does too.
+  EXPECT_EQ(j["kv_elem_bytes"], 4);
+  EXPECT_EQ(j["weight_elem_bytes"], 2);
+  EXPECT_EQ(j["kv_bytes_per_token"], 2 * 2 * 2 * 16 * 4);  // K+V x layers x kv heads x head_dim x 4 B
+  const nlohmann::json cache = cache_file();
+  ASSERT_TRUE(cache.contains("link: cpu (1 threads)")) << cache.dump();
+  EXPECT_DOUBLE_EQ(cache["link: cpu (1 threads)"].get<double>(), j["link_gbps"].get<double>());
+  EXPECT_FALSE(cache.contains("link: cpu copy worker"));
+
+  // The second plan reads the cached rate instead of measuring again.
+  const CliResult second = plan(std::string(kTiny) + " --device cpu -t 1");
+  ASSERT_EQ(second.status, 0) << second.err;
+  const nlohmann::json k = nlohmann::json::parse(second.out);
+  EXPECT_EQ(k["link_gbps_source"].get<std::string>().rfind("cached in", 0), 0u) << k["link_gbps_source"];
+  EXPECT_DOUBLE_EQ(k["link_gbps"].get<double>(), j["link_gbps"].get<double>());
+
+  // Another thread count is another device name, so another key, measured on its own.
+  const CliResult other = plan(std::string(kTiny) + " --device cpu -t 2");
+  ASSERT_EQ(other.status, 0) << other.err;
+  EXPECT_EQ(nlohmann::json::parse(other.out)["device"], "cpu (2 threads)");
+  EXPECT_TRUE(cache_file().contains("link: cpu (2 threads)"));
+}
+
+TEST_F(PlanCli, LinkFlagSkipsTheProbeAndTheTableNamesDeviceAndSource) {
+  const CliResult r = plan("--shape tiny --ctx 1500 --gpu-mem 1GiB --host-mem 1GiB --hybrid off --device cpu -t 1 "
+                           "--link-gbps 12.5");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("cpu (1 threads)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("12.50 GB/s (--link-gbps)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("the device's KV dtype for bfloat16 weights"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "cache" / "headinfer" / "bandwidth.json"));
+}
+
+TEST_F(PlanCli, UnknownDeviceIsOneLineAndExitOne) {
+  const CliResult r = plan(std::string(kTiny) + " --device tpu");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "error: --device: 'tpu' is not cpu, cuda or auto\n");
+  EXPECT_EQ(r.out, "");
+}
+
+#ifndef HEADINFER_CLI_HAS_CUDA
+TEST_F(PlanCli, DeviceCudaOnACpuBuildIsOneLine) {
+  const CliResult r = plan(std::string(kTiny) + " --device cuda");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err.rfind("error: --device cuda: this build has no CUDA backend", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
+TEST_F(PlanCli, DeviceAutoOnACpuBuildIsTheCpu) {
+  const CliResult r = plan(std::string(kTiny) + " -t 1 --link-gbps 10");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["device"], "cpu (1 threads)");
+}
+#endif
+
+// Issue 6's question on its own numbers: 1M tokens of llama3-8b (128 KiB per token of bf16 KV)
+// under a 24 GiB cap on a host with 128 GiB.
+TEST_F(PlanCli, BuiltinShapeLlama3At1M) {
+  const std::string base = "--shape llama3-8b --ctx 1M --gpu-mem 24GiB --host-mem 128GiB --hybrid off --link-gbps 50 "
+                           "--device cpu -t 1 --json";
+  const CliResult bf16 = plan(base + " --kv-dtype bf16");
+  ASSERT_EQ(bf16.status, 0) << bf16.err;
+  const nlohmann::json j = nlohmann::json::parse(bf16.out);
+  EXPECT_TRUE(j["fits"].get<bool>());
+  EXPECT_EQ(j["source"], "shape llama3-8b (bf16 weights)");
+  EXPECT_EQ(j["kv_bytes_per_token"], 128 * 1024);
+  EXPECT_EQ(j["kv_bytes_total"], int64_t{128} << 30);
+  EXPECT_EQ(j["kv_bytes_gpu"].get<int64_t>() + j["kv_bytes_host"].get<int64_t>(), int64_t{128} << 30);
+  EXPECT_LE(j["gpu_bytes_total"].get<int64_t>(), int64_t{24} << 30);
+  EXPECT_GT(j["n_resident_groups"].get<int64_t>(), 0);  // the cap's room left by the weights holds KV
+
+  // The CPU device keeps F32 KV: 256 GiB, which 128 GiB of host cannot hold. The plan still prints.
+  const CliResult f32 = plan(base);
+  EXPECT_EQ(f32.status, 1);
+  const nlohmann::json k = nlohmann::json::parse(f32.out);
+  EXPECT_FALSE(k["fits"].get<bool>());
+  EXPECT_EQ(k["kv_bytes_per_token"], 256 * 1024);
+  EXPECT_NE(f32.err.find("error: does not fit: "), std::string::npos) << f32.err;
+}
+
+TEST_F(PlanCli, ModelSourcesAreExclusiveAndShapesNamed) {
+  CliResult r = plan("--shape tiny --config /nonexistent --ctx 1K --gpu-mem 1GiB");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "error: give exactly one of -m DIR, --config FILE or --shape NAME\n");
+  r = plan("--ctx 1K --gpu-mem 1GiB");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "error: give exactly one of -m DIR, --config FILE or --shape NAME\n");
+  r = plan("--shape llama9 --ctx 1K --gpu-mem 1GiB");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err.rfind("error: unknown shape 'llama9' (built-in shapes: tiny, llama3-8b", 0), 0u) << r.err;
+}
+
+}  // namespace

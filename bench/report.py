@@ -8,6 +8,9 @@ against context, one line per system) come from the same JSON, and so does the R
 
 usage: report.py --peers peers.json --run "headinfer (24 GiB cap)=capped.json" [--run ...]
                  --out-dir bench/results --commit SHA --command "..." [--readme README.md]
+
+Several --run with one label (e.g. one decode-only process per context) are joined into one system.
+Rows of `headinfer bench --decode-only` runs are labelled decode-only in the table and the plot.
 """
 import argparse
 import datetime
@@ -26,15 +29,39 @@ DECODE_ONLY_NOTE = "decode-only (random KV)"
 
 
 def row_note(run, r):
-    notes = [n for n in (run.get("note", ""), DECODE_ONLY_NOTE if r.get("decode_only") else "") if n]
+    decode_only = ""
+    if r.get("decode_only"):
+        fill = r.get("random_fill_seconds")
+        decode_only = DECODE_ONLY_NOTE + (f", filled in {fill:.1f} s" if fill is not None else "")
+    notes = [n for n in (run.get("note", ""), decode_only) if n]
     return "; ".join(notes)
+
+
+def system_label(label, r):
+    """The label a row is shown under: decode-only rows say so even when their run's label does not."""
+    if r.get("decode_only") and "decode-only" not in label:
+        return f"{label}, decode-only"
+    return label
+
+
+def join_run(doc, label, run):
+    """Adds one `headinfer bench --json` output under label; a repeated label appends its results."""
+    if label not in doc["headinfer"]:
+        doc["headinfer"][label] = run
+        return
+    have = doc["headinfer"][label]
+    for key in ("model", "device", "gpu_mem", "offload"):
+        if have.get(key) != run.get(key):
+            raise SystemExit(f"report.py: --run '{label}' joins runs whose {key} differs "
+                             f"({have.get(key)!r} vs {run.get(key)!r}): give them different labels")
+    have["results"] = have["results"] + run["results"]
 
 
 def rows(doc):
     out = []
     for sys_label, run in doc["headinfer"].items():
         for r in run["results"]:
-            out.append(dict(system=sys_label, context=r["context"], prefill_s=r["prefill_seconds"],
+            out.append(dict(system=system_label(sys_label, r), context=r["context"], prefill_s=r["prefill_seconds"],
                             decode_s=r["decode_seconds_per_token"], gpu_gib=gib(r["gpu_peak_bytes"]),
                             host_gib=gib(r.get("host_bytes")), link_gbps=r.get("link_gbps_achieved"),
                             decode_only=bool(r.get("decode_only")), note=row_note(run, r)))
@@ -61,6 +88,10 @@ def markdown(doc):
                          for c, d in fl["causal_sdpa_tflops"].items()) + " TFLOP/s.", "",
              "| system | context | prefill s | decode s/token | GPU peak GiB | host GiB | link GB/s | note |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    if any(r["decode_only"] for r in rows(doc)):
+        lines[-2:-2] = ["Rows marked decode-only filled the KV with random values instead of prefilling "
+                        "(`headinfer bench --decode-only`): their decode is measured over a full context, "
+                        "and they have no prefill figures.", ""]
     for r in sorted(rows(doc), key=lambda r: (r["context"], r["system"])):
         lines.append(f"| {r['system']} | {r['context']} | {fmt(r['prefill_s'])} | {fmt(r['decode_s'], '{:.4f}')} | "
                      f"{fmt(r['gpu_gib'], '{:.2f}')} | {fmt(r['host_gib'], '{:.2f}')} | {fmt(r['link_gbps'], '{:.1f}')} | {r['note']} |")
@@ -75,7 +106,7 @@ def plot(doc, path):
     by_sys = {}
     for r in rows(doc):
         # decode-only points get their own line: a reader must not take them for prefilled runs
-        name = r["system"] + (f" ({DECODE_ONLY_NOTE})" if r["decode_only"] else "")
+        name = r["system"] + (" (random KV)" if r["decode_only"] else "")
         by_sys.setdefault(name, []).append(r)
     for name, rs in by_sys.items():
         rs = sorted(rs, key=lambda r: r["context"])
@@ -112,7 +143,7 @@ def main():
            "shape": a.shape, "random_weights": True, "peers": peers, "headinfer": {}}
     for item in a.run:
         label, path = item.split("=", 1)
-        doc["headinfer"][label] = json.load(open(path))
+        join_run(doc, label, json.load(open(path)))
     stem = Path(a.out_dir) / f"{doc['date']}-{re.sub(r'[^A-Za-z0-9]+', '-', doc['gpu']).strip('-')}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     json.dump(doc, open(f"{stem}.json", "w"), indent=1)

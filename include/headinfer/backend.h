@@ -66,22 +66,42 @@ struct KvHeadView {
   int64_t row_stride = 0;
 };
 
-// Attention of a chunk of queries against a contiguous run of one kv head's keys.
+// Attention of a chunk of queries against a contiguous run of the keys of n_kv_heads adjacent kv
+// heads (one call per head group, so a backend can launch once for all of them).
 // Query t sits at absolute position q_pos0 + t; key j at k_pos0 + j. Key j is visible to query t
 // when k_pos <= q_pos (causal) and, with window > 0, q_pos - k_pos < window.
+// kv head i's query heads are columns [i * n_q_heads * head_dim, (i + 1) * n_q_heads * head_dim) of
+// q and out and [i * n_q_heads, (i + 1) * n_q_heads) of lse; its K and V start kv_head_stride
+// elements after kv head i - 1's. Each head's result is the one a call for that head alone gives,
+// bit for bit, so how heads are grouped never changes the numbers.
 struct AttentionArgs {
-  MatView q;            // F32 [n_queries, n_q_heads * head_dim]: the q heads sharing this kv head
-  KvHeadView kv;        // [n_keys, head_dim]
+  MatView q;            // F32 [n_queries, n_kv_heads * n_q_heads * head_dim]
+  KvHeadView kv;        // [n_keys, head_dim] of kv head 0
   int64_t n_keys = 0;
   int64_t head_dim = 0;
   int64_t n_q_heads = 0;  // GQA: query heads per kv head
+  int64_t n_kv_heads = 1;
+  int64_t kv_head_stride = 0;  // elements from one kv head's K (and V) to the next's
   int64_t q_pos0 = 0;
   int64_t k_pos0 = 0;
   int64_t window = 0;
   float scale = 1.0f;
-  MatView out;          // F32 [n_queries, n_q_heads * head_dim]
-  MatView lse;          // F32 [n_queries, n_q_heads]: natural log-sum-exp of the scaled scores
-                        //     (-inf where a query sees no key of this part)
+  MatView out;          // F32 [n_queries, n_kv_heads * n_q_heads * head_dim]
+  MatView lse;          // F32 [n_queries, n_kv_heads * n_q_heads]: natural log-sum-exp of the scaled
+                        //     scores (-inf where a query sees no key of this part)
+
+  // The arguments of kv head i alone (n_kv_heads = 1).
+  AttentionArgs head(int64_t i) const {
+    AttentionArgs a = *this;
+    const auto e = static_cast<int64_t>(dtype_size(kv.dtype));
+    a.q = q.slice_cols(i * n_q_heads * head_dim, n_q_heads * head_dim);
+    a.out = out.slice_cols(i * n_q_heads * head_dim, n_q_heads * head_dim);
+    a.lse = lse.slice_cols(i * n_q_heads, n_q_heads);
+    a.kv.k = static_cast<const char*>(kv.k) + i * kv_head_stride * e;
+    a.kv.v = static_cast<const char*>(kv.v) + i * kv_head_stride * e;
+    a.n_kv_heads = 1;
+    return a;
+  }
 };
 
 // The largest op calls a model will make (Ops::reserve_workspace).
@@ -89,7 +109,8 @@ struct OpsWorkspaceSizes {
   int64_t max_tokens = 0;        // rows of a linear / queries of an attention call
   int64_t max_in_features = 0;   // widest linear input
   DType weight_dtype = DType::F32;
-  int64_t max_q_heads = 0;       // query heads of one attention call (GQA group)
+  int64_t max_q_heads = 0;       // query heads per kv head (GQA group)
+  int64_t max_kv_heads = 1;      // kv heads of one attention call
   int64_t head_dim = 0;
 };
 
@@ -114,6 +135,20 @@ class Ops {
   virtual void add(const MatView& x, const MatView& y) = 0;
   // Copies a view's rows into another view of the same shape (dtype conversion allowed).
   virtual void copy(const MatView& src, const MatView& dst) = 0;
+  // n_heads copies at once: column block i of src ([rows, n_heads * dst.cols]) goes to the view
+  // dst moved by i * dst_head_stride elements; each element as copy() converts it.
+  virtual void copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) {
+    const auto e = static_cast<int64_t>(dtype_size(dst.dtype));
+    for (int64_t i = 0; i < n_heads; ++i) {
+      MatView d = dst;
+      d.data = static_cast<char*>(dst.data) + i * dst_head_stride * e;
+      copy(src.slice_cols(i * dst.cols, dst.cols), d);
+    }
+  }
+  // out[0] = the index of the largest element of x (F32 [1, n], device memory), the first one on
+  // ties; NaNs lose, unless x[0] is NaN (then 0): the host sampler's argmax, on the device.
+  // out: I32 device memory.
+  virtual void argmax(const MatView& x, int32_t* out) = 0;
   // Sizes the ops' own scratch for the largest calls to come, so the scratch counts against the
   // device budget before the KV cache is planned and never grows (or synchronises) in the token
   // loop. Backends without scratch ignore it.
@@ -145,6 +180,17 @@ class Device {
   // The element type of KV head blocks for weights of `weight_dtype`: what this device's attention
   // reads fastest while keeping the backend's exactness contract.
   virtual DType kv_dtype(DType weight_dtype) const = 0;
+
+  // Step graphs (CUDA graphs): between begin_graph() and end_graph() the work ops() queue on the
+  // compute stream is recorded, not run; end_graph() then launches it as one unit (updating the
+  // previous step's executable graph in place when only parameters changed). Only for work on
+  // the compute stream alone: no copy streams, no host waits. begin_graph() returns false when the
+  // device has no graphs (or recording failed before); end_graph() returns false, having run
+  // nothing, when the recording failed, and the caller runs the step again without a graph.
+  // abort_graph() ends a recording whose step threw, discarding it.
+  virtual bool begin_graph() { return false; }
+  virtual bool end_graph() { return false; }
+  virtual void abort_graph() {}
 };
 
 struct CpuDeviceOptions {

@@ -21,6 +21,9 @@ struct EngineOptions {
   int64_t chunk = 512;      // prefill tokens per forward call
   int64_t mlp_chunk = 512;  // MLP rows at once
   KvPlacementOptions kv;    // where head blocks live (offload mode, caps, group size)
+  // Decode steps as one device graph where the device has them and every head block is resident
+  // (streamed and hybrid steps use copy streams and host tasks, which a graph does not record).
+  bool step_graphs = true;
 };
 
 class Engine {
@@ -37,7 +40,13 @@ class Engine {
   // call). `progress(done, total)` is called after each chunk when given.
   std::span<const float> prefill(std::span<const int32_t> ids,
                                  const std::function<void(int64_t, int64_t)>& progress = {});
-  std::span<const float> decode(int32_t id) { return prefill(std::span<const int32_t>(&id, 1)); }
+  // One decode step: the logits of the new position ([vocab], valid until the next call), or only
+  // their argmax, computed on the device (the greedy token, without reading the logits back).
+  std::span<const float> decode(int32_t id);
+  int32_t decode_greedy(int32_t id);
+  // Whether decode steps run as device graphs (EngineOptions::step_graphs, the device and the
+  // placement allowing it; off for good after a recording fails).
+  bool step_graphs() const { return graphs_; }
   void reset();
   // Decode-only benchmarks: replaces the whole context with n_positions of random K/V
   // (KvCache::fill_random) instead of a prefill, so the next decode runs at position n_positions.
@@ -48,8 +57,12 @@ class Engine {
   EngineOptions options_;
   Model model_;
   std::unique_ptr<KvCache> kv_;
+  // Queues the forward of one decode step (recorded as a graph when graphs_ is on).
+  void step(int32_t id);
+
   std::vector<float> logits_;  // host [vocab]
   int64_t n_past_ = 0;
+  bool graphs_ = false;
 };
 
 struct GenerateOptions {

@@ -36,12 +36,15 @@ class KvCache {
   virtual void fill_random(int64_t n_positions, uint64_t seed) = 0;
 };
 
-// One kv head whose K and V blocks ([capacity, head_dim] of `kv_dtype`, rows head_dim apart) hold
-// positions 0 .. pos0-1: writes the chunk's new rows at pos0 and attends the head's query heads
-// over all its keys, into their columns of args.out / args.lse. The one place every KV store
-// attends a whole head, so every placement runs the same op in the same order.
-void store_and_attend_head(Ops& ops, const ModelConfig& config, int64_t layer, int64_t kv_head,
-                           const LayerAttention& args, void* k_block, void* v_block, DType kv_dtype);
+// kv heads h0 .. h0 + n_heads - 1, whose K and V blocks ([capacity, head_dim] of `kv_dtype`, rows
+// head_dim apart; head i's K at k_base + i * head_stride elements, its V at v_base + the same) hold
+// positions 0 .. pos0-1: writes the chunk's new rows at pos0 and attends each head's query heads
+// over all its keys, into their columns of args.out / args.lse, with one copy per K/V and one
+// attention call for all the heads. The one place every KV store attends, so every placement runs
+// the same ops (a head's numbers never depend on how heads are grouped: Ops::attention).
+void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
+                            const LayerAttention& args, void* k_base, void* v_base, int64_t head_stride,
+                            DType kv_dtype);
 
 // Every head block on the device, K and V [capacity, head_dim] per (layer, kv head), F32.
 std::unique_ptr<KvCache> make_simple_kv_cache(Device& device, const ModelConfig& config, int64_t capacity);

@@ -52,6 +52,12 @@ class Model {
   // Runs ids (at positions pos0 ..) through the model, storing their K/V in `kv`, and writes the
   // logits of the last token to `logits` (host, [vocab]).
   void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits);
+  // The same without reading anything back: the last token's logits stay in device memory, for
+  // read_logits() or read_argmax(). Queues device work only (a step graph can record it).
+  void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv);
+  // The logits of the last forward: to the host ([vocab]), or only their argmax (4 bytes).
+  void read_logits(std::span<float> logits);
+  int32_t read_argmax();
 
  private:
   void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, KvCache& kv);
@@ -79,6 +85,7 @@ class Model {
   DeviceBuffer gate_;    // [M, ffn] MLP sub-chunk
   DeviceBuffer up_;      // [M, ffn]
   DeviceBuffer logits_;  // [1, vocab]
+  DeviceBuffer argmax_;  // I32 [1]
 };
 
 }  // namespace headinfer

@@ -50,6 +50,7 @@ struct BenchArgs {
   uint64_t seed = 0;
   bool json = false;
   bool decode_only = false;
+  bool no_graphs = false;
 };
 
 std::vector<int64_t> parse_contexts(const std::string& text) {
@@ -118,31 +119,30 @@ void run_bench(const BenchArgs& a) {
     eo.kv.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
     eo.kv.offload = parse_offload_mode(a.offload, "--offload");
     eo.kv.kv_group = a.kv_group;
+    eo.step_graphs = !a.no_graphs;
     Engine engine(*checkpoint, *device, eo);
 
     std::mt19937_64 rng(a.seed + static_cast<uint64_t>(ctx));
     std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
-    std::span<const float> logits;
+    int32_t next = 0;  // the greedy token of the last step
     double prefill_s = 0.0, fill_s = 0.0;
-    int32_t first = 0;  // decode-only: the first decoded token, random (there are no logits yet)
     const auto t0 = std::chrono::steady_clock::now();
     if (a.decode_only) {
       engine.fill_random_context(ctx, a.seed + static_cast<uint64_t>(ctx));
       fill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      first = token(rng);
+      next = token(rng);  // random: there are no logits yet
     } else {
       std::vector<int32_t> prompt(static_cast<size_t>(ctx));
       for (int32_t& t : prompt) t = token(rng);
       ProgressReporter progress("prefill " + std::to_string(ctx));
-      logits = engine.prefill(prompt, [&](int64_t d, int64_t n) { progress.update(d, n); });
+      next = argmax(engine.prefill(prompt, [&](int64_t d, int64_t n) { progress.update(d, n); }));
       prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
 
     std::vector<double> step_s;
     for (int64_t i = 0; i < a.n_decode; ++i) {
-      const int32_t next = i == 0 && a.decode_only ? first : argmax(logits);
       const auto s0 = std::chrono::steady_clock::now();
-      logits = engine.decode(next);
+      next = engine.decode_greedy(next);  // argmax on the device, as generate does
       step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
     }
     const double decode_s = median(step_s);
@@ -150,6 +150,7 @@ void run_bench(const BenchArgs& a) {
     const int64_t link_bytes = plan != nullptr ? plan->link_bytes_per_token : 0;
     nlohmann::json r = {{"context", ctx},
                         {"decode_only", a.decode_only},
+                        {"step_graphs", engine.step_graphs()},
                         {"prefill_seconds", prefill_s},
                         {"prefill_tokens_per_second", static_cast<double>(ctx) / prefill_s},
                         {"decode_seconds_per_token", decode_s},
@@ -217,6 +218,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print one JSON object");
   cmd->add_flag("--decode-only", args->decode_only,
                 "Fill the KV with random values instead of prefilling, then decode (labelled decode-only)");
+  cmd->add_flag("--no-graphs", args->no_graphs, "Run decode steps op by op, without CUDA graphs (for comparison)");
   cmd->callback([args] { run_bench(*args); });
 }
 

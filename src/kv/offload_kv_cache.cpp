@@ -339,19 +339,15 @@ class OffloadKvCache final : public KvCache {
   }
 
   // Appends the chunk's K/V of group g to the group storage at `base` ([2][G][capacity][head_dim]
-  // of the store's dtype; ops.copy rounds the F32 activations to it) and attends each head over
-  // rows [0, pos0 + T).
+  // of the store's dtype; the copy rounds the F32 activations to it) and attends its G heads over
+  // rows [0, pos0 + T) in one call.
   void attend_group(int64_t layer, int64_t g, void* base, const LayerAttention& a) {
-    Ops& ops = device_.ops();
     const int64_t G = plan_.group_size;
-    const DType kv = store_.dtype();
     const size_t block = store_.block_pitch();
-    for (int64_t j = 0; j < G; ++j) {
-      const int64_t h = g * G + j;
-      char* k = static_cast<char*>(base) + static_cast<size_t>(j) * block;
-      char* v = static_cast<char*>(base) + static_cast<size_t>(G + j) * block;
-      store_and_attend_head(ops, config_, layer, h, a, k, v, kv);
-    }
+    const auto head_stride = static_cast<int64_t>(block / store_.elem_bytes());
+    char* k = static_cast<char*>(base);
+    char* v = k + static_cast<size_t>(G) * block;
+    store_and_attend_heads(device_.ops(), config_, layer, g * G, G, a, k, v, head_stride, store_.dtype());
   }
 
   // Waits for every copy in flight (teardown, reset): outside the token loop.

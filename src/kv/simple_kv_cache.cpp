@@ -52,7 +52,8 @@ class SimpleKvCache final : public KvCache {
     Ops& ops = device_.ops();
     for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
       const size_t block = static_cast<size_t>(layer * config_.n_kv_heads + h);
-      store_and_attend_head(ops, config_, layer, h, a, k_blocks_[block].data(), v_blocks_[block].data(), DType::F32);
+      store_and_attend_heads(ops, config_, layer, h, 1, a, k_blocks_[block].data(), v_blocks_[block].data(), 0,
+                             DType::F32);
     }
   }
 
@@ -66,26 +67,31 @@ class SimpleKvCache final : public KvCache {
 
 }  // namespace
 
-void store_and_attend_head(Ops& ops, const ModelConfig& config, int64_t layer, int64_t kv_head,
-                           const LayerAttention& a, void* k_block, void* v_block, DType kv_dtype) {
+void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
+                            const LayerAttention& a, void* k_base, void* v_base, int64_t head_stride,
+                            DType kv_dtype) {
   const int64_t d = config.head_dim;
   const int64_t gs = config.group_size();
   const int64_t n_new = a.q.rows;
   const size_t at = static_cast<size_t>(a.pos0 * d) * dtype_size(kv_dtype);
-  ops.copy(a.k_new.slice_cols(kv_head * d, d), MatView{static_cast<char*>(k_block) + at, kv_dtype, n_new, d, d});
-  ops.copy(a.v_new.slice_cols(kv_head * d, d), MatView{static_cast<char*>(v_block) + at, kv_dtype, n_new, d, d});
+  ops.copy_heads(a.k_new.slice_cols(h0 * d, n_heads * d), n_heads,
+                 MatView{static_cast<char*>(k_base) + at, kv_dtype, n_new, d, d}, head_stride);
+  ops.copy_heads(a.v_new.slice_cols(h0 * d, n_heads * d), n_heads,
+                 MatView{static_cast<char*>(v_base) + at, kv_dtype, n_new, d, d}, head_stride);
   AttentionArgs args;
-  args.q = a.q.slice_cols(kv_head * gs * d, gs * d);
-  args.kv = KvHeadView{k_block, v_block, kv_dtype, d};
+  args.q = a.q.slice_cols(h0 * gs * d, n_heads * gs * d);
+  args.kv = KvHeadView{k_base, v_base, kv_dtype, d};
   args.n_keys = a.pos0 + n_new;
   args.head_dim = d;
   args.n_q_heads = gs;
+  args.n_kv_heads = n_heads;
+  args.kv_head_stride = head_stride;
   args.q_pos0 = a.pos0;
   args.k_pos0 = 0;
   args.window = config.layer_window[static_cast<size_t>(layer)];
   args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
-  args.out = a.out.slice_cols(kv_head * gs * d, gs * d);
-  args.lse = a.lse.slice_cols(kv_head * gs, gs);
+  args.out = a.out.slice_cols(h0 * gs * d, n_heads * gs * d);
+  args.lse = a.lse.slice_cols(h0 * gs, n_heads * gs);
   ops.attention(args);
 }
 

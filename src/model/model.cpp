@@ -91,6 +91,7 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   gate_ = DeviceBuffer(device_, M * c.intermediate_size * f, "activations");
   up_ = DeviceBuffer(device_, M * c.intermediate_size * f, "activations");
   logits_ = DeviceBuffer(device_, c.vocab_size * f, "logits");
+  argmax_ = DeviceBuffer(device_, sizeof(int32_t), "logits");
   // The ops' scratch (GEMM casts, split-KV partials) is taken now, so device.bytes_in_use() holds
   // it when the KV cache is planned and the token loop never grows it.
   OpsWorkspaceSizes ws;
@@ -98,16 +99,34 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   ws.max_in_features = std::max({c.hidden_size, c.q_dim(), c.intermediate_size});
   ws.weight_dtype = weights_.embed.dtype;
   ws.max_q_heads = c.group_size();
+  ws.max_kv_heads = c.n_kv_heads;
   ws.head_dim = c.head_dim;
   device_.ops().reserve_workspace(ws);
 }
 
 void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits) {
+  if (static_cast<int64_t>(logits.size()) != config_.vocab_size) throw Error("forward: logits span has the wrong size");
+  forward(ids, pos0, kv);
+  read_logits(logits);
+}
+
+void Model::read_logits(std::span<float> logits) {
+  if (static_cast<int64_t>(logits.size()) != config_.vocab_size) throw Error("forward: logits span has the wrong size");
+  device_.read_to_host(logits.data(), logits_.data(), logits.size() * sizeof(float));
+}
+
+int32_t Model::read_argmax() {
+  device_.ops().argmax(mat(logits_, 1, config_.vocab_size), argmax_.as<int32_t>());
+  int32_t id = 0;
+  device_.read_to_host(&id, argmax_.data(), sizeof(id));
+  return id;
+}
+
+void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv) {
   const ModelConfig& c = config_;
   const auto n = static_cast<int64_t>(ids.size());
   if (n < 1 || n > sizes_.max_chunk)
     throw Error("forward: chunk of " + std::to_string(n) + " tokens (1.." + std::to_string(sizes_.max_chunk) + ")");
-  if (static_cast<int64_t>(logits.size()) != c.vocab_size) throw Error("forward: logits span has the wrong size");
   Ops& ops = device_.ops();
   const float eps = static_cast<float>(c.rms_norm_eps);
 
@@ -124,7 +143,6 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std
   const MatView last_normed = mat(xn_, 1, c.hidden_size);
   ops.rms_norm(last, weights_.final_norm, eps, last_normed);
   ops.linear(last_normed, weights_.lm_head, nullptr, mat(logits_, 1, c.vocab_size));
-  device_.read_to_host(logits.data(), logits_.data(), logits.size() * sizeof(float));
 }
 
 void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, KvCache& kv) {

@@ -44,7 +44,47 @@ Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions
       model_(checkpoint, device, workspace_sizes(options)),
       kv_(make_planned_kv_cache(device, checkpoint.config(), options.context, options.chunk, model_.weight_bytes(),
                                 options_.kv)),
-      logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {}
+      logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {
+  const Plan* plan = kv_cache_plan(*kv_);
+  graphs_ = options_.step_graphs && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;
+}
+
+void Engine::step(int32_t id) {
+  const std::span<const int32_t> ids(&id, 1);
+  if (n_past_ + 1 > options_.context)
+    throw Error("context full: " + std::to_string(n_past_ + 1) + " tokens needed, context is " +
+                std::to_string(options_.context) + " (raise --ctx)");
+  Device& device = model_.device();
+  if (graphs_ && device.begin_graph()) {
+    bool recorded = false;
+    try {
+      model_.forward(ids, n_past_, *kv_);
+      recorded = true;
+    } catch (const Error&) {
+      device.abort_graph();  // a genuine error shows again in the eager run below
+    }
+    if (recorded && device.end_graph()) {
+      ++n_past_;
+      return;
+    }
+    graphs_ = false;  // the recording failed: run this step, and the next ones, without graphs
+  } else {
+    graphs_ = false;
+  }
+  model_.forward(ids, n_past_, *kv_);
+  ++n_past_;
+}
+
+std::span<const float> Engine::decode(int32_t id) {
+  step(id);
+  model_.read_logits(logits_);
+  return logits_;
+}
+
+int32_t Engine::decode_greedy(int32_t id) {
+  step(id);
+  return model_.read_argmax();
+}
 
 std::span<const float> Engine::prefill(std::span<const int32_t> ids,
                                        const std::function<void(int64_t, int64_t)>& progress) {
@@ -97,10 +137,13 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
   auto t0 = std::chrono::steady_clock::now();
   std::span<const float> logits = engine.prefill(prompt, callbacks.on_prefill_progress);
   result.prefill_seconds = seconds_since(t0);
+  // Greedy decoding with nobody looking at the logits takes the argmax on the device.
+  const bool device_argmax = options.sampling.temperature == 0.0f && !callbacks.on_logits;
+  int32_t greedy_id = -1;  // the device's argmax of the last step, when device_argmax
   auto t_decode = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < options.max_new_tokens; ++i) {
     if (callbacks.on_logits) callbacks.on_logits(logits);
-    const int32_t id = sampler.sample(logits);
+    const int32_t id = greedy_id >= 0 ? greedy_id : sampler.sample(logits);
     result.tokens.push_back(id);
     if (callbacks.on_token) callbacks.on_token(id);
     if (!options.ignore_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
@@ -113,7 +156,10 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
       break;
     }
     if (i == 0) t_decode = std::chrono::steady_clock::now();
-    logits = engine.decode(id);
+    if (device_argmax)
+      greedy_id = engine.decode_greedy(id);
+    else
+      logits = engine.decode(id);
   }
   // The first token comes from the prefill's logits; decode time covers the tokens after it.
   if (result.tokens.size() > 1) result.decode_seconds = seconds_since(t_decode);

@@ -4,6 +4,7 @@
 // head dim and GQA group, windows, empty ranges); parts that start after some queries (lse = -inf).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cuda_test_util.h"
 
@@ -124,6 +125,75 @@ INSTANTIATE_TEST_SUITE_P(
         AttnCase{1, 3000, 256, 2, 2999, 0, 0, 0, DType::BF16}, AttnCase{1, 1500, 8, 1, 1499, 0, 0, 0, DType::F32},
         AttnCase{1, 50, 64, 4, 49, 0, 0, 0, DType::BF16}, AttnCase{1, 9000, 64, 4, 8999, 0, 1000, 0, DType::F16},
         AttnCase{1, 3000, 128, 4, 50, 100, 0, 0, DType::BF16}));
+
+
+// One call for a group of kv heads (what a resident or streamed group issues) gives each head
+// exactly what a call for that head alone gives: every placement's logits rest on this. Covers
+// decode (split-KV), cuDNN prefill (16-bit KV) and the CUDA-core kernel (f32 KV).
+struct GroupCase {
+  int64_t n_queries, n_keys, q_pos0, n_kv_heads;
+  DType kv_dtype;
+};
+
+class CudaGroupedAttentionTest : public CudaTest, public ::testing::WithParamInterface<GroupCase> {};
+
+TEST_P(CudaGroupedAttentionTest, EqualsOneCallPerHead) {
+  const GroupCase c = GetParam();
+  const int64_t d = 128, gs = 4, H = c.n_kv_heads, T = c.n_queries, n = c.n_keys;
+  const int64_t capacity = n + 40;  // head blocks [capacity, d], H of them back to back
+  const int64_t q_cols = H * gs * d;
+  auto q = random_floats(T * q_cols, -3.0f, 3.0f);
+  auto k = random_floats(H * capacity * d), v = random_floats(H * capacity * d);
+  auto d_q = upload(q), d_k = upload(encode(k, c.kv_dtype)), d_v = upload(encode(v, c.kv_dtype));
+  auto grouped_out = poisoned(T * q_cols), grouped_lse = poisoned(T * H * gs);
+  auto single_out = poisoned(T * q_cols), single_lse = poisoned(T * H * gs);
+  AttentionArgs a;
+  a.n_keys = n;
+  a.head_dim = d;
+  a.n_q_heads = gs;
+  a.n_kv_heads = H;
+  a.kv_head_stride = capacity * d;
+  a.q_pos0 = c.q_pos0;
+  a.scale = 0.088f;
+  a.q = view(d_q.data(), T, q_cols, q_cols);
+  a.kv = KvHeadView{d_k.data(), d_v.data(), c.kv_dtype, d};
+  a.out = view(grouped_out.data(), T, q_cols, q_cols);
+  a.lse = view(grouped_lse.data(), T, H * gs, H * gs);
+  gpu_->ops().attention(a);
+  AttentionArgs b = a;
+  b.out = view(single_out.data(), T, q_cols, q_cols);
+  b.lse = view(single_lse.data(), T, H * gs, H * gs);
+  for (int64_t i = 0; i < H; ++i) gpu_->ops().attention(b.head(i));
+  const auto go = download(grouped_out, T * q_cols), so = download(single_out, T * q_cols);
+  const auto gl = download(grouped_lse, T * H * gs), sl = download(single_lse, T * H * gs);
+  EXPECT_EQ(0, std::memcmp(go.data(), so.data(), go.size() * sizeof(float))) << "out differs";
+  EXPECT_EQ(0, std::memcmp(gl.data(), sl.data(), gl.size() * sizeof(float))) << "lse differs";
+  EXPECT_FALSE(std::isnan(go[0])) << "the output was never written";
+}
+
+INSTANTIATE_TEST_SUITE_P(Groups, CudaGroupedAttentionTest,
+                         ::testing::Values(GroupCase{1, 8192, 8191, 8, DType::BF16}, GroupCase{1, 37, 36, 2, DType::BF16},
+                                           GroupCase{1, 3000, 2999, 4, DType::F32},
+                                           GroupCase{512, 4096, 3584, 8, DType::BF16},
+                                           GroupCase{97, 97, 0, 2, DType::F16}, GroupCase{33, 1000, 967, 2, DType::F32}));
+
+// copy_heads equals one copy per head.
+TEST_F(CudaTest, CopyHeadsEqualsOneCopyPerHead) {
+  const int64_t rows = 5, d = 64, H = 3, stride = 1000;
+  auto src = random_floats(rows * H * d);
+  auto d_src = upload(src);
+  std::vector<uint16_t> zero(static_cast<size_t>(H * stride + rows * d), 0);
+  auto a = upload(zero), b = upload(zero);
+  const MatView s = view(d_src.data(), rows, H * d, H * d);
+  gpu_->ops().copy_heads(s, H, MatView{a.data(), DType::BF16, rows, d, d}, stride);
+  for (int64_t i = 0; i < H; ++i)
+    gpu_->ops().copy(s.slice_cols(i * d, d), MatView{static_cast<uint16_t*>(b.data()) + i * stride, DType::BF16, rows, d, d});
+  std::vector<uint16_t> ha(zero.size()), hb(zero.size());
+  gpu_->read_to_host(ha.data(), a.data(), ha.size() * 2);
+  gpu_->read_to_host(hb.data(), b.data(), hb.size() * 2);
+  EXPECT_EQ(ha, hb);
+  EXPECT_NE(ha[static_cast<size_t>(2 * stride)], 0);
+}
 
 }  // namespace
 }  // namespace headinfer::test

@@ -113,6 +113,10 @@ void CpuOps::rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int6
 }
 
 void CpuOps::attention(const AttentionArgs& a) {
+  for (int64_t i = 0; i < a.n_kv_heads; ++i) attention_one_head(a.head(i));
+}
+
+void CpuOps::attention_one_head(const AttentionArgs& a) {
   require_f32(a.q, "attention");
   const int64_t d = a.head_dim;
   // A BF16/F16 store (hybrid tests, other devices' KV) is widened row by row into fp32 scratch, so
@@ -211,6 +215,16 @@ void CpuOps::add(const MatView& x, const MatView& y) {
       for (int64_t i = 0; i < x.cols; ++i) xr[i] += yr[i];
     }
   });
+}
+
+void CpuOps::argmax(const MatView& x, int32_t* out) {
+  require_f32(x, "argmax");
+  if (x.rows != 1 || x.cols < 1) throw Error("argmax needs one row");
+  const float* v = x.row<float>(0);
+  int64_t best = 0;  // the sampler's rule: the first largest; NaNs never win
+  for (int64_t i = 1; i < x.cols; ++i)
+    if (v[i] > v[best]) best = i;
+  *out = static_cast<int32_t>(best);
 }
 
 void CpuOps::copy(const MatView& src, const MatView& dst) {

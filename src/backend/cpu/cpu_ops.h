@@ -18,8 +18,11 @@ class CpuOps final : public Ops {
   void silu_mul(const MatView& gate, const MatView& up, const MatView& out) override;
   void add(const MatView& x, const MatView& y) override;
   void copy(const MatView& src, const MatView& dst) override;
+  void argmax(const MatView& x, int32_t* out) override;
 
  private:
+  // One kv head (n_kv_heads = 1): tasks (query row, q head) spread over the pool.
+  void attention_one_head(const AttentionArgs& args);
   ThreadPool& pool_;
 };
 

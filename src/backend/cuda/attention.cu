@@ -205,27 +205,33 @@ __global__ void combine_splits_kernel(AttnParams p, int n_splits) {
 // CUDA-core kernel splits only when blocks = ceil(tasks / kWarps) < sm_count, into at most
 // ceil(2 sm_count / blocks) splits, so splits * blocks <= 2 sm_count + blocks; the decode kernel's
 // partials (attention_decode.cu); cuDNN's 16-bit Q, O and its Stats.
-size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t head_dim) {
-  if (max_tasks <= 0 || head_dim <= 0) return 0;
+size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t max_kv_heads, int64_t head_dim) {
+  if (max_tasks <= 0 || head_dim <= 0 || max_kv_heads <= 0) return 0;
   const int64_t blocks = std::min<int64_t>((max_tasks + kWarps - 1) / kWarps, sm_count);
   const size_t tiles = static_cast<size_t>((2 * int64_t{sm_count} + blocks) * kWarps * (head_dim + 1)) * sizeof(float);
-  const size_t decode = decode_partials_max_bytes(sm_count, std::min<int64_t>(max_tasks, 8), head_dim);
-  const size_t sdpa = CudnnSdpa::available() ? CudnnSdpa::scratch_bytes(max_tasks, head_dim) : 0;
+  const size_t decode = decode_partials_max_bytes(sm_count, std::min<int64_t>(max_tasks, 8), max_kv_heads, head_dim);
+  const size_t sdpa = CudnnSdpa::available() ? CudnnSdpa::scratch_bytes(max_tasks * max_kv_heads, head_dim) : 0;
   return std::max({tiles, decode, sdpa});
 }
 
 void CudaOps::attention(const AttentionArgs& a) {
   if (a.q.dtype != DType::F32 || a.out.dtype != DType::F32 || a.lse.dtype != DType::F32)
     throw Error("cuda backend: attention needs F32 queries, output and lse");
-  if (a.q.cols < a.n_q_heads * a.head_dim || a.out.rows != a.q.rows || a.lse.rows != a.q.rows ||
-      a.lse.cols < a.n_q_heads)
+  if (a.n_kv_heads < 1 || a.q.cols < a.n_kv_heads * a.n_q_heads * a.head_dim || a.out.rows != a.q.rows ||
+      a.lse.rows != a.q.rows || a.lse.cols < a.n_kv_heads * a.n_q_heads)
     throw Error("cuda backend: attention shape mismatch");
-  const int64_t n_tasks = a.q.rows * a.n_q_heads;
-  if (n_tasks == 0) return;
+  if (a.q.rows * a.n_q_heads == 0) return;
+  // The decode kernel and cuDNN take all the kv heads in one launch; whether they accept a call
+  // depends only on things every head shares, so grouping never changes which path a head takes.
   if (attention_decode(a, sm_count_, attn_partials_, stream_)) return;
   // cuDNN tiles queries by 64 or more rows and does not split keys: a few rows against a long
   // context would leave most SMs idle, so short chunks stay on the split-KV CUDA-core kernel.
   if (a.q.rows >= kCudnnMinQueries && cudnn_.run(a, attn_partials_)) return;
+  for (int64_t i = 0; i < a.n_kv_heads; ++i) attention_core(a.head(i));
+}
+
+void CudaOps::attention_core(const AttentionArgs& a) {
+  const int64_t n_tasks = a.q.rows * a.n_q_heads;
   AttnParams p{static_cast<const float*>(a.q.data), a.q.row_stride, a.kv.k, a.kv.v, a.kv.row_stride,
                a.q.rows, a.n_q_heads, a.n_keys, a.q_pos0, a.k_pos0, a.window, a.scale,
                static_cast<float*>(a.out.data), a.out.row_stride, static_cast<float*>(a.lse.data),

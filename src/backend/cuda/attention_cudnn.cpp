@@ -44,7 +44,7 @@ namespace {
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats };
 
 // Everything a graph is specialised on. right_bound -1: no diagonal mask; left_bound 0: no window.
-using GraphKey = std::array<int64_t, 9>;
+using GraphKey = std::array<int64_t, 11>;
 
 struct CachedGraph {
   std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN has no engine for this shape
@@ -71,16 +71,17 @@ struct CudnnSdpa::Impl {
   const CachedGraph& graph_for(const GraphKey& key, DType kv_dtype, float scale) {
     auto it = graphs.find(key);
     if (it != graphs.end()) return it->second;
-    const auto [s_q, s_kv, h_q, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits] = key;
+    const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits] = key;
     (void)dtype_code;
     (void)scale_bits;
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(kv_dtype == DType::BF16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
-    // Q and O: [s_q, h_q, d] in memory (token-major, as the engine's activations are).
+    // Q and O: [s_q, h_q, d] in memory (token-major, as the engine's activations are). K and V: h_k
+    // heads head_stride elements apart (GQA: cuDNN maps q head i to kv head i / (h_q / h_k)).
     const std::vector<int64_t> q_dim{1, h_q, s_q, d}, q_stride{s_q * h_q * d, d, h_q * d, 1};
-    const std::vector<int64_t> kv_dim{1, 1, s_kv, d}, kv_stride{s_kv * kv_ld, s_kv * kv_ld, kv_ld, 1};
+    const std::vector<int64_t> kv_dim{1, h_k, s_kv, d}, kv_stride{h_k * head_stride, head_stride, kv_ld, 1};
     auto q = g->tensor(fe::graph::Tensor_attributes().set_name("Q").set_uid(kQ).set_dim(q_dim).set_stride(q_stride));
     auto k = g->tensor(fe::graph::Tensor_attributes().set_name("K").set_uid(kK).set_dim(kv_dim).set_stride(kv_stride));
     auto v = g->tensor(fe::graph::Tensor_attributes().set_name("V").set_uid(kV).set_dim(kv_dim).set_stride(kv_stride));
@@ -113,11 +114,19 @@ bool CudnnSdpa::available() { return true; }
 
 bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
   if (a.kv.dtype != DType::BF16 && a.kv.dtype != DType::F16) return false;
-  const int64_t s_q = a.q.rows, d = a.head_dim, h_q = a.n_q_heads, kv_ld = a.kv.row_stride;
+  const int64_t s_q = a.q.rows, d = a.head_dim, h_k = a.n_kv_heads, h_q = a.n_q_heads * h_k, kv_ld = a.kv.row_stride;
   // cuDNN's flash kernels take head dims in steps of 8 up to 256 and 16-byte aligned rows.
   if (s_q < 2 || d % 8 != 0 || d > 256 || kv_ld % 8 != 0 ||
       reinterpret_cast<uintptr_t>(a.kv.k) % 16 != 0 || reinterpret_cast<uintptr_t>(a.kv.v) % 16 != 0)
     return false;
+  // Heads too far apart for 32-bit offsets inside the kernel go one call per head (what the call
+  // computes per head is the same).
+  if (h_k > 1 && (a.kv_head_stride % 8 != 0 || h_k * a.kv_head_stride > INT32_MAX)) {
+    for (int64_t i = 0; i < h_k; ++i)
+      if (!run(a.head(i), scratch)) throw Error("cuda backend: cuDNN SDPA declined one head of a group it took");
+    return true;
+  }
+  const int64_t head_stride = h_k > 1 ? a.kv_head_stride : 0;
   const int64_t off = a.q_pos0 - a.k_pos0;
   const int64_t hi = std::min(a.n_keys, s_q + off);
   const int64_t lo = a.window > 0 ? std::max<int64_t>(0, off - a.window + 1) : 0;
@@ -131,7 +140,8 @@ bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
   const int64_t left_bound = masked && a.window > 0 ? a.window - rb : 0;
   uint32_t scale_bits = 0;
   std::memcpy(&scale_bits, &a.scale, sizeof(scale_bits));
-  const GraphKey key{s_q, s_kv, h_q, d, kv_ld, right_bound, left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits};
+  const GraphKey key{s_q,         s_kv,       h_q, h_k, std::max(head_stride, s_kv * kv_ld), d, kv_ld, right_bound,
+                     left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits};
   const CachedGraph& cached = impl_->graph_for(key, a.kv.dtype, a.scale);
   if (!cached.graph) return false;
   // Declining depends on the shape alone, so every placement still takes the same kernel.

@@ -1,5 +1,6 @@
-// Split-KV decode attention: one query row against n keys of one kv head, for all of the row's GQA
-// query heads at once, so each key and value row is read from memory exactly once.
+// Split-KV decode attention: one query row against n keys of each of a group's kv heads (grid.y), for
+// all of a kv head's GQA query heads at once, so each key and value row is read from memory exactly
+// once. A kv head's blocks compute the same whatever the number of heads in the call.
 //
 // Bound by reading K and V (n x d x 2 x 2 bytes for bf16), so the layout serves the loads: a group
 // of LPK lanes holds one key row, each lane one 16-byte vector of it (8 bf16 or 4 f32), so a warp
@@ -30,17 +31,18 @@ template <int G>
 constexpr int unroll_for() { return G <= 4 ? 8 : 4; }
 
 struct DecodeParams {
-  const float* q;       // F32 [n_q_heads * D]: the one query row
-  const void* k;        // KV dtype [n_keys, D], rows kv_ld apart
+  const float* q;       // F32 [n_kv_heads][n_q_heads * D]: the one query row
+  const void* k;        // KV dtype [n_keys, D] of kv head 0, rows kv_ld apart
   const void* v;
   int64_t kv_ld;
+  int64_t kv_head_stride;  // elements from one kv head's K (V) to the next's
   int n_q_heads;
   int64_t j0, j1;       // the visible keys [j0, j1)
   int64_t keys_per_split;
   float scale_log2;     // scale * log2(e): scores come out in base 2
-  float* out;           // F32 [n_q_heads * D] (one split)
-  float* lse;           // F32 [n_q_heads] (one split)
-  float* partials;      // F32 [splits, n_q_heads, D + 1]: out then natural lse (several splits)
+  float* out;           // F32 [n_kv_heads][n_q_heads * D] (one split)
+  float* lse;           // F32 [n_kv_heads][n_q_heads] (one split)
+  float* partials;      // F32 [splits, n_kv_heads * n_q_heads, D + 1]: out then natural lse (several splits)
 };
 
 template <typename KV>
@@ -68,6 +70,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   const int64_t lo = p.j0 + blockIdx.x * p.keys_per_split;
   const int64_t hi = min(p.j1, lo + p.keys_per_split);
 
+  const int64_t head0 = blockIdx.y * int64_t{p.n_q_heads};  // this kv head's first q head in the call
+  const float* q_row = p.q + head0 * D;
   float q[G][kVec], acc[G][kVec], m[G], l[G];
 #pragma unroll
   for (int h = 0; h < G; ++h) {
@@ -75,12 +79,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     l[h] = 0.0f;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
-      q[h][e] = h < p.n_q_heads ? p.q[h * D + sub * kVec + e] * p.scale_log2 : 0.0f;
+      q[h][e] = h < p.n_q_heads ? q_row[h * D + sub * kVec + e] * p.scale_log2 : 0.0f;
       acc[h][e] = 0.0f;
     }
   }
-  const KV* kg = static_cast<const KV*>(p.k);
-  const KV* vg = static_cast<const KV*>(p.v);
+  const KV* kg = static_cast<const KV*>(p.k) + blockIdx.y * p.kv_head_stride;
+  const KV* vg = static_cast<const KV*>(p.v) + blockIdx.y * p.kv_head_stride;
 
   for (int64_t base = lo; base < hi; base += kStep) {
     KvVec<KV> kr[kUnroll], vr[kUnroll];
@@ -160,10 +164,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
     o = total > 0.0f ? o / total : 0.0f;
     const float lse = total > 0.0f ? (head_s[h][0] + log2f(total)) * 0.6931471805599453f : -INFINITY;
     if (single) {
-      p.out[idx] = o;
-      if (d == 0) p.lse[h] = lse;
+      p.out[head0 * D + idx] = o;
+      if (d == 0) p.lse[head0 + h] = lse;
     } else {
-      float* part = p.partials + (blockIdx.x * int64_t{p.n_q_heads} + h) * (D + 1);
+      float* part = p.partials + (blockIdx.x * int64_t{p.n_q_heads} * gridDim.y + head0 + h) * (D + 1);
       part[d] = o;
       if (d == 0) part[D] = lse;
     }
@@ -231,16 +235,17 @@ int64_t max_splits(int sm_count) { return int64_t{kBlocksPerSm} * sm_count; }
 
 }  // namespace
 
-size_t decode_partials_max_bytes(int sm_count, int64_t max_q_heads, int64_t head_dim) {
-  if (max_q_heads <= 0 || head_dim <= 0 || max_q_heads > 8) return 0;
-  return static_cast<size_t>(max_splits(sm_count) * max_q_heads * (head_dim + 1)) * sizeof(float);
+size_t decode_partials_max_bytes(int sm_count, int64_t max_q_heads, int64_t max_kv_heads, int64_t head_dim) {
+  if (max_q_heads <= 0 || head_dim <= 0 || max_q_heads > 8 || max_kv_heads <= 0) return 0;
+  return static_cast<size_t>(max_splits(sm_count) * max_q_heads * max_kv_heads * (head_dim + 1)) * sizeof(float);
 }
 
 bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, cudaStream_t stream) {
-  if (a.q.rows != 1 || a.n_q_heads < 1 || a.n_q_heads > 8) return false;
+  if (a.q.rows != 1 || a.n_q_heads < 1 || a.n_q_heads > 8 || a.n_kv_heads < 1 || a.n_kv_heads > 65535)
+    return false;
   const size_t elem = dtype_size(a.kv.dtype);
   if (reinterpret_cast<uintptr_t>(a.kv.k) % 16 != 0 || reinterpret_cast<uintptr_t>(a.kv.v) % 16 != 0 ||
-      (a.kv.row_stride * elem) % 16 != 0)
+      (a.kv.row_stride * elem) % 16 != 0 || (a.n_kv_heads > 1 && (a.kv_head_stride * elem) % 16 != 0))
     return false;
   const int64_t q_pos = a.q_pos0;
   DecodeParams p{};
@@ -248,6 +253,7 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
   p.k = a.kv.k;
   p.v = a.kv.v;
   p.kv_ld = a.kv.row_stride;
+  p.kv_head_stride = a.n_kv_heads > 1 ? a.kv_head_stride : 0;
   p.n_q_heads = static_cast<int>(a.n_q_heads);
   p.j1 = std::min(a.n_keys, q_pos - a.k_pos0 + 1);
   p.j0 = a.window > 0 ? std::max<int64_t>(0, q_pos - a.window + 1 - a.k_pos0) : 0;
@@ -274,16 +280,17 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
       if constexpr (D % kVec == 0 && kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0) {
         if (n_splits > 1)
           p.partials = static_cast<float*>(
-              partials.get(static_cast<size_t>(n_splits * a.n_q_heads * (D + 1)) * sizeof(float)));
-        const dim3 grid(static_cast<unsigned>(n_splits));
+              partials.get(static_cast<size_t>(n_splits * a.n_q_heads * a.n_kv_heads * (D + 1)) * sizeof(float)));
+        const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(a.n_kv_heads));
         if (a.n_q_heads == 1) decode_kernel<KV, D, 1><<<grid, kDecodeThreads, 0, stream>>>(p);
         else if (a.n_q_heads == 2) decode_kernel<KV, D, 2><<<grid, kDecodeThreads, 0, stream>>>(p);
         else if (a.n_q_heads <= 4) decode_kernel<KV, D, 4><<<grid, kDecodeThreads, 0, stream>>>(p);
         else decode_kernel<KV, D, 8><<<grid, kDecodeThreads, 0, stream>>>(p);
         HEADINFER_CUDA_CHECK_LAUNCH();
         if (n_splits > 1) {
-          decode_combine_kernel<D><<<static_cast<unsigned>(a.n_q_heads), kCombineWarps * 32, 0, stream>>>(
-              p.partials, static_cast<int>(n_splits), p.n_q_heads, p.out, p.lse);
+          const int n_heads = static_cast<int>(a.n_q_heads * a.n_kv_heads);
+          decode_combine_kernel<D><<<static_cast<unsigned>(n_heads), kCombineWarps * 32, 0, stream>>>(
+              p.partials, static_cast<int>(n_splits), n_heads, p.out, p.lse);
           HEADINFER_CUDA_CHECK_LAUNCH();
         }
         launched = true;

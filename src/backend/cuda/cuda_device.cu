@@ -30,12 +30,20 @@ void* Scratch::get(size_t bytes) {
 }
 
 void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
-  ids_.get(static_cast<size_t>(std::max<int64_t>(s.max_tokens, 1)) * sizeof(int32_t));
+  const int64_t max_ids = std::max<int64_t>(s.max_tokens, 1);
+  ids_.get(static_cast<size_t>(max_ids) * sizeof(int32_t));
+  if (max_ids > ids_pinned_capacity_) {
+    if (ids_pinned_ != nullptr) cudaFreeHost(ids_pinned_);
+    ids_pinned_ = nullptr;
+    ids_pinned_capacity_ = 0;
+    HEADINFER_CUDA_CHECK(cudaMallocHost(&ids_pinned_, static_cast<size_t>(max_ids) * sizeof(int32_t)));
+    ids_pinned_capacity_ = max_ids;
+  }
   gemm_workspace_.get(gemm_workspace_bytes());
   // Only 16-bit weights round x for the tensor-core GEMM.
   if (s.weight_dtype != DType::F32)
     gemm_cast_.get(static_cast<size_t>(s.max_tokens * s.max_in_features) * dtype_size(s.weight_dtype));
-  const size_t partials = attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.head_dim);
+  const size_t partials = attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.max_kv_heads, s.head_dim);
   if (partials > 0) attn_partials_.get(partials);
   // cuDNN SDPA runs only on 16-bit KV (16-bit checkpoints); its forward graphs have asked for a few
   // hundred bytes of workspace, so 1 MiB leaves room without taking much from the KV.
@@ -73,6 +81,8 @@ class CudaDevice final : public Device {
 
   ~CudaDevice() override {
     cudaSetDevice(ordinal_);
+    abort_graph();
+    if (graph_exec_ != nullptr) cudaGraphExecDestroy(graph_exec_);
     ops_.reset();  // returns its scratch buffers while the allocator is still alive
     cudaStreamSynchronize(stream_);
     memory_->release_all([](void* p) { cudaFree(p); });
@@ -116,6 +126,56 @@ class CudaDevice final : public Device {
   std::unique_ptr<Transfer> make_transfer(const TransferOptions& options) override {
     return make_cuda_transfer(ordinal_, stream_, options);
   }
+  bool begin_graph() override {
+    if (graphs_broken_) return false;
+    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+      cudaGetLastError();
+      graphs_broken_ = true;
+      return false;
+    }
+    return true;
+  }
+
+  bool end_graph() override {
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream_, &graph) != cudaSuccess || graph == nullptr) {
+      cudaGetLastError();  // something in the step cannot be recorded: no graphs from now on
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      graphs_broken_ = true;
+      return false;
+    }
+    // Steps differ only in parameters (positions, key counts, split counts), so the executable
+    // graph is usually updated in place; a different shape (a split kernel added) re-instantiates.
+    if (graph_exec_ != nullptr) {
+      cudaGraphExecUpdateResultInfo info{};
+      if (cudaGraphExecUpdate(graph_exec_, graph, &info) != cudaSuccess) {
+        cudaGetLastError();
+        cudaGraphExecDestroy(graph_exec_);
+        graph_exec_ = nullptr;
+      }
+    }
+    if (graph_exec_ == nullptr && cudaGraphInstantiate(&graph_exec_, graph, 0) != cudaSuccess) {
+      cudaGetLastError();
+      graph_exec_ = nullptr;
+      cudaGraphDestroy(graph);
+      graphs_broken_ = true;
+      return false;
+    }
+    cudaGraphDestroy(graph);
+    HEADINFER_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+    return true;
+  }
+
+  void abort_graph() override {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream_, &status) != cudaSuccess) cudaGetLastError();
+    if (status == cudaStreamCaptureStatusNone) return;
+    cudaGraph_t graph = nullptr;
+    cudaStreamEndCapture(stream_, &graph);
+    cudaGetLastError();
+    if (graph != nullptr) cudaGraphDestroy(graph);
+  }
+
   // 16-bit checkpoints keep bf16 KV: half the bytes to stream, and the kernels widen it to fp32.
   // f32 checkpoints keep f32 KV so their greedy ids match the CPU reference exactly.
   DType kv_dtype(DType weight_dtype) const override {
@@ -129,6 +189,8 @@ class CudaDevice final : public Device {
   cublasLtHandle_t lt_ = nullptr;
   std::unique_ptr<cuda::CudaOps> ops_;
   std::optional<BudgetedPool> memory_;  // made once the card's free memory is known
+  cudaGraphExec_t graph_exec_ = nullptr;  // the last step's graph, updated in place step to step
+  bool graphs_broken_ = false;            // a recording failed: steps run without graphs
 };
 
 }  // namespace

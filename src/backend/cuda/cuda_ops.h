@@ -30,9 +30,9 @@ class Scratch {
 
 // Scratch bounds for reserve_workspace: cuBLASLt's workspace (gemm.cu), and the largest attention
 // scratch (split-KV partials, cuDNN's 16-bit Q/O and Stats) any call with at most `max_tasks`
-// (query row, q head) tasks can need (attention.cu).
+// (query row, q head) tasks per kv head, over at most `max_kv_heads` kv heads, can need (attention.cu).
 size_t gemm_workspace_bytes();
-size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t head_dim);
+size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t max_kv_heads, int64_t head_dim);
 
 class CudaOps final : public Ops {
  public:
@@ -56,7 +56,12 @@ class CudaOps final : public Ops {
   void silu_mul(const MatView& gate, const MatView& up, const MatView& out) override;
   void add(const MatView& x, const MatView& y) override;
   void copy(const MatView& src, const MatView& dst) override;
+  void copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) override;
+  void argmax(const MatView& x, int32_t* out) override;
   void reserve_workspace(const OpsWorkspaceSizes& sizes) override;
+  ~CudaOps() override {
+    if (ids_pinned_ != nullptr) cudaFreeHost(ids_pinned_);
+  }
 
  private:
   // cuBLASLt matmul y = x W^T for one shape: the heuristic's pick, cached by shape, leading
@@ -64,11 +69,15 @@ class CudaOps final : public Ops {
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,
                  int64_t n_tokens, int64_t k_in);
   void add_bias(const VecView& bias, const MatView& y);
+  // attention.cu's CUDA-core kernel for one kv head (f32 KV, and shapes the other paths decline).
+  void attention_core(const AttentionArgs& a);
 
   cudaStream_t stream_;
   cublasLtHandle_t lt_;
   int sm_count_;
   Scratch ids_;             // I32 [T]: token ids uploaded for embedding
+  int32_t* ids_pinned_ = nullptr;    // pinned I32 [T]: the ids' source while a step graph records
+  int64_t ids_pinned_capacity_ = 0;
   Scratch gemm_cast_;       // BF16/F16 [T, in]: x rounded to the weight dtype for tensor-core GEMMs
   Scratch gemm_workspace_;  // bytes: cuBLASLt's workspace
   Scratch attn_partials_;   // F32 [splits, tasks, head_dim + 1]: split-KV outputs and their LSE;

@@ -50,6 +50,17 @@ __global__ void copy_kernel(const S* src, int64_t src_stride, D* dst, int64_t ds
     dst[r * dst_stride + c] = from_f32<D>(to_f32(src[r * src_stride + c]));
 }
 
+// copy_kernel for n_heads column blocks at once: grid.z is the head.
+template <typename S, typename D>
+__global__ void copy_heads_kernel(const S* src, int64_t src_stride, D* dst, int64_t dst_stride, int64_t rows,
+                                  int64_t cols, int64_t dst_head_stride) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  const S* s = src + blockIdx.z * cols;
+  D* d = dst + blockIdx.z * dst_head_stride;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) d[r * dst_stride + c] = from_f32<D>(to_f32(s[r * src_stride + c]));
+}
+
 void require_f32(const MatView& m, const char* op) {
   if (m.dtype != DType::F32) throw Error(std::string("cuda backend: ") + op + " needs F32 activations");
 }
@@ -66,9 +77,19 @@ void CudaOps::embedding(std::span<const int32_t> ids, const WeightView& table, c
                   std::to_string(table.out_features) + " tokens)");
   if (n == 0) return;
   auto* d_ids = static_cast<int32_t*>(ids_.get(static_cast<size_t>(n) * sizeof(int32_t)));
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  HEADINFER_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+  const void* src = ids.data();
+  if (capture != cudaStreamCaptureStatusNone) {
+    // A graph records the copy's source address, and a recorded copy needs pinned memory: the ids
+    // go through the pinned buffer, which the graph reads when it is launched right after.
+    if (n > ids_pinned_capacity_) throw Error("cuda backend: more ids than reserve_workspace allowed");
+    std::copy(ids.begin(), ids.end(), ids_pinned_);
+    src = ids_pinned_;
+  }
   // From pageable memory this returns once `ids` is staged, so the caller's span may go away.
   HEADINFER_CUDA_CHECK(
-      cudaMemcpyAsync(d_ids, ids.data(), static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      cudaMemcpyAsync(d_ids, src, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   dispatch_dtype(table.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     embedding_kernel<T><<<row_grid(n, table.in_features), kThreads, 0, stream_>>>(
@@ -106,6 +127,28 @@ void CudaOps::copy(const MatView& src, const MatView& dst) {
       copy_kernel<S, D><<<row_grid(src.rows, src.cols), kThreads, 0, stream_>>>(
           static_cast<const S*>(src.data), src.row_stride, static_cast<D*>(dst.data), dst.row_stride, src.rows,
           src.cols);
+    });
+  });
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace headinfer::cuda
+
+namespace headinfer::cuda {
+
+void CudaOps::copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) {
+  if (src.rows != dst.rows || src.cols != n_heads * dst.cols) throw Error("cuda backend: copy_heads shape mismatch");
+  if (src.rows == 0 || dst.cols == 0 || n_heads == 0) return;
+  if (n_heads > 65535) throw Error("cuda backend: copy_heads of more than 65535 heads");
+  dispatch_dtype(src.dtype, [&](auto stag) {
+    dispatch_dtype(dst.dtype, [&](auto dtag) {
+      using S = typename decltype(stag)::type;
+      using D = typename decltype(dtag)::type;
+      dim3 grid = row_grid(src.rows, dst.cols);
+      grid.z = static_cast<unsigned>(n_heads);
+      copy_heads_kernel<S, D><<<grid, kThreads, 0, stream_>>>(static_cast<const S*>(src.data), src.row_stride,
+                                                              static_cast<D*>(dst.data), dst.row_stride, src.rows,
+                                                              dst.cols, dst_head_stride);
     });
   });
   HEADINFER_CUDA_CHECK_LAUNCH();

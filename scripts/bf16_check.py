@@ -9,7 +9,9 @@ from. Checks, per model and prompt:
   logits: at every step up to and including the first one whose ids differ (until then both ran
           on the same ids), max|ours - theirs| / max|theirs| <= TOL;
   ids:    identical; where they first differ, transformers' top-1/top-2 margin at that step must
-          be <= TOL_ABS = TOL * max|theirs| (a near tie that bf16 rounding may flip), else it fails.
+          be <= TOL_ABS = TOL * max|theirs| (a near tie that bf16 rounding may flip), else it fails;
+  after:  past a divergence transformers runs again fed our ids (the same inputs on both sides), and
+          the remaining steps' logits must meet the same TOL, so every step's logits are checked.
 
 Tolerance. Both sides compute with the same bf16 weights; they differ in where activations are
 rounded. transformers rounds the output of every op to bf16 (unit roundoff u = 2^-8) and
@@ -110,16 +112,18 @@ def relative_error(ours_row, theirs_row):
     return num / den
 
 
-def compare(ours_ids, ours_logits, theirs_ids, theirs_logits, tol):
-    """Checks one model/prompt. Row i of each logits array chose token i. Returns a dict whose
-    `failures` list is empty when the case passes."""
+def compare(ours_ids, ours_logits, theirs_ids, theirs_logits, tol, forced_logits=None):
+    """Checks one model/prompt. Row i of each logits array chose token i. `forced_logits`: where
+    the ids differ, transformers' logits when fed our ids (row i on ours_ids[:i]); its rows after
+    the first difference are checked against ours too. Returns a dict whose `failures` list is
+    empty when the case passes."""
     ours_ids, theirs_ids = [int(i) for i in ours_ids], [int(i) for i in theirs_ids]
     ours_logits = np.asarray(ours_logits, dtype=np.float32)
     theirs_logits = np.asarray(theirs_logits, dtype=np.float32)
     failures = []
     r = {"tol": tol, "steps": len(theirs_ids), "first_diff": None, "steps_compared": 0,
          "max_rel": None, "worst_step": None, "rel_per_step": [], "margin_at_diff": None,
-         "tol_abs_at_diff": None, "failures": failures}
+         "tol_abs_at_diff": None, "steps_forced": 0, "max_rel_forced": None, "failures": failures}
     if ours_logits.ndim != 2 or ours_logits.shape[0] != len(ours_ids):
         failures.append(f"ours: {ours_logits.shape[0] if ours_logits.ndim == 2 else '?'} logits rows "
                         f"for {len(ours_ids)} tokens")
@@ -156,6 +160,19 @@ def compare(ours_ids, ours_logits, theirs_ids, theirs_logits, tol):
             failures.append(f"ids differ at step {first_diff} (ours {ours_ids[first_diff]}, transformers "
                             f"{theirs_ids[first_diff]}) where transformers' top-1/top-2 margin {margin:.4g} "
                             f"> TOL_ABS {tol_abs:.4g}")
+        if forced_logits is not None:
+            forced = np.asarray(forced_logits, dtype=np.float32)
+            if forced.shape != ours_logits.shape:
+                failures.append(f"transformers fed our ids: logits shape {forced.shape}, ours {ours_logits.shape}")
+            else:
+                rel_f = [relative_error(ours_logits[i], forced[i]) for i in range(first_diff + 1, len(ours_ids))]
+                r["steps_forced"] = len(rel_f)
+                if rel_f:
+                    r["max_rel_forced"] = max(rel_f)
+                    over = [first_diff + 1 + i for i, e in enumerate(rel_f) if not e <= tol]
+                    if over:
+                        failures.append(f"logits on our ids: relative error > TOL {tol:.3e} at step {over[0]} "
+                                        f"({len(over)} of {len(rel_f)} steps over)")
     return r
 
 
@@ -169,6 +186,8 @@ def summary_line(name, r):
     else:
         line += (f"ids differ from step {r['first_diff']}, transformers' margin there "
                  f"{r['margin_at_diff']:.4g} vs TOL_ABS {r['tol_abs_at_diff']:.4g}")
+        if r["max_rel_forced"] is not None:
+            line += f"; fed our ids, steps {r['first_diff'] + 1}-{r['steps'] - 1}: max_rel {r['max_rel_forced']:.3e}"
     if r["failures"]:
         line += " -- " + "; ".join(r["failures"])
     return line
@@ -177,8 +196,9 @@ def summary_line(name, r):
 # ---------------------------------------------------------------------------------------------
 # The two runs
 
-def run_transformers(model, prompt, n_new, device):
-    """transformers' greedy loop; returns (ids, float32 logits [n_new, vocab])."""
+def run_transformers(model, prompt, n_new, device, forced_ids=None):
+    """transformers' greedy loop; returns (ids, float32 logits [n_new, vocab]). With forced_ids it
+    feeds those instead of its own choices (the logits of our sequence)."""
     import torch
     ids = torch.tensor([prompt], device=device)
     rows, tokens, past = [], [], None
@@ -188,6 +208,8 @@ def run_transformers(model, prompt, n_new, device):
             past = out.past_key_values
             row = out.logits[0, -1].float()
             nxt = int(torch.argmax(row))  # first index of a tie, like headinfer's argmax
+            if forced_ids is not None:
+                nxt = int(forced_ids[len(tokens)])
             rows.append(row.cpu().numpy())
             tokens.append(nxt)
             ids = torch.tensor([[nxt]], device=device)
@@ -246,12 +268,15 @@ def check_models(args):
                 with tempfile.TemporaryDirectory() as work:
                     ours_ids, ours_logits = run_headinfer(args.bin, model_dir, prompt, args.n, args.device,
                                                           int(config["vocab_size"]), work)
-                r = compare(ours_ids, ours_logits, theirs_ids, theirs_logits, tol)
+                forced = None
+                if ours_ids != theirs_ids and len(ours_ids) == args.n:
+                    forced = run_transformers(model, prompt, args.n, args.device, forced_ids=ours_ids)[1]
+                r = compare(ours_ids, ours_logits, theirs_ids, theirs_logits, tol, forced)
                 entry.update({"ours_ids": ours_ids, "theirs_ids": theirs_ids})
             except Exception as e:  # one broken case must not hide the others
                 r = {"tol": tol, "steps": args.n, "first_diff": None, "steps_compared": 0, "max_rel": None,
                      "worst_step": None, "rel_per_step": [], "margin_at_diff": None, "tol_abs_at_diff": None,
-                     "failures": [f"{type(e).__name__}: {e}"]}
+                     "steps_forced": 0, "max_rel_forced": None, "failures": [f"{type(e).__name__}: {e}"]}
             entry.update(r)
             entry["seconds"] = round(time.time() - t0, 2)
             report["cases"].append(entry)
@@ -330,15 +355,28 @@ def self_test():
         ours_d[9:] = rng.normal(0.0, 50.0, size=(steps - 9, vocab))  # after the split: unrelated
         for i in range(9, steps):
             ours_d[i, ours_ids[i]] = ours_d[i].max() + 1.0
-        return compare(ours_ids, ours_d, ids, theirs_d, tol)
+        # transformers fed our ids: close to ours everywhere (its own rows up to the split).
+        forced = ours_d.copy()
+        forced[:9] = theirs_d[:9]
+        forced[9:] += (0.3 * tol * np.abs(ours_d[9:]).max(axis=1, keepdims=True)).astype(np.float32)
+        return compare(ours_ids, ours_d, ids, theirs_d, tol, forced), ours_ids, ours_d, theirs_d, forced
 
-    r = diverging(0.25)
-    check("ids differing at a margin of 0.25 TOL_ABS pass; later rows are not compared",
+    r, ours_ids, ours_d, theirs_d, forced = diverging(0.25)
+
+    check("ids differing at a margin of 0.25 TOL_ABS pass; later rows are checked on our ids",
           not r["failures"] and r["first_diff"] == 8 and r["steps_compared"] == 9
-          and r["margin_at_diff"] <= r["tol_abs_at_diff"])
-    r = diverging(0.9)
+          and r["margin_at_diff"] <= r["tol_abs_at_diff"] and r["steps_forced"] == steps - 9
+          and 0.25 * tol < r["max_rel_forced"] < 0.35 * tol)
+    r = compare(ours_ids, ours_d, ids, theirs_d, tol)
+    check("without logits fed our ids, rows after the split are not compared",
+          not r["failures"] and r["steps_forced"] == 0 and r["max_rel_forced"] is None)
+    forced[12, 0] += 2.0 * tol * np.abs(forced[12]).max()
+    r = compare(ours_ids, ours_d, ids, theirs_d, tol, forced)
+    check("logits fed our ids off by 2x TOL after the split fail",
+          len(r["failures"]) == 1 and "on our ids" in r["failures"][0] and "step 12" in r["failures"][0])
+    r = diverging(0.9)[0]
     check("ids differing at a margin of 0.9 TOL_ABS pass", not r["failures"])
-    r = diverging(3.0)
+    r = diverging(3.0)[0]
     check("ids differing at a margin of 3 TOL_ABS fail",
           any("ids differ at step 8" in f for f in r["failures"]))
 
@@ -415,14 +453,16 @@ def main():
     report = check_models(args)
     cases = report["cases"]
     failed = [c for c in cases if c["failures"]]
-    measured = [c for c in cases if c["max_rel"] is not None]
-    worst = max(measured, key=lambda c: c["max_rel"] / c["tol"], default=None)
+    for c in cases:  # the larger of the free run's and the fed-our-ids run's maximum
+        c["max_rel_all"] = max((e for e in (c["max_rel"], c["max_rel_forced"]) if e is not None), default=None)
+    measured = [c for c in cases if c["max_rel_all"] is not None]
+    worst = max(measured, key=lambda c: c["max_rel_all"] / c["tol"], default=None)
     report["passed"], report["failed"] = len(cases) - len(failed), len(failed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bf16_check.json").write_text(json.dumps(report, indent=1) + "\n")
     worst_text = ("" if worst is None else
-                  f"; worst logits max_rel {worst['max_rel']:.3e} = {worst['max_rel'] / worst['tol']:.2f} x TOL "
+                  f"; worst logits max_rel {worst['max_rel_all']:.3e} = {worst['max_rel_all'] / worst['tol']:.2f} x TOL "
                   f"({worst['model']}/{worst['prompt_tokens']})")
     diverged = sum(c["first_diff"] is not None for c in cases)
     print(f"{RESULT_PREFIX} summary: {len(cases) - len(failed)} passed, {len(failed)} failed of {len(cases)} "

@@ -284,5 +284,73 @@ TEST_F(CudaTest, EngineChoosesKvDtypeFromDevice) {
   }
 }
 
+// Decode steps recorded as CUDA graphs (every head resident) give the logits the op-by-op run
+// gives, bit for bit, and the device argmax picks the host sampler's token; the graph run must
+// really have used graphs (a failed recording falls back silently otherwise).
+TEST_F(CudaTest, StepGraphsAreBitIdenticalToOpByOp) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* name : {"llama3-bf16", "qwen2-bf16", "mistral_swa-bf16", "qwen3-f32", "llama2-f32"}) {
+    auto ckpt = Checkpoint::open(testdata_dir() / "models" / "tiny" / name);
+    EngineOptions eo;
+    eo.context = 1200;
+    eo.chunk = 97;
+    eo.kv.offload = OffloadMode::None;
+    auto dev_a = make_cuda_device({}), dev_b = make_cuda_device({});
+    eo.kv.gpu_mem = static_cast<int64_t>(dev_a->memory_budget());
+    EngineOptions eo_b = eo;
+    eo_b.step_graphs = false;
+    eo_b.kv.gpu_mem = static_cast<int64_t>(dev_b->memory_budget());
+    Engine graphs(*ckpt, *dev_a, eo), eager(*ckpt, *dev_b, eo_b);
+    std::vector<int32_t> prompt(1000);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 7919) % 97 + 3);
+    auto la = graphs.prefill(prompt);
+    auto lb = eager.prefill(prompt);
+    int32_t id = headinfer::argmax(lb);
+    // Long enough for the split-KV decode to change its number of splits on the way.
+    for (int step = 0; step < 40; ++step) {
+      const std::vector<float> a(la.begin(), la.end()), b(lb.begin(), lb.end());
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << name << " step " << step;
+      if (step % 2 == 0) {
+        const int32_t g = graphs.decode_greedy(id);
+        lb = eager.decode(id);
+        ASSERT_EQ(g, headinfer::argmax(lb)) << name << " step " << step;
+        la = graphs.decode(g);  // keep both in step: one more position each
+        lb = eager.decode(g);
+        id = headinfer::argmax(lb);
+      } else {
+        la = graphs.decode(id);
+        lb = eager.decode(id);
+        id = headinfer::argmax(lb);
+      }
+    }
+    EXPECT_TRUE(graphs.step_graphs()) << name << ": the graph recording failed and fell back";
+    EXPECT_FALSE(eager.step_graphs());
+  }
+}
+
+// The device argmax follows the host sampler's rule on ties and NaNs.
+TEST_F(CudaTest, ArgmaxIsTheSamplersRule) {
+  const float nan = std::nanf("");
+  auto run = [&](const std::vector<float>& v) {
+    auto d = upload(v);
+    auto out = upload(std::vector<int32_t>{-1});
+    gpu_->ops().argmax(view(d.data(), 1, static_cast<int64_t>(v.size()), static_cast<int64_t>(v.size())),
+                       static_cast<int32_t*>(out.data()));
+    int32_t r = -2;
+    gpu_->read_to_host(&r, out.data(), sizeof(r));
+    return r;
+  };
+  EXPECT_EQ(run({1, 3, 2, 3}), 1);
+  EXPECT_EQ(run({-INFINITY, -INFINITY}), 0);
+  EXPECT_EQ(run({0.0f, nan, 5.0f, 5.0f}), 2);
+  EXPECT_EQ(run({nan, 7.0f, 9.0f}), 0);
+  std::vector<float> big(128256);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>((i * 2654435761u) % 100003) * 1e-3f;
+  big[77777] = 500.0f;
+  big[120000] = 500.0f;
+  EXPECT_EQ(run(big), 77777);
+  EXPECT_EQ(run(big), headinfer::argmax(big));
+}
+
 }  // namespace
 }  // namespace headinfer::test

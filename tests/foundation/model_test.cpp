@@ -159,6 +159,24 @@ TEST(Stories260k, GreedyIdsMatchReference) {
   }
 }
 
+// Greedy decoding with the argmax taken by the device picks what the host sampler picks from the
+// logits of the same step.
+TEST(Generate, DeviceArgmaxEqualsHostArgmax) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const auto ckpt = Checkpoint::open(test::testdata_dir() / "models/tiny" / "llama3-f32");
+  auto device = make_cpu_device({2, 0});
+  Engine a(*ckpt, *device, context_of(40, 512)), b(*ckpt, *device, context_of(40, 512));
+  const std::vector<int32_t> prompt{1, 5, 9, 200, 3};
+  int32_t ia = argmax(a.prefill(prompt)), ib = argmax(b.prefill(prompt));
+  ASSERT_EQ(ia, ib);
+  for (int i = 0; i < 16; ++i) {
+    ia = argmax(a.decode(ia));
+    ib = b.decode_greedy(ib);
+    ASSERT_EQ(ia, ib) << "step " << i;
+  }
+  EXPECT_FALSE(b.step_graphs());  // the CPU device has no graphs
+}
+
 TEST(Generate, StopsAtEosUnlessIgnored) {
   HEADINFER_REQUIRE_TESTDATA();
   // The tiny llama3 (bf16 file)'s first reference continuation reaches its eos id (2) at step 22.

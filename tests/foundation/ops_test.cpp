@@ -60,6 +60,22 @@ TEST(CpuOps, LinearWithEveryWeightDtype) {
   }
 }
 
+// The device argmax follows the host sampler's rule: first largest, NaN never wins unless first.
+TEST(CpuOps, ArgmaxIsTheSamplersRule) {
+  auto dev = make_cpu_device({1, 0});
+  const float nan = std::nanf("");
+  auto run = [&](std::vector<float> v) {
+    int32_t out = -1;
+    dev->ops().argmax(view(v, 1, static_cast<int64_t>(v.size())), &out);
+    return out;
+  };
+  EXPECT_EQ(run({1, 3, 2, 3}), 1);
+  EXPECT_EQ(run({-INFINITY, -INFINITY}), 0);
+  EXPECT_EQ(run({0.0f, nan, 5.0f, 5.0f}), 2);
+  EXPECT_EQ(run({nan, 7.0f, 9.0f}), 0);
+  EXPECT_EQ(run({-0.0f, 0.0f}), 0);
+}
+
 TEST(CpuOps, RmsNorm) {
   std::mt19937 rng(2);
   auto dev = make_cpu_device({2, 0});

@@ -25,6 +25,33 @@ __global__ void rms_norm_kernel(const float* x, int64_t x_stride, const W* weigh
   for (int64_t i = lane; i < cols; i += 32) o[i] = to_f32(weight[i]) * (xr[i] * inv);
 }
 
+// Wide rows (the hidden size): one block per row, so a decode step's single row is read by 256
+// threads at once instead of one warp's 128 dependent passes. Each thread sums a strided part, the
+// warps reduce, and every thread adds the warps' sums in the same order.
+constexpr int kWideThreads = 256;
+constexpr int64_t kWideCols = 512;  // rows wider than this take the block kernel (a shape rule)
+
+template <typename W>
+__global__ void __launch_bounds__(kWideThreads) rms_norm_wide_kernel(const float* x, int64_t x_stride,
+                                                                     const W* weight, float eps, float* out,
+                                                                     int64_t out_stride, int64_t cols) {
+  __shared__ float part_s[kWideThreads / 32];
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * x_stride;
+  float sum_sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += kWideThreads) sum_sq += xr[i] * xr[i];
+  sum_sq = warp_sum(sum_sq);
+  if (threadIdx.x % 32 == 0) part_s[threadIdx.x / 32] = sum_sq;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWideThreads / 32; ++w) total += part_s[w];
+  const float inv = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
+  float* o = out + r * out_stride;
+  // x and out may alias: each thread rewrites only the elements it has read itself.
+  for (int64_t i = threadIdx.x; i < cols; i += kWideThreads) o[i] = to_f32(weight[i]) * (xr[i] * inv);
+}
+
 }  // namespace
 
 void CudaOps::rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) {
@@ -34,6 +61,13 @@ void CudaOps::rms_norm(const MatView& x, const VecView& weight, float eps, const
   if (x.rows == 0) return;
   dispatch_dtype(weight.dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;
+    if (x.cols > kWideCols) {
+      if (x.rows > 0x7fffffff) throw Error("cuda backend: rms_norm of too many rows");
+      rms_norm_wide_kernel<W><<<static_cast<unsigned>(x.rows), kWideThreads, 0, stream_>>>(
+          static_cast<const float*>(x.data), x.row_stride, static_cast<const W*>(weight.data), eps,
+          static_cast<float*>(out.data), out.row_stride, x.cols);
+      return;
+    }
     rms_norm_kernel<W><<<grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_>>>(
         static_cast<const float*>(x.data), x.row_stride, static_cast<const W*>(weight.data), eps,
         static_cast<float*>(out.data), out.row_stride, x.rows, x.cols);

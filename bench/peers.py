@@ -103,6 +103,9 @@ def transformers_peer(shape, ctx, cache, n_decode, cap_gib):
         kw["cache_implementation"] = cache
     try:
         with torch.no_grad():
+            # Warm-up on a short prompt: the first generate() of a process loads kernels lazily,
+            # which would land in the timed decode of whichever configuration runs first.
+            model.generate(ids[:, :16], max_new_tokens=3, min_new_tokens=3, **kw)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)

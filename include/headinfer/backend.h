@@ -104,6 +104,13 @@ struct AttentionArgs {
   }
 };
 
+// One output of Ops::linear_multi: y = x W^T (+ bias).
+struct LinearOut {
+  const WeightView* w = nullptr;
+  const VecView* bias = nullptr;  // nullptr: none
+  MatView y;
+};
+
 // The largest op calls a model will make (Ops::reserve_workspace).
 struct OpsWorkspaceSizes {
   int64_t max_tokens = 0;        // rows of a linear / queries of an attention call
@@ -123,6 +130,11 @@ class Ops {
   virtual void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) = 0;
   // y = x W^T (+ bias). x F32 [T, in], y F32 [T, out].
   virtual void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) = 0;
+  // Several linears of one input (q/k/v, gate/up), at most three: one launch where the backend
+  // can, each output exactly what linear() gives it.
+  virtual void linear_multi(const MatView& x, std::span<const LinearOut> outs) {
+    for (const LinearOut& o : outs) linear(x, *o.w, o.bias, o.y);
+  }
   // In place, rotate-half convention: x F32 [T, n_heads * head_dim], row t at position pos0 + t.
   virtual void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) = 0;
   virtual void attention(const AttentionArgs& args) = 0;

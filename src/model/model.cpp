@@ -151,9 +151,8 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
   const MatView xn = mat(xn_, n, c.hidden_size);
   const MatView q = mat(q_, n, c.q_dim()), k = mat(k_, n, c.kv_dim()), v = mat(v_, n, c.kv_dim());
   auto bias = [](const VecView& b) { return b.data != nullptr ? &b : nullptr; };
-  ops.linear(xn, w.wq, bias(w.bq), q);
-  ops.linear(xn, w.wk, bias(w.bk), k);
-  ops.linear(xn, w.wv, bias(w.bv), v);
+  const LinearOut qkv[] = {{&w.wq, bias(w.bq), q}, {&w.wk, bias(w.bk), k}, {&w.wv, bias(w.bv), v}};
+  ops.linear_multi(xn, qkv);
   if (c.qk_norm) {  // per head: view [n * heads, head_dim]
     const float eps = static_cast<float>(c.rms_norm_eps);
     const MatView qh{q.data, DType::F32, n * c.n_heads, c.head_dim, c.head_dim};
@@ -182,8 +181,8 @@ void Model::mlp_block(const LayerWeights& w, int64_t n) {
     const int64_t m = std::min(m_max, n - r0);
     const MatView xn = mat(xn_, n, c.hidden_size).slice_rows(r0, m);
     const MatView gate = mat(gate_, m, c.intermediate_size), up = mat(up_, m, c.intermediate_size);
-    ops.linear(xn, w.w_gate, bias(w.b_gate), gate);
-    ops.linear(xn, w.w_up, bias(w.b_up), up);
+    const LinearOut gate_up[] = {{&w.w_gate, bias(w.b_gate), gate}, {&w.w_up, bias(w.b_up), up}};
+    ops.linear_multi(xn, gate_up);
     ops.silu_mul(gate, up, gate);
     const MatView down = mat(proj_, n, c.hidden_size).slice_rows(r0, m);
     ops.linear(gate, w.w_down, bias(w.b_down), down);

@@ -1,6 +1,7 @@
 // Every CUDA op except attention against the CPU reference, on fresh random inputs and awkward
 // sizes; tolerances come from the arithmetic each op does (see each test).
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "cuda_test_util.h"
@@ -218,6 +219,43 @@ TEST_F(CudaTest, SiluMulAddCopy) {
       bad += got[i] != (dt == DType::BF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]));
     EXPECT_EQ(bad, 0u) << "copy F32->" << dtype_name(dt);
   }
+}
+
+// q/k/v and gate/up in one launch give each output exactly what its own linear() gives.
+TEST_F(CudaTest, LinearMultiEqualsSeparateLinears) {
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int64_t T : {1, 3, 9}) {
+      const int64_t in = 4096 + 8 * (T == 3);
+      const int64_t outs[3] = {512, 128, 136};
+      auto x = random_floats(T * in);
+      auto d_x = upload(x);
+      std::vector<DeviceBuffer> ws, bs, ya, yb;
+      std::vector<WeightView> wv;
+      std::vector<VecView> bv;
+      for (int64_t o : outs) {
+        auto w = random_floats(o * in), b = random_floats(o);
+        ws.push_back(upload(encode(w, dt)));
+        bs.push_back(upload(encode(b, dt)));
+        ya.push_back(poisoned(T * o));
+        yb.push_back(poisoned(T * o));
+      }
+      for (int i = 0; i < 3; ++i) {
+        wv.push_back(WeightView{ws[i].data(), dt, outs[i], in});
+        bv.push_back(VecView{bs[i].data(), dt, outs[i]});
+      }
+      const MatView xv = view(d_x.data(), T, in, in);
+      const LinearOut lo[] = {{&wv[0], nullptr, view(ya[0].data(), T, outs[0], outs[0])},
+                              {&wv[1], &bv[1], view(ya[1].data(), T, outs[1], outs[1])},
+                              {&wv[2], nullptr, view(ya[2].data(), T, outs[2], outs[2])}};
+      gpu_->ops().linear_multi(xv, lo);
+      for (int i = 0; i < 3; ++i)
+        gpu_->ops().linear(xv, wv[i], i == 1 ? &bv[1] : nullptr, view(yb[i].data(), T, outs[i], outs[i]));
+      for (int i = 0; i < 3; ++i) {
+        const auto a = download(ya[i], T * outs[i]), b = download(yb[i], T * outs[i]);
+        EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << dtype_name(dt) << " T=" << T << " out " << i;
+        EXPECT_FALSE(std::isnan(a[0]));
+      }
+    }
 }
 
 }  // namespace

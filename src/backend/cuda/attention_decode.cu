@@ -22,7 +22,8 @@ namespace {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kBlocksPerSm = 2;         // splits per SM the grid aims for: one wave, no tail
-constexpr int64_t kMinKeysPerSplit = 64;
+constexpr int64_t kMinKeysPerSplit = 256;  // a few block iterations per split: fewer, fuller blocks
+constexpr int64_t kSplitRound = 64;        // split sizes are multiples of this
 constexpr int kCombineWarps = 32;       // splits merged in parallel per head
 
 // Key rows per lane group in flight: 8 (32 KB per block), 4 where 8 query heads' registers leave
@@ -266,7 +267,7 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
   p.keys_per_split = std::max<int64_t>(n, 1);
   if (n > kMinKeysPerSplit) {
     const int64_t per = std::max(kMinKeysPerSplit, (n + max_splits(sm_count) - 1) / max_splits(sm_count));
-    p.keys_per_split = (per + kMinKeysPerSplit - 1) / kMinKeysPerSplit * kMinKeysPerSplit;
+    p.keys_per_split = (per + kSplitRound - 1) / kSplitRound * kSplitRound;
     n_splits = (n + p.keys_per_split - 1) / p.keys_per_split;
   }
   bool launched = false;

@@ -49,6 +49,7 @@ class CudaOps final : public Ops {
   void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) override;
   void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) override;
   void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) override;
+  void linear_multi(const MatView& x, std::span<const LinearOut> outs) override;
   void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) override;
   void attention(const AttentionArgs& args) override;
   void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b, const MatView& lse_b,
@@ -69,6 +70,9 @@ class CudaOps final : public Ops {
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,
                  int64_t n_tokens, int64_t k_in);
   void add_bias(const VecView& bias, const MatView& y);
+  // The decode GEMV (gemm.cu): whether it takes these outputs in one launch, and that launch.
+  bool gemv_fits(const MatView& x, std::span<const LinearOut> outs) const;
+  void gemv(const MatView& x, std::span<const LinearOut> outs);
   // attention.cu's CUDA-core kernel for one kv head (f32 KV, and shapes the other paths decline).
   void attention_core(const AttentionArgs& a);
 

@@ -41,32 +41,60 @@ cudaDataType_t cuda_type(DType t) {
   throw Error("cuda backend: unsupported dtype");
 }
 
-// One warp per output feature j; each lane accumulates a strided part of the dot products of all
-// T rows of x with W[j], then the warp reduces. VEC: 16-byte loads (8 weights, 2x4 inputs).
+// Up to three weights sharing x (q/k/v, gate/up) in one launch: output rows are numbered across
+// the segments, and each row is computed exactly as a launch for its weight alone computes it.
+template <typename W>
+struct GemvSegments {
+  const W* w[3];
+  float* y[3];
+  int64_t y_ld[3];
+  int64_t end[3];  // cumulative rows: segment s holds rows [end[s-1], end[s])
+  int n;
+};
+
+// One warp per output row j; each lane accumulates a strided part of the dot products of all T
+// rows of x with W[j], then the warp reduces. VEC: 16-byte loads (8 weights, 2x4 inputs), kUnroll
+// of them issued before the first is used, so each warp keeps several loads in flight (a decode
+// step is bound by reading W once). The sums run in the same order either way.
+constexpr int kGemvUnroll = 4;
+
 template <typename W, bool VEC>
-__global__ void gemv_kernel(const float* x, int64_t x_ld, const W* w, int64_t in, int64_t out, int n_tokens,
-                            float* y, int64_t y_ld) {
-  const int64_t j = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
+__global__ void gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens) {
+  const int64_t row = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (j >= out) return;
-  const W* wr = w + j * in;
+  int s = 0;
+  while (s < seg.n && row >= seg.end[s]) ++s;
+  if (s == seg.n) return;
+  const int64_t j = row - (s == 0 ? 0 : seg.end[s - 1]);
+  const W* wr = seg.w[s] + j * in;
   float acc[kGemvMaxTokens];
 #pragma unroll
   for (int t = 0; t < kGemvMaxTokens; ++t) acc[t] = 0.0f;
   if constexpr (VEC) {
-    for (int64_t i = int64_t{lane} * 8; i < in; i += 32 * 8) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
-      const W* wv = reinterpret_cast<const W*>(&raw);
-      float wf[8];
+    constexpr int64_t kStride = 32 * 8;
+    for (int64_t base = int64_t{lane} * 8; base < in; base += kStride * kGemvUnroll) {
+      uint4 raw[kGemvUnroll] = {};
 #pragma unroll
-      for (int e = 0; e < 8; ++e) wf[e] = to_f32(wv[e]);
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int64_t i = base + u * kStride;
+        if (i < in) raw[u] = __ldg(reinterpret_cast<const uint4*>(wr + i));
+      }
 #pragma unroll
-      for (int t = 0; t < kGemvMaxTokens; ++t) {
-        if (t >= n_tokens) break;
-        const float4 x0 = *reinterpret_cast<const float4*>(x + t * x_ld + i);
-        const float4 x1 = *reinterpret_cast<const float4*>(x + t * x_ld + i + 4);
-        acc[t] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
-                  x1.z * wf[6] + x1.w * wf[7];
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int64_t i = base + u * kStride;
+        if (i >= in) break;
+        const W* wv = reinterpret_cast<const W*>(&raw[u]);
+        float wf[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wf[e] = to_f32(wv[e]);
+#pragma unroll
+        for (int t = 0; t < kGemvMaxTokens; ++t) {
+          if (t >= n_tokens) break;
+          const float4 x0 = *reinterpret_cast<const float4*>(x + t * x_ld + i);
+          const float4 x1 = *reinterpret_cast<const float4*>(x + t * x_ld + i + 4);
+          acc[t] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
+                    x1.z * wf[6] + x1.w * wf[7];
+        }
       }
     }
   } else {
@@ -82,8 +110,8 @@ __global__ void gemv_kernel(const float* x, int64_t x_ld, const W* w, int64_t in
 #pragma unroll
   for (int t = 0; t < kGemvMaxTokens; ++t) {
     if (t >= n_tokens) break;
-    const float s = warp_sum(acc[t]);
-    if (lane == 0) y[t * y_ld + j] = s;
+    const float sum = warp_sum(acc[t]);
+    if (lane == 0) seg.y[s][t * seg.y_ld[s] + j] = sum;
   }
 }
 
@@ -175,6 +203,55 @@ void CudaOps::add_bias(const VecView& bias, const MatView& y) {
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 
+bool CudaOps::gemv_fits(const MatView& x, std::span<const LinearOut> outs) const {
+  if (x.rows < 1 || x.rows > kGemvMaxTokens || outs.empty() || outs.size() > 3 || x.dtype != DType::F32) return false;
+  const WeightView& w0 = *outs[0].w;
+  for (const LinearOut& o : outs)
+    if (o.w->dtype == DType::F32 || o.w->dtype != w0.dtype || o.w->in_features != x.cols ||
+        o.y.cols != o.w->out_features || o.y.rows != x.rows || o.y.dtype != DType::F32 ||
+        (o.bias != nullptr && o.bias->n != o.w->out_features))
+      return false;
+  return true;
+}
+
+// The decode GEMV for up to three weights of one 16-bit dtype sharing x; bias added after.
+void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
+  const int64_t in = x.cols;
+  const auto* xp = static_cast<const float*>(x.data);
+  bool vec = in % 8 == 0 && x.row_stride % 4 == 0 && pointer_alignment(xp) >= 16;
+  for (const LinearOut& o : outs) vec = vec && pointer_alignment(o.w->data) >= 16;
+  int64_t rows = 0;
+  dispatch_dtype(outs[0].w->dtype, [&](auto tag) {
+    using W = typename decltype(tag)::type;
+    GemvSegments<W> seg{};
+    seg.n = static_cast<int>(outs.size());
+    for (size_t s = 0; s < outs.size(); ++s) {
+      seg.w[s] = static_cast<const W*>(outs[s].w->data);
+      seg.y[s] = static_cast<float*>(outs[s].y.data);
+      seg.y_ld[s] = outs[s].y.row_stride;
+      rows += outs[s].w->out_features;
+      seg.end[s] = rows;
+    }
+    if (rows == 0) return;
+    const unsigned blocks = grid_1d(rows, kGemvWarps);
+    if (vec)
+      gemv_kernel<W, true><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, static_cast<int>(x.rows));
+    else
+      gemv_kernel<W, false><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, static_cast<int>(x.rows));
+  });
+  HEADINFER_CUDA_CHECK_LAUNCH();
+  for (const LinearOut& o : outs)
+    if (o.bias != nullptr) add_bias(*o.bias, o.y);
+}
+
+void CudaOps::linear_multi(const MatView& x, std::span<const LinearOut> outs) {
+  if (gemv_fits(x, outs)) {
+    gemv(x, outs);
+    return;
+  }
+  for (const LinearOut& o : outs) linear(x, *o.w, o.bias, o.y);
+}
+
 void CudaOps::linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) {
   if (x.dtype != DType::F32 || y.dtype != DType::F32) throw Error("cuda backend: linear needs F32 activations");
   if (x.cols != w.in_features || y.cols != w.out_features || x.rows != y.rows)
@@ -187,20 +264,8 @@ void CudaOps::linear(const MatView& x, const WeightView& w, const VecView* bias,
   if (w.dtype == DType::F32) {
     lt_matmul(DType::F32, w.data, xp, x.row_stride, yp, y.row_stride, out, n_tokens, in);
   } else if (n_tokens <= kGemvMaxTokens) {
-    const bool vec = in % 8 == 0 && x.row_stride % 4 == 0 && pointer_alignment(w.data) >= 16 &&
-                     pointer_alignment(xp) >= 16;
-    dispatch_dtype(w.dtype, [&](auto tag) {
-      using W = typename decltype(tag)::type;
-      const auto* wp = static_cast<const W*>(w.data);
-      const unsigned blocks = grid_1d(out, kGemvWarps);
-      if (vec)
-        gemv_kernel<W, true><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, wp, in, out,
-                                                                      static_cast<int>(n_tokens), yp, y.row_stride);
-      else
-        gemv_kernel<W, false><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, wp, in, out,
-                                                                       static_cast<int>(n_tokens), yp, y.row_stride);
-    });
-    HEADINFER_CUDA_CHECK_LAUNCH();
+    const LinearOut one{&w, nullptr, y};
+    gemv(x, std::span<const LinearOut>(&one, 1));
   } else {
     // x [T, in] rounded to W's dtype, contiguous (ld = in).
     void* x_cast = gemm_cast_.get(static_cast<size_t>(n_tokens * in) * dtype_size(w.dtype));

@@ -25,10 +25,12 @@ __global__ void rms_norm_kernel(const float* x, int64_t x_stride, const W* weigh
   for (int64_t i = lane; i < cols; i += 32) o[i] = to_f32(weight[i]) * (xr[i] * inv);
 }
 
-// Wide rows (the hidden size): one block per row, so a decode step's single row is read by 256
-// threads at once instead of one warp's 128 dependent passes. Each thread sums a strided part, the
-// warps reduce, and every thread adds the warps' sums in the same order.
-constexpr int kWideThreads = 256;
+// Wide rows (the hidden size): one block per row, so a decode step's single row is read by 1024
+// threads at once (a few loads each, all in flight) instead of one warp's 128 dependent passes.
+// Each thread sums a strided part, the warps reduce, and every thread adds the warps' sums in the
+// same order.
+constexpr int kWideThreads = 1024;
+constexpr int kWideUnroll = 4;
 constexpr int64_t kWideCols = 512;  // rows wider than this take the block kernel (a shape rule)
 
 template <typename W>
@@ -39,7 +41,16 @@ __global__ void __launch_bounds__(kWideThreads) rms_norm_wide_kernel(const float
   const int64_t r = blockIdx.x;
   const float* xr = x + r * x_stride;
   float sum_sq = 0.0f;
-  for (int64_t i = threadIdx.x; i < cols; i += kWideThreads) sum_sq += xr[i] * xr[i];
+  for (int64_t i0 = threadIdx.x; i0 < cols; i0 += kWideThreads * kWideUnroll) {
+    float v[kWideUnroll];
+#pragma unroll
+    for (int u = 0; u < kWideUnroll; ++u) {
+      const int64_t i = i0 + int64_t{u} * kWideThreads;
+      v[u] = i < cols ? xr[i] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kWideUnroll; ++u) sum_sq += v[u] * v[u];
+  }
   sum_sq = warp_sum(sum_sq);
   if (threadIdx.x % 32 == 0) part_s[threadIdx.x / 32] = sum_sq;
   __syncthreads();

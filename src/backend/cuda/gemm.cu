@@ -8,6 +8,7 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda_common.h"
 #include "cuda_ops.h"
@@ -52,43 +53,60 @@ struct GemvSegments {
   int n;
 };
 
-// One warp per output row j; each lane accumulates a strided part of the dot products of all T
-// rows of x with W[j], then the warp reduces. VEC: 16-byte loads (8 weights, 2x4 inputs), kUnroll
-// of them issued before the first is used, so each warp keeps several loads in flight (a decode
-// step is bound by reading W once). The sums run in the same order either way.
+// One warp per output row j; each lane accumulates a strided part of the dot products of the
+// T (<= TOKENS) rows of x with W[j], then the warp reduces. VEC: 16-byte loads (8 weights, 2x4
+// inputs), kGemvUnroll of them issued before the first is used, so each warp keeps several loads
+// in flight (a decode step is bound by reading W once). TOKENS = 1 is the decode step's kernel:
+// one accumulator, few registers, full occupancy. The sums run in the same order in every variant.
 constexpr int kGemvUnroll = 4;
 
-template <typename W, bool VEC>
-__global__ void gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens) {
+// The 8 weights of a 16-byte load as fp32, by bit operations on its four words (exact, like
+// to_f32); no address of the loaded value is taken, so it stays in registers.
+template <typename W>
+__device__ __forceinline__ void widen8(const uint4& raw, float* wf) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if constexpr (std::is_same_v<W, __nv_bfloat16>) {
+      wf[2 * k] = __uint_as_float(words[k] << 16);
+      wf[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u);
+    } else {
+      wf[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[k] & 0xffffu)));
+      wf[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[k] >> 16)));
+    }
+  }
+}
+
+template <typename W, bool VEC, int TOKENS>
+__global__ void __launch_bounds__(32 * kGemvWarps)
+    gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens) {
   const int64_t row = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  int s = 0;
-  while (s < seg.n && row >= seg.end[s]) ++s;
-  if (s == seg.n) return;
-  const int64_t j = row - (s == 0 ? 0 : seg.end[s - 1]);
-  const W* wr = seg.w[s] + j * in;
-  float acc[kGemvMaxTokens];
+  if (row >= seg.end[2]) return;  // unused segments repeat the last end
+  // The segment by comparisons, not an indexed parameter array (which would live in local memory).
+  const int s = row < seg.end[0] ? 0 : row < seg.end[1] ? 1 : 2;
+  const int64_t j = row - (s == 0 ? 0 : s == 1 ? seg.end[0] : seg.end[1]);
+  const W* wr = (s == 0 ? seg.w[0] : s == 1 ? seg.w[1] : seg.w[2]) + j * in;
+  float acc[TOKENS];
 #pragma unroll
-  for (int t = 0; t < kGemvMaxTokens; ++t) acc[t] = 0.0f;
+  for (int t = 0; t < TOKENS; ++t) acc[t] = 0.0f;
   if constexpr (VEC) {
     constexpr int64_t kStride = 32 * 8;
     for (int64_t base = int64_t{lane} * 8; base < in; base += kStride * kGemvUnroll) {
-      uint4 raw[kGemvUnroll] = {};
+      uint4 raw[kGemvUnroll];
 #pragma unroll
       for (int u = 0; u < kGemvUnroll; ++u) {
         const int64_t i = base + u * kStride;
-        if (i < in) raw[u] = __ldg(reinterpret_cast<const uint4*>(wr + i));
+        raw[u] = i < in ? __ldg(reinterpret_cast<const uint4*>(wr + i)) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < kGemvUnroll; ++u) {
         const int64_t i = base + u * kStride;
         if (i >= in) break;
-        const W* wv = reinterpret_cast<const W*>(&raw[u]);
         float wf[8];
+        widen8<W>(raw[u], wf);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) wf[e] = to_f32(wv[e]);
-#pragma unroll
-        for (int t = 0; t < kGemvMaxTokens; ++t) {
+        for (int t = 0; t < TOKENS; ++t) {
           if (t >= n_tokens) break;
           const float4 x0 = *reinterpret_cast<const float4*>(x + t * x_ld + i);
           const float4 x1 = *reinterpret_cast<const float4*>(x + t * x_ld + i + 4);
@@ -101,17 +119,19 @@ __global__ void gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, i
     for (int64_t i = lane; i < in; i += 32) {
       const float wf = to_f32(wr[i]);
 #pragma unroll
-      for (int t = 0; t < kGemvMaxTokens; ++t) {
+      for (int t = 0; t < TOKENS; ++t) {
         if (t >= n_tokens) break;
         acc[t] += x[t * x_ld + i] * wf;
       }
     }
   }
+  float* y = s == 0 ? seg.y[0] : s == 1 ? seg.y[1] : seg.y[2];
+  const int64_t y_ld = s == 0 ? seg.y_ld[0] : s == 1 ? seg.y_ld[1] : seg.y_ld[2];
 #pragma unroll
-  for (int t = 0; t < kGemvMaxTokens; ++t) {
+  for (int t = 0; t < TOKENS; ++t) {
     if (t >= n_tokens) break;
     const float sum = warp_sum(acc[t]);
-    if (lane == 0) seg.y[s][t * seg.y_ld[s] + j] = sum;
+    if (lane == 0) y[t * y_ld + j] = sum;
   }
 }
 
@@ -225,6 +245,7 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
     using W = typename decltype(tag)::type;
     GemvSegments<W> seg{};
     seg.n = static_cast<int>(outs.size());
+    // Unused segments repeat the last end, so the row comparisons in the kernel never pick them.
     for (size_t s = 0; s < outs.size(); ++s) {
       seg.w[s] = static_cast<const W*>(outs[s].w->data);
       seg.y[s] = static_cast<float*>(outs[s].y.data);
@@ -232,12 +253,18 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
       rows += outs[s].w->out_features;
       seg.end[s] = rows;
     }
+    for (size_t s = outs.size(); s < 3; ++s) seg.end[s] = rows;
     if (rows == 0) return;
     const unsigned blocks = grid_1d(rows, kGemvWarps);
-    if (vec)
-      gemv_kernel<W, true><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, static_cast<int>(x.rows));
+    const int T = static_cast<int>(x.rows);
+    if (vec && T == 1)
+      gemv_kernel<W, true, 1><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
+    else if (vec)
+      gemv_kernel<W, true, kGemvMaxTokens><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
+    else if (T == 1)
+      gemv_kernel<W, false, 1><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
     else
-      gemv_kernel<W, false><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, static_cast<int>(x.rows));
+      gemv_kernel<W, false, kGemvMaxTokens><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
   for (const LinearOut& o : outs)

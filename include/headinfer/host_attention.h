@@ -36,6 +36,19 @@ struct HostAttentionOptions {
   int64_t max_queries = 1;      // query rows per head
   int64_t max_q_heads = 1;      // query heads per kv head (GQA group)
   int64_t max_head_dim = 128;
+  int64_t max_pages = 1;        // pages a paged head (HostKvPages) may span
+};
+
+// A kv head whose K and V are stored in pages of page_rows keys (the host tier's slabs, HeadStore)
+// instead of one run: key j is row j % page_rows of page j / page_rows, rows kv.row_stride
+// elements apart inside a page (AttentionArgs::kv gives the dtype and row stride; its k and v are
+// not read). The kernel cuts its key splits at page boundaries as well as at its own cuts, so each
+// split reads one page and the splits merge as always: a head that lies in one page gives the same
+// bits as the unpaged call, and in general the result is the unpaged call's with more cuts.
+struct HostKvPages {
+  const void* const* k = nullptr;  // [pages]: page p holds keys [p * page_rows, (p + 1) * page_rows)
+  const void* const* v = nullptr;
+  int64_t page_rows = 0;           // 0: not paged
 };
 
 class HostAttention {
@@ -49,6 +62,8 @@ class HostAttention {
   // thread, writing out and lse. All pointers are host memory; q, out and lse are F32. Throws
   // Error when a call is larger than the options allow. Does not allocate.
   void run(std::span<const AttentionArgs> heads);
+  // The same with paged K/V: pages is empty (no head paged) or has one element per head.
+  void run(std::span<const AttentionArgs> heads, std::span<const HostKvPages> pages);
 
   HostIsa isa() const;
   int n_threads() const;

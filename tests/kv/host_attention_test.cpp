@@ -1,8 +1,9 @@
 // Host attention kernel against a double-precision reference: every ISA path this CPU runs, KV in
 // F32, BF16 and F16, awkward lengths, head dims 64 and 128 (register-resident accumulators) and
 // 8, 16, 40 (the padded generic path), GQA groups 1, 4 and 8, decode and multi-query chunks,
-// sliding windows and parts that a query does not see. Then its KV read rate in GB/s: a quick
-// probe here, the full per-ISA report in DISABLED_KvReadBandwidthReport (benchmark mode).
+// sliding windows and parts that a query does not see, K/V in one run or in pages (slabs) of
+// awkward sizes. Then its KV read rate in GB/s: a quick probe here, the full per-ISA report in
+// DISABLED_KvReadBandwidthReport (benchmark mode).
 //
 // Tolerance, from the kernel's arithmetic (u = 2^-24, gamma_n = n u / (1 - n u)):
 //  - score s_j = fl(fl(q . k_j) * scale): |ds_j| <= scale * gamma_d * sum_i |q_i k_ji| + u |s_j|
@@ -16,6 +17,8 @@
 //    zero and take at most kTileKeys (32) adds, then one fused rescale-and-add per tile of a split
 //    (state * alpha + tile sum), one per split in the merge:
 //    D = 32 + ceil(split_len / 32) + n_splits + 2, error gamma_D relative to sum p_j |v_j|.
+//    Paged K/V (the host tier's slabs) add a cut at each page boundary inside the head's run of
+//    keys: up to pages - 1 more splits, none longer than before, still one merge.
 //  - out = acc / l: |d out_c| <= (2 eps_p + 2 gamma_D + 2u) * A_c,  A_c = sum p_j |v_jc| / sum p_j
 //  - lse = m + log l: |d lse| <= max|ds| + eps_p + gamma_D + u |lse|.
 // A dropped or extra key moves out_c by about p_j |v_jc - out_c|, far above these bounds, so the
@@ -93,13 +96,36 @@ struct Case {
   int64_t window = 0;
   float scale_boost = 1.0f;  // > 1: peakier softmax
   bool aligned = true;
+  int64_t page_rows = 0;     // > 0: K/V handed over in separate pages of this many keys
 };
+
+// A head's K or V cut into pages of page_rows keys, each its own allocation (a read past a page
+// end reads another buffer's bytes, not the next key), and the page table the kernel takes.
+struct Pages {
+  std::vector<std::vector<uint8_t>> k, v;
+  std::vector<const void*> k_ptr, v_ptr;
+};
+
+Pages make_pages(const KvData& kv, int64_t n_keys, int64_t row_bytes, int64_t page_rows) {
+  Pages p;
+  for (int64_t first = 0; first < n_keys; first += page_rows) {
+    const int64_t rows = std::min(page_rows, n_keys - first);
+    const auto b = static_cast<size_t>(first * row_bytes), e = static_cast<size_t>((first + rows) * row_bytes);
+    p.k.emplace_back(kv.k.begin() + static_cast<ptrdiff_t>(b), kv.k.begin() + static_cast<ptrdiff_t>(e));
+    p.v.emplace_back(kv.v.begin() + static_cast<ptrdiff_t>(b), kv.v.begin() + static_cast<ptrdiff_t>(e));
+  }
+  for (size_t i = 0; i < p.k.size(); ++i) {
+    p.k_ptr.push_back(p.k[i].data());
+    p.v_ptr.push_back(p.v[i].data());
+  }
+  return p;
+}
 
 std::string describe(const Case& c, HostIsa isa) {
   return std::string(host_isa_name(isa)) + " " + std::string(dtype_name(c.dtype)) + " keys " +
          std::to_string(c.n_keys) + " d " + std::to_string(c.head_dim) + " gqa " + std::to_string(c.n_q_heads) +
          " queries " + std::to_string(c.n_queries) + " q_pos0 " + std::to_string(c.q_pos0) + " k_pos0 " +
-         std::to_string(c.k_pos0) + " window " + std::to_string(c.window);
+         std::to_string(c.k_pos0) + " window " + std::to_string(c.window) + " pages " + std::to_string(c.page_rows);
 }
 
 // Runs `c` with two kv heads in one call and checks every output and LSE against the reference.
@@ -115,15 +141,23 @@ void check_case(HostAttention& attn, Case c, uint32_t seed) {
   std::vector<KvData> kv;
   std::vector<std::vector<float>> q(kHeads), out(kHeads), lse(kHeads);  // F32 [T][cols], [T][cols], [T][nq]
   std::vector<AttentionArgs> args(kHeads);
+  std::vector<Pages> pages;  // page_views point into these
+  std::vector<HostKvPages> page_views;
+  pages.reserve(kHeads);
   for (int i = 0; i < kHeads; ++i) {
     kv.push_back(make_kv(c.dtype, c.n_keys, d, rng));
+    if (c.page_rows > 0) {
+      pages.push_back(make_pages(kv.back(), c.n_keys, d * static_cast<int64_t>(dtype_size(c.dtype)), c.page_rows));
+      page_views.push_back(HostKvPages{pages.back().k_ptr.data(), pages.back().v_ptr.data(), c.page_rows});
+    }
     q[i].resize(static_cast<size_t>(T * cols));
     for (float& x : q[i]) x = dist(rng);
     out[i].assign(q[i].size(), std::numeric_limits<float>::quiet_NaN());
     lse[i].assign(static_cast<size_t>(T * nq), std::numeric_limits<float>::quiet_NaN());
     AttentionArgs& a = args[static_cast<size_t>(i)];
     a.q = MatView{q[i].data(), DType::F32, T, cols, cols};
-    a.kv = KvHeadView{kv[i].k.data(), kv[i].v.data(), c.dtype, d};
+    a.kv = c.page_rows > 0 ? KvHeadView{nullptr, nullptr, c.dtype, d}  // paged: page_views
+                           : KvHeadView{kv[i].k.data(), kv[i].v.data(), c.dtype, d};
     a.n_keys = c.n_keys;
     a.head_dim = d;
     a.n_q_heads = nq;
@@ -134,7 +168,7 @@ void check_case(HostAttention& attn, Case c, uint32_t seed) {
     a.out = MatView{out[i].data(), DType::F32, T, cols, cols};
     a.lse = MatView{lse[i].data(), DType::F32, T, nq, nq};
   }
-  attn.run(args);
+  attn.run(args, page_views);
 
   int failures = 0;
   for (int i = 0; i < kHeads && failures < 5; ++i)
@@ -178,9 +212,14 @@ void check_case(HostAttention& attn, Case c, uint32_t seed) {
             mass[static_cast<size_t>(x)] += p * std::abs(vx);
           }
         }
-        const double len = static_cast<double>(j1 - j0);
-        const double splits = std::clamp(std::ceil(len / 256.0), 1.0, 64.0);
-        const double depth = 32.0 + std::ceil(len / splits / 32.0) + splits + 2.0;
+        // The cut covers the keys any query of the head sees; this query's run lies inside it.
+        const int64_t head_lo = c.window > 0 ? std::max<int64_t>(0, c.q_pos0 - c.window + 1 - c.k_pos0) : 0;
+        const int64_t head_hi = std::min(c.n_keys, c.q_pos0 + T - 1 - c.k_pos0 + 1);
+        const double len = static_cast<double>(head_hi - head_lo);
+        const double by_length = std::clamp(std::ceil(len / 256.0), 1.0, 64.0);
+        const double page_cuts =
+            c.page_rows > 0 ? static_cast<double>((head_hi - 1) / c.page_rows - head_lo / c.page_rows) : 0.0;
+        const double depth = 32.0 + std::ceil(len / by_length / 32.0) + by_length + page_cuts + 2.0;
         const double eps_p = 2.0 * ds_max + kU * spread + 6.0 * kU;
         const double rel = 2.0 * eps_p + 2.0 * gamma_n(depth) + 2.0 * kU;
         const double ref_lse = m + std::log(l);
@@ -206,6 +245,7 @@ HostAttentionOptions limits(HostIsa isa, int threads) {
   o.max_queries = 5;
   o.max_q_heads = 8;
   o.max_head_dim = 128;
+  o.max_pages = 400;
   return o;
 }
 
@@ -258,6 +298,33 @@ TEST_P(EveryIsa, ChunksWindowsPartsAndOddDims) {
       }
 }
 
+// K/V in pages (the host tier's slabs): sizes that cut inside tiles, at tile and split edges, a
+// last page that is short, one page that holds everything, windows and chunks across pages.
+TEST_P(EveryIsa, PagedKvMatchesDoubleReference) {
+  HostAttention attn(limits(GetParam(), 2));
+  uint32_t seed = 2000;
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t page_rows : {1, 13, 64, 256, 1000, 5000})
+      for (int64_t n_keys : {17, 1500, 4099}) {
+        if ((n_keys + page_rows - 1) / page_rows > 400) continue;  // over the limits built for
+        Case c;
+        c.dtype = dtype;
+        c.n_keys = n_keys;
+        c.head_dim = page_rows == 13 ? 40 : 128;
+        c.n_q_heads = 4;
+        c.page_rows = page_rows;
+        check_case(attn, c, seed++);
+        c.n_queries = 5;
+        c.window = 97;
+        check_case(attn, c, seed++);
+        c.window = 0;
+        c.aligned = false;
+        c.k_pos0 = 50;
+        c.q_pos0 = 48 + n_keys / 2;
+        check_case(attn, c, seed++);
+      }
+}
+
 INSTANTIATE_TEST_SUITE_P(Isa, EveryIsa, ::testing::Values(HostIsa::Scalar, HostIsa::Avx2, HostIsa::Avx512),
                          [](const auto& info) { return std::string(host_isa_name(info.param)); });
 
@@ -289,6 +356,64 @@ TEST(HostAttention, ThreadCountDoesNotChangeTheBits) {
   three.run(std::span<const AttentionArgs>(&a3, 1));
   EXPECT_EQ(0, std::memcmp(out1.data(), out3.data(), out1.size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(lse1.data(), lse3.data(), lse1.size() * sizeof(float)));
+}
+
+// Pages change nothing but where the splits are cut: a head inside one page, or pages whose
+// boundaries fall on the kernel's own cuts (1024 keys: splits of 256), gives the unpaged bits.
+TEST(HostAttention, PagesOnTheKernelsCutsGiveTheSameBits) {
+  const HostIsa isa = best_host_isa();
+  HostAttention attn(limits(isa, 3));
+  std::mt19937 rng(9);
+  constexpr int64_t d = 128, nq = 4;
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  for (auto [n_keys, page_rows] : {std::pair<int64_t, int64_t>{1024, 256}, {1024, 512}, {700, 700}, {700, 4096}}) {
+    SCOPED_TRACE(std::to_string(n_keys) + " keys, pages of " + std::to_string(page_rows));
+    const KvData kv = make_kv(DType::BF16, n_keys, d, rng);
+    const Pages pages = make_pages(kv, n_keys, d * 2, page_rows);
+    std::vector<float> q(static_cast<size_t>(nq * d)), out_run(q.size()), out_paged(q.size()), lse_run(nq),
+        lse_paged(nq);
+    for (float& x : q) x = dist(rng);
+    AttentionArgs a;
+    a.q = MatView{q.data(), DType::F32, 1, nq * d, nq * d};
+    a.kv = KvHeadView{kv.k.data(), kv.v.data(), DType::BF16, d};
+    a.n_keys = n_keys;
+    a.head_dim = d;
+    a.n_q_heads = nq;
+    a.q_pos0 = n_keys - 1;
+    a.scale = 0.088f;
+    a.out = MatView{out_run.data(), DType::F32, 1, nq * d, nq * d};
+    a.lse = MatView{lse_run.data(), DType::F32, 1, nq, nq};
+    attn.run(std::span<const AttentionArgs>(&a, 1));
+    a.out.data = out_paged.data();
+    a.lse.data = lse_paged.data();
+    const HostKvPages view{pages.k_ptr.data(), pages.v_ptr.data(), page_rows};
+    attn.run(std::span<const AttentionArgs>(&a, 1), std::span<const HostKvPages>(&view, 1));
+    EXPECT_EQ(0, std::memcmp(out_run.data(), out_paged.data(), out_run.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(lse_run.data(), lse_paged.data(), lse_run.size() * sizeof(float)));
+  }
+}
+
+TEST(HostAttention, PagedCallsOverItsLimitsAreRefused) {
+  HostAttentionOptions o = limits(HostIsa::Scalar, 1);
+  o.max_pages = 3;
+  HostAttention attn(o);
+  std::vector<float> buf(16 * 256, 1.0f);
+  std::vector<const void*> table(8, buf.data());
+  AttentionArgs a;
+  a.q = MatView{buf.data(), DType::F32, 1, 16, 16};
+  a.kv = KvHeadView{nullptr, nullptr, DType::F32, 16};
+  a.n_keys = 40;
+  a.q_pos0 = 39;
+  a.head_dim = 16;
+  a.n_q_heads = 1;
+  a.out = MatView{buf.data() + 1024, DType::F32, 1, 16, 16};
+  a.lse = MatView{buf.data() + 2048, DType::F32, 1, 1, 1};
+  HostKvPages view{table.data(), table.data(), 10};  // 4 pages
+  EXPECT_THROW(attn.run(std::span<const AttentionArgs>(&a, 1), std::span<const HostKvPages>(&view, 1)), Error);
+  view.page_rows = 20;  // 2 pages: fine
+  EXPECT_NO_THROW(attn.run(std::span<const AttentionArgs>(&a, 1), std::span<const HostKvPages>(&view, 1)));
+  table[1] = nullptr;  // a page the keys reach is missing
+  EXPECT_THROW(attn.run(std::span<const AttentionArgs>(&a, 1), std::span<const HostKvPages>(&view, 1)), Error);
 }
 
 TEST(HostAttention, CallsOverItsLimitsAreRefused) {

@@ -4,7 +4,9 @@
 // Split-KV is what lets one decode query use every core: a head's visible keys are cut into
 // splits of at least kMinSplitKeys keys (at most kMaxSplits of them), so 128K keys of one head
 // become 64 tasks. The cut depends on the shapes only, and each split is computed by one thread
-// in a fixed order, so the output does not depend on the thread count or on scheduling.
+// in a fixed order, so the output does not depend on the thread count or on scheduling. A paged
+// head (HostKvPages: the host tier's slabs) is cut at its page boundaries too, so a split never
+// spans two pages; the kernel then sees each split as a contiguous run of one page.
 #include "headinfer/host_attention.h"
 
 #include <algorithm>
@@ -88,26 +90,32 @@ struct HostAttention::Impl {
         pool(o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {
     if (!host_isa_supported(isa))
       throw Error("host attention: this CPU does not run the " + std::string(host_isa_name(isa)) + " path");
-    if (o.max_heads < 1 || o.max_queries < 1 || o.max_q_heads < 1 || o.max_head_dim < 1)
+    if (o.max_heads < 1 || o.max_queries < 1 || o.max_q_heads < 1 || o.max_head_dim < 1 || o.max_pages < 1)
       throw Error("host attention: every size limit must be at least 1");
     const int64_t dp = hk::padded_dim(o.max_head_dim);
     // Rounded to whole 64-byte lines so two threads never write the same cache line.
     scratch_floats = (2 * hk::kTileKeys * dp + o.max_queries * o.max_q_heads * dp + o.max_q_heads * hk::kTileKeys +
                       o.max_q_heads + 15) / 16 * 16;
     scratch.assign(static_cast<size_t>(pool.size() * scratch_floats), 0.0f);
-    states.assign(static_cast<size_t>(o.max_heads * kMaxSplits * o.max_queries * o.max_q_heads *
+    states.assign(static_cast<size_t>(o.max_heads * max_splits() * o.max_queries * o.max_q_heads *
                                       hk::state_floats(o.max_head_dim)),
                   0.0f);
+    cuts.assign(static_cast<size_t>(o.max_heads * (max_splits() + 1)), 0);
     heads.resize(static_cast<size_t>(o.max_heads));
   }
+
+  // Splits of one head: the length cuts (at most kMaxSplits) and a cut at each page boundary.
+  int64_t max_splits() const { return kMaxSplits + options.max_pages - 1; }
 
   // One kv head of the current call, with its task and state ranges.
   struct HeadJob {
     hk::Head head;
     const AttentionArgs* args = nullptr;
+    HostKvPages pages;                // page_rows 0: head.k, head.v are one run
     int64_t key_lo = 0, key_len = 0;  // the union of what its queries see
     int64_t n_splits = 0;
     int64_t first_task = 0;
+    int64_t first_cut = 0;            // split s is keys [cuts[first_cut + s], cuts[first_cut + s + 1])
     int64_t state_offset = 0;         // floats into `states`: [n_splits][n_queries * n_q_heads][state_floats]
   };
 
@@ -123,18 +131,55 @@ struct HostAttention::Impl {
     if (a.head_dim < 1 || a.n_q_heads < 1 || a.n_keys < 0) throw Error("host attention: empty head shape");
   }
 
-  void run(std::span<const AttentionArgs> args) {
+  // Cuts [lo, lo + len) of head j into splits: kMaxSplits at most by length (as many as make splits
+  // of kMinSplitKeys), plus one more at each page boundary inside it. Depends on shapes only.
+  void cut_splits(HeadJob& j, int64_t* c) const {
+    int64_t n = 0;
+    if (j.key_len > 0) {
+      const int64_t lo = j.key_lo, len = j.key_len, P = j.pages.page_rows;
+      const int64_t by_length = std::clamp((len + kMinSplitKeys - 1) / kMinSplitKeys, int64_t{1}, kMaxSplits);
+      int64_t next_page = P > 0 ? (lo / P + 1) * P : std::numeric_limits<int64_t>::max();
+      c[n++] = lo;
+      for (int64_t s = 1; s <= by_length; ++s) {
+        const int64_t cut = lo + len * s / by_length;  // strictly increasing: by_length <= len
+        for (; next_page < cut; next_page += P) c[n++] = next_page;
+        if (next_page == cut) next_page += P;
+        c[n++] = cut;
+      }
+    }
+    j.n_splits = n > 0 ? n - 1 : 0;
+  }
+
+  void check_pages(const AttentionArgs& a, const HeadJob& j) const {
+    const HostKvPages& p = j.pages;
+    if (p.page_rows < 0) throw Error("host attention: negative page size");
+    if (p.page_rows == 0 || j.key_len == 0) return;
+    const int64_t first = j.key_lo / p.page_rows, last = (j.key_lo + j.key_len - 1) / p.page_rows;
+    if (last - first + 1 > options.max_pages)
+      throw Error("host attention: a head spans " + std::to_string(last - first + 1) + " pages, built for " +
+                  std::to_string(options.max_pages));
+    if (p.k == nullptr || p.v == nullptr) throw Error("host attention: a paged head without its page tables");
+    for (int64_t q = first; q <= last; ++q)
+      if (p.k[q] == nullptr || p.v[q] == nullptr)
+        throw Error("host attention: page " + std::to_string(q) + " of a head is not there");
+  }
+
+  void run(std::span<const AttentionArgs> args, std::span<const HostKvPages> pages) {
     if (static_cast<int64_t>(args.size()) > options.max_heads)
       throw Error("host attention: " + std::to_string(args.size()) + " heads in one call, built for " +
                   std::to_string(options.max_heads));
+    if (!pages.empty() && pages.size() != args.size())
+      throw Error("host attention: " + std::to_string(pages.size()) + " page tables for " +
+                  std::to_string(args.size()) + " heads");
     n_heads = static_cast<int64_t>(args.size());
     n_tasks = 0;
-    int64_t state_end = 0;
+    int64_t state_end = 0, cut_end = 0;
     for (int64_t i = 0; i < n_heads; ++i) {
       const AttentionArgs& a = args[static_cast<size_t>(i)];
       check(a);
       HeadJob& j = heads[static_cast<size_t>(i)];
       j.args = &a;
+      j.pages = pages.empty() ? HostKvPages{} : pages[static_cast<size_t>(i)];
       j.head = hk::Head{static_cast<const float*>(a.q.data), a.q.row_stride, a.kv.k, a.kv.v, a.kv.row_stride,
                         kv_elem(a.kv.dtype), a.n_keys, a.q.rows, a.n_q_heads, a.head_dim, a.q_pos0, a.k_pos0,
                         a.window, a.scale};
@@ -143,7 +188,10 @@ struct HostAttention::Impl {
       const int64_t lo = a.window > 0 ? std::max<int64_t>(0, a.q_pos0 - a.window + 1 - a.k_pos0) : 0;
       j.key_lo = lo;
       j.key_len = std::max<int64_t>(0, hi - lo);
-      j.n_splits = j.key_len == 0 ? 0 : std::clamp((j.key_len + kMinSplitKeys - 1) / kMinSplitKeys, int64_t{1}, kMaxSplits);
+      check_pages(a, j);
+      j.first_cut = cut_end;
+      cut_splits(j, cuts.data() + cut_end);
+      cut_end += j.n_splits + 1;
       j.first_task = n_tasks;
       j.state_offset = state_end;
       n_tasks += j.n_splits;
@@ -177,10 +225,24 @@ struct HostAttention::Impl {
       while (task >= heads[static_cast<size_t>(i)].first_task + heads[static_cast<size_t>(i)].n_splits) ++i;
       const HeadJob& j = heads[static_cast<size_t>(i)];
       const int64_t split = task - j.first_task;
-      const int64_t begin = j.key_lo + j.key_len * split / j.n_splits;
-      const int64_t end = j.key_lo + j.key_len * (split + 1) / j.n_splits;
+      const int64_t begin = cuts[static_cast<size_t>(j.first_cut + split)];
+      const int64_t end = cuts[static_cast<size_t>(j.first_cut + split + 1)];
       const int64_t split_floats = j.head.n_queries * j.head.n_q_heads * hk::state_floats(j.head.head_dim);
-      kernel(j.head, begin, end, s, states.data() + j.state_offset + split * split_floats);
+      float* st = states.data() + j.state_offset + split * split_floats;
+      const int64_t P = j.pages.page_rows;
+      if (P == 0) {
+        kernel(j.head, begin, end, s, st);
+        continue;
+      }
+      // The split lies in one page: the kernel sees that page as the run, keys counted from its
+      // first (k_pos0 moves with them, so visibility is unchanged).
+      const int64_t page = begin / P, first = page * P;
+      hk::Head h = j.head;
+      h.k = j.pages.k[page];
+      h.v = j.pages.v[page];
+      h.n_keys -= first;
+      h.k_pos0 += first;
+      kernel(h, begin - first, end - first, s, st);
     }
   }
 
@@ -226,6 +288,7 @@ struct HostAttention::Impl {
   int64_t scratch_floats = 0;
   std::vector<float> scratch;  // [n_threads][scratch_floats]: per thread hk::Scratch (K tile, V tile, q, scores, alpha)
   std::vector<float> states;   // F32 split states of the current call, see HeadJob::state_offset
+  std::vector<int64_t> cuts;   // [max_heads][max_splits + 1]: split boundaries of the current call, see HeadJob
   std::vector<HeadJob> heads;  // [max_heads]: the current call
   int64_t n_heads = 0;
   int64_t n_tasks = 0;
@@ -235,7 +298,10 @@ struct HostAttention::Impl {
 
 HostAttention::HostAttention(const HostAttentionOptions& options) : impl_(std::make_unique<Impl>(options)) {}
 HostAttention::~HostAttention() = default;
-void HostAttention::run(std::span<const AttentionArgs> heads) { impl_->run(heads); }
+void HostAttention::run(std::span<const AttentionArgs> heads) { impl_->run(heads, {}); }
+void HostAttention::run(std::span<const AttentionArgs> heads, std::span<const HostKvPages> pages) {
+  impl_->run(heads, pages);
+}
 HostIsa HostAttention::isa() const { return impl_->isa; }
 int HostAttention::n_threads() const { return impl_->pool.size(); }
 

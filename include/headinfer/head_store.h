@@ -1,8 +1,9 @@
 #pragma once
 // HeadStore: the KV cache as head blocks. A head block (layer l, kv head h) holds K and V of that
-// head for every position, [capacity, head_dim] each, contiguous, in one tier: `Gpu` (the compute
-// device's memory, attended in place) or `Host` (the host tier, streamed to the device through a
-// ring). G adjacent kv heads of a layer form a group that shares a tier and moves as one 2-D copy.
+// head for every position, [capacity, head_dim] each, in one tier: `Gpu` (the compute device's
+// memory, attended in place) or `Host` (the host tier, streamed to the device through a ring, or
+// attended on the CPU). G adjacent kv heads of a layer form a group that shares a tier and moves
+// as one unit.
 //
 // The offload KV cache built on it runs the schedule of ../shared/DESIGN.md ("The schedule"): per
 // layer, per head group, the past is present (resident, or prefetched into a ring slot, ahead
@@ -25,8 +26,10 @@ enum class Tier : uint8_t { Gpu, Host };
 
 class HeadStore {
  public:
-  // Allocates every group's storage up front in its home tier (resident groups on `device`,
-  // the others through `transfer`'s host allocator): nothing allocates while tokens run.
+  // Resident groups are allocated on `device` here, for the whole context. Host-tier groups start
+  // empty and grow in slabs (reserve) through `transfer`'s host allocator (pinned on CUDA): pinning
+  // is slow, so only what the context reaches is pinned. The plan has already checked that the
+  // whole context fits the host budget.
   HeadStore(Device& device, Transfer& transfer, const ModelConfig& config, const Plan& plan, DType dtype);
   ~HeadStore();
   HeadStore(const HeadStore&) = delete;
@@ -38,33 +41,68 @@ class HeadStore {
   int64_t groups_per_layer() const { return groups_per_layer_; }
   DType dtype() const { return dtype_; }
   size_t elem_bytes() const { return elem_bytes_; }
-  // Bytes from one head's K to the next head's (or to its V): one block, capacity * head_dim.
+  size_t row_bytes() const { return row_bytes_; }  // one position of one head's K (or V)
+  // Bytes from one head's K to the next head's (or to its V) in a device group: capacity rows.
   size_t block_pitch() const { return block_pitch_; }
 
   Tier tier(int64_t layer, int64_t group) const { return groups_[index(layer, group)].tier; }
-  // A group's storage: [2][G][capacity][head_dim] of dtype: the G heads' K blocks, then their V
-  // blocks. Row r of head j's K is base + (j * capacity + r) * head_dim elements; V adds G blocks.
-  // One layout for both tiers, so a fetch or a write-back of any row range of the whole group is
-  // a single 2-D copy of 2G rows with pitch block_pitch().
-  void* group_base(int64_t layer, int64_t group) const { return groups_[index(layer, group)].base; }
-  void* k_block(int64_t layer, int64_t kv_head) const;
+
+  // A resident group's storage: [2][G][capacity][head_dim] of dtype: the G heads' K blocks, then
+  // their V blocks. Row r of head j's K is base + (j * capacity + r) * head_dim elements; V adds G
+  // blocks. Ring slots use the same layout, so each head is one contiguous run of its keys.
+  void* group_base(int64_t layer, int64_t group) const;
+  void* k_block(int64_t layer, int64_t kv_head) const;  // resident groups only
   void* v_block(int64_t layer, int64_t kv_head) const;
 
-  // Positions written so far (the same for every head block). Writers append; reset() forgets.
+  // The host tier, slab-major: slab j of a host-tier group holds positions [j S, j S + rows_j) of
+  // its G heads as [2][G][rows_j][head_dim] (rows_j = S, the last slab's capacity - j S), so the
+  // rows [0, n) of the whole group are one 2-D copy of 2G rows per slab. Slabs are only ever added
+  // (reserve), never moved or freed before the store is destroyed: a copy or host task in flight
+  // may read any slab it was queued with.
+  int64_t slab_positions() const { return slab_positions_; }  // S
+  int64_t n_slabs() const { return n_slabs_; }                // slabs of a group at full context
+  int64_t slab_rows(int64_t slab) const;                      // rows_j
+  // Makes sure host-tier group (layer, group) has slabs covering positions [0, end): allocates the
+  // missing ones (pinning them on CUDA). Call before queueing any copy that touches those rows.
+  void reserve(int64_t layer, int64_t group, int64_t end);
+  int64_t reserved(int64_t layer, int64_t group) const;  // positions its slabs cover
+  // Host-tier head `kv_head`'s K (which 0) or V (1) row at position `pos` (reserved).
+  void* host_row(int64_t layer, int64_t kv_head, int which, int64_t pos) const;
+  // Its K or V as pages for the host attention: [n_slabs()] pointers, page j = slab j's rows of
+  // that head (nullptr past reserved()). The array itself never moves.
+  const void* const* host_pages(int64_t layer, int64_t kv_head, int which) const;
+
+  // Copies of rows [begin, end) of every head of host-tier group (layer, group) from (to) a device
+  // group laid out as a resident one ([2][G][capacity][head_dim], a ring slot), queued on `stream`:
+  // one 2-D copy of 2G rows per slab the range touches, with the slab's pitch on the host side.
+  // The rows must be reserved.
+  void copy_to_device(Stream& stream, int64_t layer, int64_t group, void* device_group, int64_t begin,
+                      int64_t end) const;
+  void copy_from_device(Stream& stream, int64_t layer, int64_t group, const void* device_group, int64_t begin,
+                        int64_t end) const;
+
+  // Positions written so far (the same for every head block). Writers append; reset() forgets
+  // (allocated slabs are kept for the next context).
   int64_t length() const { return length_; }
   void set_length(int64_t n);
   void reset() { length_ = 0; }
 
   size_t bytes_gpu() const { return bytes_gpu_; }
-  size_t bytes_host() const { return bytes_host_; }
+  size_t bytes_host() const { return bytes_host_; }  // allocated so far
 
  private:
   struct Group {
     Tier tier = Tier::Gpu;
-    void* base = nullptr;
+    void* base = nullptr;           // resident: [2][G][capacity][head_dim]
+    std::vector<void*> slabs;       // host: [n_slabs], nullptr until reserved
+    int64_t n_reserved = 0;         // host: slabs allocated (a prefix)
+    std::vector<const void*> pages; // host: [2][G][n_slabs]: (K or V, head j, slab) -> that head's rows in the slab
   };
   void release();
   size_t index(int64_t layer, int64_t group) const { return static_cast<size_t>(layer * groups_per_layer_ + group); }
+  const Group& host_group(int64_t layer, int64_t group) const;
+  template <class Fn>
+  void for_each_slab(const Group& grp, int64_t begin, int64_t end, Fn&& fn) const;
 
   Device& device_;
   Transfer& transfer_;
@@ -74,7 +112,10 @@ class HeadStore {
   const int64_t groups_per_layer_;
   const DType dtype_;
   const size_t elem_bytes_;
+  const size_t row_bytes_;
   const size_t block_pitch_;
+  const int64_t slab_positions_;
+  const int64_t n_slabs_;
   std::vector<Group> groups_;  // [n_layers * groups_per_layer]
   int64_t length_ = 0;
   size_t bytes_gpu_ = 0;
@@ -99,6 +140,7 @@ struct KvPlacementOptions {
   int64_t host_mem = 0;   // host-tier bytes; 0: detected (MemAvailable)
   int64_t kv_group = 0;   // 0: the planner picks
   int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
+  int64_t host_slab_positions = 0;  // positions per host-tier slab; 0: the planner picks (tests use small ones)
   HybridMode hybrid = HybridMode::Off;  // attend some host-tier groups on the CPU in decode
   int64_t cpu_groups = -1;  // hybrid auto: force this many CPU-attended groups; -1: balance by bandwidth
   double link_gbps = 0.0;   // hybrid auto: 0 = measured once and cached (bandwidth.h)

@@ -51,6 +51,8 @@ struct PlannerInput {
   HybridMode hybrid = HybridMode::Off;
   double dram_gbps = 0.0;       // host attention's KV read rate in GB/s (hybrid auto needs it and link_gbps)
   int64_t cpu_groups = -1;      // hybrid auto: exactly this many CPU-attended groups; -1: balanced
+  // Positions per slab of the host tier (see Plan::host_slab_positions); 0: the planner picks.
+  int64_t host_slab_positions = 0;
 };
 
 struct Plan {
@@ -80,7 +82,13 @@ struct Plan {
   int64_t group_block_bytes = 0;    // G head blocks
   int64_t kv_bytes_total = 0;
   int64_t kv_bytes_gpu = 0;         // resident head blocks
-  int64_t kv_bytes_host = 0;        // host-tier head blocks
+  int64_t kv_bytes_host = 0;        // host-tier head blocks at full context (allocated as the context grows)
+  // The host tier grows in slabs as the context grows (pinning is slow, so nothing is pinned that
+  // the context has not reached): a host-tier group's slab j holds positions [j S, (j + 1) S) of its
+  // G heads' K and V ([2][G][S][head_dim]; the last slab stops at the context). S is a power of
+  // two near kHostSlabTargetBytes per slab of a group, so a fetch is a few large copies.
+  int64_t host_slab_positions = 0;  // S
+  int64_t host_slab_bytes = 0;      // one full slab of one group: 2 G S head_dim KV elements
   int64_t weight_bytes = 0;
   int64_t activation_bytes = 0;
   int64_t ring_bytes = 0;           // ring_depth slots of one group at full context (+ hybrid new-row staging)
@@ -116,6 +124,11 @@ struct Plan {
 };
 
 Plan make_plan(const PlannerInput& input);
+
+// The planner's slab size target: 16 MiB per slab of one group. A 1M-token context of llama3-8b
+// (G = 2, bf16) is then 64 slabs of 16K positions, so a fetch is 64 copies of 4 MiB rows, and a
+// short prompt pins one slab per host-tier group (about 2 GiB rather than the context's 128 GiB).
+inline constexpr int64_t kHostSlabTargetBytes = int64_t{16} << 20;
 
 // Parameters the model loads onto the device, times their element size.
 int64_t estimate_weight_bytes(const ModelConfig& config, int64_t weight_elem_bytes);

@@ -99,6 +99,9 @@ void print_table(const Plan& p, const ModelConfig& c, const TableLabels& l, doub
   t += table_row("KV total", bytes_cell(p.kv_bytes_total));
   t += table_row("KV on GPU (resident)", bytes_cell(p.kv_bytes_gpu));
   t += table_row("KV on host", bytes_cell(p.kv_bytes_host));
+  if (p.n_streamed_groups > 0)
+    t += table_row("host slab (pinned as reached)", std::to_string(p.host_slab_positions) + " positions, " +
+                                                         bytes_cell(p.host_slab_bytes) + " per group");
   t += table_row("weights", bytes_cell(p.weight_bytes));
   t += table_row("activations", bytes_cell(p.activation_bytes));
   t += table_row("ring", bytes_cell(p.ring_bytes));
@@ -245,6 +248,8 @@ void run_plan(const PlanArgs& a) {
                           {"kv_bytes_total", p.kv_bytes_total},
                           {"kv_bytes_gpu", p.kv_bytes_gpu},
                           {"kv_bytes_host", p.kv_bytes_host},
+                          {"host_slab_positions", p.host_slab_positions},
+                          {"host_slab_bytes", p.host_slab_bytes},
                           {"weight_bytes", p.weight_bytes},
                           {"activation_bytes", p.activation_bytes},
                           {"ring_bytes", p.ring_bytes},

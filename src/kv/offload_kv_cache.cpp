@@ -1,15 +1,22 @@
 // The offload KV cache: per layer, per head group, attend over the group's past wherever it lives.
 //
 // Resident groups are attended in place. Streamed groups go through a ring of `depth` device
-// slots. Streamed groups are visited in a fixed order (layer-major), and visit k uses slot
-// k % depth; the visit counter runs on across forward calls, so the prefetch of visit k + depth
-// may belong to the next layer or to the next forward's first layers (the ring is prefetched
-// across layer and chunk boundaries). Per visit:
+// slots. Their home is the host tier, in slabs of S positions (HeadStore) allocated as the context
+// reaches them: attend() first reserves the layer's host-tier groups up to pos0 + T, before it
+// queues any copy that touches those rows, so a slab exists before any copy names it, and slabs
+// never move or go away while copies or host tasks are in flight (only the store's destructor,
+// after drain(), frees them). A fetch or write-back is one 2-D copy per slab it touches; the ring
+// slot keeps one contiguous run per head, so what the device attends is unchanged.
 //
-//   h2d:     wait slot_free[s]  -> copy home rows [0, past) into slot s -> record slot_ready[s]
+// Streamed groups are visited in a fixed order (layer-major), and visit k uses slot k % depth;
+// the visit counter runs on across forward calls, so the prefetch of visit k + depth may belong
+// to the next layer or to the next forward's first layers (the ring is prefetched across layer
+// and chunk boundaries). Per visit:
+//
+//   h2d:     wait slot_free[s]  -> copy home rows [0, past) into slot s (per slab) -> record slot_ready[s]
 //   compute: wait slot_ready[s] -> write the chunk's K/V into slot rows [pos0, pos0 + T)
 //            -> attention over rows [0, pos0 + T) -> record slot_attended[s]
-//   d2h:     wait slot_attended[s] -> copy slot rows [pos0, pos0 + T) home -> record slot_free[s]
+//   d2h:     wait slot_attended[s] -> copy slot rows [pos0, pos0 + T) home (per slab) -> record slot_free[s]
 //
 // slot_free orders both the reuse of a slot and every read of home rows after their write-back
 // (d2h is in order, and a visit's prefetch waits for the slot_free recorded after the write-back
@@ -33,11 +40,12 @@
 // block holds what the all-resident cache would. The staging buffer is rewritten only by the next
 // CPU layer's conversion, which the compute stream issues after waiting host_done, and host_done
 // follows cpu_rows_home: the previous copy home has finished reading it.
-// Each CPU-attended head is attended whole, so its output and LSE are final: there is nothing to
-// merge, and they differ from the device op only by the host kernel's fp32 rounding. Decode steps
-// visit the ring in their own order (the host-tier groups the CPU does not attend); prefill
-// chunks, whose many queries the device attends faster, stream every host-tier group. Ring
-// fetches also wait cpu_rows_home, so a prefill fetch of a CPU group sees its decode-step rows.
+// Each CPU-attended head is attended whole by the host kernel, over its slabs as pages (the kernel
+// cuts its split-KV at slab boundaries and merges the splits in its fixed order), so its output
+// and LSE are final: they differ from the device op only by the host kernel's fp32 rounding.
+// Decode steps visit the ring in their own order (the host-tier groups the CPU does not attend);
+// prefill chunks, whose many queries the device attends faster, stream every host-tier group.
+// Ring fetches also wait cpu_rows_home, so a prefill fetch of a CPU group sees its decode-step rows.
 #include <cmath>
 #include <string>
 #include <vector>
@@ -88,8 +96,9 @@ class OffloadKvCache final : public KvCache {
       d2h_ = transfer_->make_copy_stream("kv write-back");
     }
     if (hybrid_) setup_hybrid(host_threads);
-    // Ring slot s: [2][G][capacity][head_dim] of the KV dtype, the layout of a home group (HeadStore), so
-    // fetches and write-backs are single 2-D copies with equal pitch on both sides.
+    // Ring slot s: [2][G][capacity][head_dim] of the KV dtype, the layout of a resident group, so each
+    // head is one contiguous run (the device attends it as a resident one); fetches and write-backs
+    // are one 2-D copy per host slab, slab pitch on the host side and block_pitch here.
     const size_t slot_bytes = 2 * static_cast<size_t>(plan.group_size) * store_.block_pitch();
     for (int64_t s = 0; s < depth_; ++s) {
       Slot slot;
@@ -123,23 +132,28 @@ class OffloadKvCache final : public KvCache {
       throw Error("random KV fill: " + std::to_string(n_positions) + " positions, KV cache holds " +
                   std::to_string(store_.capacity()) + " (raise --ctx)");
     reset();  // no copy in flight reads or writes the blocks, and no ring slot holds stale rows
-    std::vector<RandomKvBlock> host_blocks;
+    std::vector<RandomKvBlock> host_runs;  // each host-tier head's rows, one run per slab
     std::vector<char> staging;  // host [64 MiB] staging for resident groups only
+    const int64_t S = store_.slab_positions();
     for (int64_t l = 0; l < config_.n_layers; ++l)
       for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
         const int64_t g = h / plan_.group_size;
+        if (store_.tier(l, g) == Tier::Host) {
+          store_.reserve(l, g, n_positions);
+          for (int which = 0; which < 2; ++which)
+            for (int64_t pos = 0; pos < n_positions; pos += S)
+              host_runs.push_back({store_.host_row(l, h, which, pos), l, h, which, pos,
+                                   std::min(S, n_positions - pos)});
+          continue;
+        }
         for (int which = 0; which < 2; ++which) {
           const RandomKvBlock b{which == 0 ? store_.k_block(l, h) : store_.v_block(l, h), l, h, which};
-          if (store_.tier(l, g) == Tier::Host) {
-            host_blocks.push_back(b);
-            continue;
-          }
           if (staging.empty()) staging.resize(size_t{64} << 20);
           fill_random_device_block(device_, b, store_.dtype(), n_positions, config_.head_dim, seed, staging);
         }
       }
-    // The host tier is written in place, all blocks at once, so every core works on it.
-    fill_random_host_blocks(host_blocks, store_.dtype(), n_positions, config_.head_dim, seed);
+    // The host tier is written in place, all runs at once, so every core works on it.
+    fill_random_host_blocks(host_runs, store_.dtype(), config_.head_dim, seed);
     store_.set_length(n_positions);
   }
 
@@ -149,6 +163,8 @@ class OffloadKvCache final : public KvCache {
       throw Error("context full: " + std::to_string(a.pos0 + n_new) + " positions needed, KV cache holds " +
                   std::to_string(store_.capacity()) + " (raise --ctx)");
     if (layer < 0 || layer >= config_.n_layers) throw Error("offload KV: layer out of range");
+    // Slabs for the chunk's rows, before any copy that touches them is queued.
+    for (int64_t g = 0; g < plan_.groups_per_layer; ++g) store_.reserve(layer, g, a.pos0 + n_new);
     const int seq = hybrid_ && n_new == 1 ? 1 : 0;
     const bool host_part = seq == 1 && !cpu_groups_[static_cast<size_t>(layer)].empty();
     if (host_part) start_host_attention(layer, a);
@@ -178,6 +194,7 @@ class OffloadKvCache final : public KvCache {
   struct HostJob {
     OffloadKvCache* cache = nullptr;
     std::vector<AttentionArgs> args;  // [most CPU heads in a layer]
+    std::vector<HostKvPages> pages;   // [most CPU heads in a layer]: their K/V slabs (the store's tables)
     int64_t n_args = 0;
   };
   // A visit order of streamed groups; visit k of it uses slot k % depth and group order[k % n].
@@ -189,7 +206,6 @@ class OffloadKvCache final : public KvCache {
   };
 
   size_t row_bytes() const { return static_cast<size_t>(config_.head_dim) * store_.elem_bytes(); }
-  size_t n_group_rows() const { return 2 * static_cast<size_t>(plan_.group_size); }  // K and V of G heads
 
   // Issues the fetch of visit `visit` of sequence `seq` with its group's first `rows` positions.
   void fetch(int seq, int64_t visit, int64_t rows) {
@@ -197,10 +213,11 @@ class OffloadKvCache final : public KvCache {
     const auto n = static_cast<int64_t>(S.order.size());
     Slot& slot = slots_[static_cast<size_t>(visit % S.depth)];
     const auto& [l, g] = S.order[static_cast<size_t>(visit % n)];
+    // Rows [0, rows) were written (so reserved) before; reserving here only guards the invariant.
+    store_.reserve(l, g, rows);
     h2d_->wait(*slot.free);
     if (hybrid_) h2d_->wait(*cpu_rows_home_);
-    h2d_->copy_2d(slot.buffer.data(), store_.block_pitch(), store_.group_base(l, g), store_.block_pitch(),
-                  static_cast<size_t>(rows) * row_bytes(), n_group_rows());
+    store_.copy_to_device(*h2d_, l, g, slot.buffer.data(), 0, rows);
     h2d_->record(*slot.ready);
     slot.visit = visit;
     slot.seq = seq;
@@ -222,11 +239,8 @@ class OffloadKvCache final : public KvCache {
     attend_group(layer, g, slot.buffer.data(), a);
     compute.record(*slot.attended);
 
-    const size_t offset = static_cast<size_t>(a.pos0) * row_bytes();
     d2h_->wait(*slot.attended);
-    d2h_->copy_2d(static_cast<char*>(store_.group_base(layer, g)) + offset, store_.block_pitch(),
-                  static_cast<char*>(slot.buffer.data()) + offset, store_.block_pitch(),
-                  static_cast<size_t>(a.q.rows) * row_bytes(), n_group_rows());
+    store_.copy_from_device(*d2h_, layer, g, slot.buffer.data(), a.pos0, a.pos0 + a.q.rows);  // may straddle slabs
     d2h_->record(*slot.free);
 
     // Prefetch the visit that will next use this slot: later in this forward it needs the past
@@ -253,11 +267,13 @@ class OffloadKvCache final : public KvCache {
     o.max_queries = 1;
     o.max_q_heads = gs;
     o.max_head_dim = d;
+    o.max_pages = std::max<int64_t>(1, store_.n_slabs());
     host_attention_ = std::make_unique<HostAttention>(o);
     host_jobs_.resize(static_cast<size_t>(config_.n_layers));
     for (HostJob& job : host_jobs_) {
       job.cache = this;
       job.args.resize(static_cast<size_t>(max_heads));
+      job.pages.resize(static_cast<size_t>(max_heads));
     }
     staging_ = DeviceBuffer(device_, static_cast<size_t>(max_heads) * 2 * row_bytes(), "hybrid new-row staging");
     host_ = transfer_->make_copy_stream("host attention");
@@ -290,10 +306,9 @@ class OffloadKvCache final : public KvCache {
     i = 0;
     for (int64_t g : groups)
       for (int64_t h = g * G; h < (g + 1) * G; ++h, ++i) {
-        const size_t home = static_cast<size_t>(a.pos0) * rb;
         const char* k_row = staging_.as<char>() + static_cast<size_t>(2 * i) * rb;
-        d2h_->copy_2d(static_cast<char*>(store_.k_block(layer, h)) + home, rb, k_row, rb, rb, 1);
-        d2h_->copy_2d(static_cast<char*>(store_.v_block(layer, h)) + home, rb, k_row + rb, rb, rb, 1);
+        d2h_->copy_2d(store_.host_row(layer, h, 0, a.pos0), rb, k_row, rb, rb, 1);
+        d2h_->copy_2d(store_.host_row(layer, h, 1, a.pos0), rb, k_row + rb, rb, rb, 1);
       }
     d2h_->record(*cpu_rows_home_);
 
@@ -307,9 +322,11 @@ class OffloadKvCache final : public KvCache {
     job.n_args = 0;
     for (int64_t g : groups)
       for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+        job.pages[static_cast<size_t>(job.n_args)] =
+            HostKvPages{store_.host_pages(layer, h, 0), store_.host_pages(layer, h, 1), store_.slab_positions()};
         AttentionArgs& args = job.args[static_cast<size_t>(job.n_args++)];
         args.q = MatView{q_host_ + h * gs * d, DType::F32, 1, gs * d, config_.q_dim()};
-        args.kv = KvHeadView{store_.k_block(layer, h), store_.v_block(layer, h), store_.dtype(), d};
+        args.kv = KvHeadView{nullptr, nullptr, store_.dtype(), d};  // paged: job.pages
         args.n_keys = a.pos0 + 1;
         args.head_dim = d;
         args.n_q_heads = gs;
@@ -334,8 +351,9 @@ class OffloadKvCache final : public KvCache {
 
   static void run_host_attention(void* p) {
     const auto* job = static_cast<const HostJob*>(p);
-    job->cache->host_attention_->run(
-        std::span<const AttentionArgs>(job->args.data(), static_cast<size_t>(job->n_args)));
+    const auto n = static_cast<size_t>(job->n_args);
+    job->cache->host_attention_->run(std::span<const AttentionArgs>(job->args.data(), n),
+                                     std::span<const HostKvPages>(job->pages.data(), n));
   }
 
   // Appends the chunk's K/V of group g to the group storage at `base` ([2][G][capacity][head_dim]
@@ -409,6 +427,7 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   in.chunk = chunk;
   in.hybrid = options.hybrid;
   in.cpu_groups = options.cpu_groups;
+  in.host_slab_positions = options.host_slab_positions;
   CpuTransferOptions to;
   to.host_budget = static_cast<size_t>(in.host_mem);
   to.copy_jitter_us = options.copy_jitter_us;
@@ -440,6 +459,7 @@ void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t c
   in.offload = options.offload;
   in.kv_group = options.kv_group;
   in.chunk = chunk;
+  in.host_slab_positions = options.host_slab_positions;
   const Plan plan = make_plan(in);
   if (!plan.fits) throw Error(plan.message);
 }

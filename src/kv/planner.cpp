@@ -129,10 +129,11 @@ int64_t estimate_weight_bytes(const ModelConfig& c, int64_t elem) {
 
 int64_t estimate_activation_bytes(const ModelConfig& c, int64_t context, int64_t chunk, int64_t mlp_chunk) {
   // Mirrors Model's workspace: x, xn, proj [C, hidden]; q, attn [C, q_dim]; k, v [C, kv_dim];
-  // lse [C, n_heads]; gate, up [M, ffn]; logits [vocab]; rope table [head_dim / 2]. All fp32.
+  // lse [C, n_heads]; gate, up [M, ffn]; logits [vocab]; rope table [head_dim / 2]. All fp32; and
+  // the int32 argmax of the logits (4 bytes, counted as one float).
   const int64_t C = std::min(chunk, context), M = std::min(mlp_chunk, C);
   const int64_t floats = 3 * C * c.hidden_size + 2 * C * c.q_dim() + 2 * C * c.kv_dim() + C * c.n_heads +
-                         2 * M * c.intermediate_size + c.vocab_size + c.head_dim / 2;
+                         2 * M * c.intermediate_size + c.vocab_size + c.head_dim / 2 + 1;
   return floats * 4;
 }
 
@@ -158,6 +159,7 @@ Plan make_plan(const PlannerInput& in) {
   if (in.ring_depth < 1) throw Error("ring depth must be at least 1");
   if (in.gpu_mem < 0 || in.host_mem < 0) throw Error("memory sizes must not be negative");
   if (c.n_layers < 1 || c.n_kv_heads < 1 || c.head_dim < 1) throw Error("model config has no attention heads");
+  if (in.host_slab_positions < 0) throw Error("host slab positions must not be negative");
   if (in.kv_group < 0 || (in.kv_group > 0 && c.n_kv_heads % in.kv_group != 0))
     throw Error("--kv-group " + std::to_string(in.kv_group) + " does not divide the model's " +
                 std::to_string(c.n_kv_heads) + " kv heads");
@@ -225,6 +227,15 @@ Plan make_plan(const PlannerInput& in) {
   p.kv_bytes_host = (n - r) * gb;
   p.gpu_bytes_total = fixed + p.kv_bytes_gpu + p.ring_bytes;
   p.resident = spread(n, r);
+  // Slab size: the largest power of two of positions whose group slab fits the target (at least 1).
+  const int64_t group_bytes_per_position = 2 * g * c.head_dim * in.kv_elem_bytes;
+  int64_t slab = in.host_slab_positions;
+  if (slab == 0) {
+    slab = 1;
+    while (slab * 2 * group_bytes_per_position <= kHostSlabTargetBytes) slab *= 2;
+  }
+  p.host_slab_positions = slab;
+  p.host_slab_bytes = std::min(slab, in.context) * group_bytes_per_position;
   plan_hybrid(in, p);
 
   // Fit checks, most basic first, each naming the numbers and the knob.

@@ -97,12 +97,12 @@ void add_pieces(std::vector<Piece>& pieces, char* dst, size_t elem_bytes, uint64
 
 }  // namespace
 
-void fill_random_host_blocks(const std::vector<RandomKvBlock>& blocks, DType dtype, int64_t n_rows, int64_t head_dim,
-                             uint64_t seed) {
+void fill_random_host_blocks(const std::vector<RandomKvBlock>& blocks, DType dtype, int64_t head_dim, uint64_t seed) {
   const size_t elem_bytes = dtype_size(dtype);
   std::vector<Piece> pieces;
   for (const RandomKvBlock& b : blocks)
-    add_pieces(pieces, static_cast<char*>(b.dst), elem_bytes, block_key(seed, b), 0, n_rows * head_dim);
+    add_pieces(pieces, static_cast<char*>(b.dst), elem_bytes, block_key(seed, b), b.row0 * head_dim,
+               (b.row0 + b.n_rows) * head_dim);
   run_pieces(pieces, dtype);
 }
 

@@ -96,6 +96,15 @@ TEST(FillRandom, SameLogitsOnEveryPlacement) {
       EXPECT_EQ(all.plan.n_resident_groups, 0);
       expect_identical(ref, all, name + " offload all, kv group " + std::to_string(group));
     }
+    // Small host-tier slabs: the fill writes each head's rows slab by slab (1371 rows end inside a
+    // slab of 64 and of 37; the context, 1500, is no multiple of either), decode appends to that slab.
+    for (int64_t slab : {64, 37}) {
+      KvPlacementOptions o = placement(OffloadMode::All, 1, dtype);
+      o.host_slab_positions = slab;
+      const Decoded all = fill_and_decode(*ckpt, o);
+      EXPECT_EQ(all.plan.host_slab_positions, slab);
+      expect_identical(ref, all, name + " offload all, slabs of " + std::to_string(slab));
+    }
     // Auto under a cap that holds the weights and three of the four single-head groups (ring slots
     // included): some groups resident, some streamed.
     const ModelConfig& c = ckpt->config();

@@ -7,14 +7,17 @@
 // What is exact and what is not:
 //  - Prefill chunks never use the host path, so the logits after the prompt are bit-identical.
 //  - A split with no CPU group is the plain pipeline: bit-identical everywhere.
-//  - A CPU-attended head is attended whole by the host kernel, so nothing is merged; its output
-//    differs from CpuOps::attention only by the order of fp32 operations (SIMD lanes, 32-key
-//    tiles, split-KV merge, polynomial exp). Both are within the bound derived in
-//    host_attention_test.cpp of the exact value: relative to sum p|v| / sum p,
-//    2 eps_p + 2 gamma_D + 2u with eps_p ~ 2 scale gamma_d sum|q k| + u |s - m| + 6u, which for
-//    these models (head_dim <= 32, |s| of a few units, <= 60 keys) is below 2e-5; CpuOps's own
-//    sequential sums (depth n <= 60) add gamma_60 ~ 4e-6. So attention outputs differ by less
-//    than about 3e-5 of their scale. With a CPU part the decode logits were not bit-identical in
+//  - A CPU-attended head is attended whole by the host kernel, so the cache merges nothing; its
+//    output differs from CpuOps::attention only by the order of fp32 operations (SIMD lanes,
+//    32-key tiles, split-KV merge, polynomial exp). The head's keys live in host-tier slabs, which
+//    the kernel reads as pages: it cuts a split at each slab boundary as well, so a head over k
+//    slabs is k - 1 more splits in the kernel's one merge (no second merge level). Both are within
+//    the bound derived in host_attention_test.cpp of the exact value: relative to sum p|v| / sum p,
+//    2 eps_p + 2 gamma_D + 2u with eps_p ~ 2 scale gamma_d sum|q k| + u |s - m| + 6u and depth
+//    D = 32 + ceil(split_len / 32) + n_splits + 2. For these models (head_dim <= 32, |s| of a few
+//    units, <= 60 keys) and slabs of 16 positions (n_splits <= 4, D <= 39) it is below 2e-5, as
+//    with one slab (D = 36); CpuOps's own sequential sums (depth n <= 60) add gamma_60 ~ 4e-6. So
+//    attention outputs differ by less than about 3e-5 of their scale. With a CPU part the decode logits were not bit-identical in
 //    these runs (different summation order, even where the CPU attends a head whole); the test
 //    prints the largest difference.
 //  - Downstream every op is the same, so the logits move by the attention difference times the
@@ -240,6 +243,46 @@ TEST(HybridDecode, NarrowKvEqualsAllResidentOnEveryModel) {
     }
   std::printf("hybrid decode, BF16/F16 KV: largest decode-logit difference %.3g of max|logit| (allowed %.0e)\n",
               worst_all, kLogitRtol);
+}
+
+// Slabs of 16 positions: each CPU-attended head spans 3 or 4 slabs in decode (the host kernel
+// merges the slab-cut splits, see the top of the file), and the prompt's chunks of 7 are fetched
+// and written back across slab boundaries (prefill logits still bit-identical). F32 and BF16 KV.
+TEST(HybridDecode, HeadsOverSeveralSlabs) {
+  HEADINFER_REQUIRE_TESTDATA();
+  double worst[2] = {0.0, 0.0};  // F32, BF16 KV
+  for (DType kv : {DType::F32, DType::BF16})
+    for (const fs::path& dir : all_models()) {
+      SCOPED_TRACE(dir.filename().string() + " " + std::string(dtype_name(kv)));
+      auto ckpt = Checkpoint::open(dir);
+      const ModelConfig& c = ckpt->config();
+      const auto prompt = random_prompt(kPrompt, c.vocab_size, 4323);
+      KvPlacementOptions base;
+      base.offload = OffloadMode::None;
+      base.kv_dtype = kv;
+      const RunResult ref = run(*ckpt, prompt, base);
+      const int64_t n_host = c.n_layers * c.n_kv_heads;
+      for (auto [group, k] : {std::pair<int64_t, int64_t>{1, n_host}, {1, n_host / 2}, {c.n_kv_heads, c.n_layers}}) {
+        KvPlacementOptions o = base;
+        o.offload = OffloadMode::All;
+        o.kv_group = group;
+        o.hybrid = HybridMode::Auto;
+        o.cpu_groups = k;
+        o.host_threads = 2;
+        o.copy_jitter_us = 30;
+        o.host_slab_positions = 16;
+        const RunResult got = run(*ckpt, prompt, o);
+        EXPECT_EQ(got.plan.n_cpu_groups, k);
+        EXPECT_EQ(got.plan.host_slab_positions, 16);
+        double& w = worst[kv == DType::F32 ? 0 : 1];
+        w = std::max(w, compare(ref, got, c.vocab_size,
+                                "G " + std::to_string(group) + ", " + std::to_string(k) + " of " +
+                                    std::to_string(n_host / group) + " groups on the CPU, slabs of 16"));
+      }
+    }
+  std::printf("hybrid decode, slabs of 16: largest decode-logit difference %.3g (F32 KV), %.3g (BF16 KV) of "
+              "max|logit| (allowed %.0e)\n",
+              worst[0], worst[1], kLogitRtol);
 }
 
 // After decode steps with a CPU part, a prompt continues through the ring (prefill fetches every

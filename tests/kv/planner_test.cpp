@@ -171,6 +171,44 @@ TEST(Planner, Llama3_8B) {
   EXPECT_NE(p.message.find("host"), std::string::npos) << p.message;
 }
 
+// Host-tier slabs: the largest power of two of positions whose slab of one group is at most
+// kHostSlabTargetBytes (16 MiB), whatever the context; one slab stops at the context; a given
+// size is kept; a negative one is an error.
+TEST(Planner, HostSlabSize) {
+  ModelConfig c;  // llama3-8b's attention shape
+  c.model_type = "llama";
+  c.n_layers = 32;
+  c.layer_window.assign(32, 0);
+  c.n_heads = 32;
+  c.n_kv_heads = 8;
+  c.head_dim = 128;
+  c.hidden_size = 4096;
+  c.intermediate_size = 14336;
+  c.vocab_size = 128256;
+  PlannerInput in;
+  in.config = c;
+  in.kv_elem_bytes = 2;
+  in.context = int64_t{1} << 20;
+  in.offload = OffloadMode::All;
+  for (auto [group, positions] : {std::pair<int64_t, int64_t>{1, 32768}, {2, 16384}, {8, 4096}}) {
+    in.kv_group = group;
+    const Plan p = make_plan(in);
+    EXPECT_EQ(p.host_slab_positions, positions) << "G " << group;  // 2 G 128 dims 2 B per position
+    EXPECT_EQ(p.host_slab_bytes, kHostSlabTargetBytes) << "G " << group;
+  }
+  in.kv_group = 2;
+  in.context = 1000;  // shorter than a slab: the one slab holds the context
+  Plan p = make_plan(in);
+  EXPECT_EQ(p.host_slab_positions, 16384);
+  EXPECT_EQ(p.host_slab_bytes, 1000 * 2 * 2 * 128 * 2);
+  in.host_slab_positions = 37;
+  p = make_plan(in);
+  EXPECT_EQ(p.host_slab_positions, 37);
+  EXPECT_EQ(p.host_slab_bytes, 37 * 2 * 2 * 128 * 2);
+  in.host_slab_positions = -1;
+  EXPECT_THROW(make_plan(in), Error);
+}
+
 TEST(Planner, EverySharedConfigLoadsAndPlans) {
   HEADINFER_REQUIRE_TESTDATA();
   int n = 0;

@@ -10,10 +10,10 @@
 // - The host tier is pinned (cudaHostAlloc), which cudaMemcpy2DAsync needs to run asynchronously
 //   at link speed; pageable memory would be staged through a driver buffer synchronously.
 //
-// Pinning happens when the HeadStore is built, for the whole planned context. Growing the host
-//   tier in slabs as the context grows needs slab-major head blocks (a fetch of rows [0, n) is then
-//   one copy per slab), which the HeadStore's one-run-per-head layout does not have; until it does,
-//   a long --ctx pays its pinning time (about 0.5 s per GiB) at start-up.
+// The HeadStore pins the host tier in slabs as the context reaches them (HeadStore::reserve, at
+//   slab boundaries inside the token loop, before the copies that name the slab are queued), so a
+//   short prompt at a long --ctx pays the pinning time (about 0.5 s per GiB) of its first slabs
+//   only. Slabs are freed (cudaFreeHost, which waits for copies reading them) only at teardown.
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -10,7 +10,8 @@
 #        DECODE_ONLY_CONTEXTS (e.g. 512K,1M; default none): `--decode-only` runs of SHAPE under the cap,
 #        every head streamed and hybrid, one process per context (a context the host cannot hold
 #        fails alone), into the same results labelled decode-only,
-#        BUILD_ONLY=1 to build build-gpu/src/cli/headinfer and stop (bench/long_run.sh uses it).
+#        BUILD_ONLY=1 to build build-gpu/src/cli/headinfer and stop (bench/long_run.sh uses it),
+#        HI=path to use a headinfer already built for this card instead of building.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS=${DEPS:-$ROOT/.carry/deps/usr}
@@ -29,13 +30,17 @@ export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$
 export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)
 [[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
-cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DHEADINFER_TESTS=OFF \
-  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
-  -DHEADINFER_CUDNN_FRONTEND_INCLUDE="${CUDNN_FE:-$ROOT/.carry/cudnn_frontend/include}" \
-  >"$OUT/bench-configure.log" 2>&1 || { tail -20 "$OUT/bench-configure.log"; exit 1; }
-cmake --build "$ROOT/build-gpu" --target headinfer -j "$(nproc)" >"$OUT/bench-build.log" 2>&1 ||
-  { grep -E "error" "$OUT/bench-build.log" | head -20; exit 1; }
-HI=$ROOT/build-gpu/src/cli/headinfer
+if [[ -n "${HI:-}" && -x "${HI:-}" ]]; then
+  echo "using the built $HI"
+else
+  cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DHEADINFER_TESTS=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
+    -DHEADINFER_CUDNN_FRONTEND_INCLUDE="${CUDNN_FE:-$ROOT/.carry/cudnn_frontend/include}" \
+    >"$OUT/bench-configure.log" 2>&1 || { tail -20 "$OUT/bench-configure.log"; exit 1; }
+  cmake --build "$ROOT/build-gpu" --target headinfer -j "$(nproc)" >"$OUT/bench-build.log" 2>&1 ||
+    { grep -E "error" "$OUT/bench-build.log" | head -20; exit 1; }
+  HI=$ROOT/build-gpu/src/cli/headinfer
+fi
 if [[ -n "${BUILD_ONLY:-}" ]]; then echo "built $HI"; exit 0; fi
 
 runs=()

@@ -165,6 +165,9 @@ class Ops {
   // device budget before the KV cache is planned and never grows (or synchronises) in the token
   // loop. Backends without scratch ignore it.
   virtual void reserve_workspace(const OpsWorkspaceSizes& sizes) {}
+  // The device bytes reserve_workspace(sizes) takes, known before anything is loaded (the
+  // pre-load placement check counts them with the activations).
+  virtual size_t workspace_bytes(const OpsWorkspaceSizes& sizes) const { return 0; }
 };
 
 // A device: where weights, activations and GPU-tier head blocks live, and the ops that run

@@ -139,6 +139,8 @@ struct KvPlacementOptions {
   int64_t gpu_mem = 0;    // the device's byte cap (the budget the device was made with); 0: unlimited
   int64_t host_mem = 0;   // host-tier bytes; 0: detected (MemAvailable)
   int64_t kv_group = 0;   // 0: the planner picks
+  int64_t ops_scratch_bytes = 0;  // the device ops' scratch (Ops::workspace_bytes): the pre-load
+                                  // check counts it with the activations
   int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
   int64_t host_slab_positions = 0;  // positions per host-tier slab; 0: the planner picks (tests use small ones)
   HybridMode hybrid = HybridMode::Off;  // attend some host-tier groups on the CPU in decode

@@ -39,6 +39,10 @@ struct ForwardWorkspaceSizes {
   int64_t max_mlp_chunk = 512;  // rows of the MLP intermediate at once
 };
 
+// The largest op calls Model makes for these sizes (what it passes to Ops::reserve_workspace).
+OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& config, const ForwardWorkspaceSizes& sizes,
+                                      DType weight_dtype);
+
 class Model {
  public:
   // Checks every tensor the config needs (names and shapes) and copies the weights to `device`.

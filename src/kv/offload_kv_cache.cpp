@@ -460,6 +460,7 @@ void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t c
   in.kv_group = options.kv_group;
   in.chunk = chunk;
   in.host_slab_positions = options.host_slab_positions;
+  in.activation_bytes = estimate_activation_bytes(config, context, chunk, in.mlp_chunk) + options.ops_scratch_bytes;
   const Plan plan = make_plan(in);
   if (!plan.fits) throw Error(plan.message);
 }

@@ -94,14 +94,18 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   argmax_ = DeviceBuffer(device_, sizeof(int32_t), "logits");
   // The ops' scratch (GEMM casts, split-KV partials) is taken now, so device.bytes_in_use() holds
   // it when the KV cache is planned and the token loop never grows it.
+  device_.ops().reserve_workspace(ops_workspace_sizes(c, sizes_, weights_.embed.dtype));
+}
+
+OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& c, const ForwardWorkspaceSizes& sizes, DType weight_dtype) {
   OpsWorkspaceSizes ws;
-  ws.max_tokens = sizes_.max_chunk;
+  ws.max_tokens = sizes.max_chunk;
   ws.max_in_features = std::max({c.hidden_size, c.q_dim(), c.intermediate_size});
-  ws.weight_dtype = weights_.embed.dtype;
+  ws.weight_dtype = weight_dtype;
   ws.max_q_heads = c.group_size();
   ws.max_kv_heads = c.n_kv_heads;
   ws.head_dim = c.head_dim;
-  device_.ops().reserve_workspace(ws);
+  return ws;
 }
 
 void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits) {

@@ -24,12 +24,14 @@ const EngineOptions& checked_placement(const Checkpoint& checkpoint, const Engin
   return o;
 }
 
-// The KV element type the device keeps for this checkpoint, unless the caller chose one.
-EngineOptions with_kv_dtype(const Checkpoint& checkpoint, const Device& device, EngineOptions o) {
-  if (!o.kv.kv_dtype) {
-    const TensorView* embed = checkpoint.find("model.embed_tokens.weight");
-    o.kv.kv_dtype = device.kv_dtype(embed != nullptr ? embed->dtype : DType::F32);
-  }
+// The KV element type the device keeps for this checkpoint, unless the caller chose one, and the
+// device ops' scratch for the pre-load check.
+EngineOptions with_device_facts(const Checkpoint& checkpoint, Device& device, EngineOptions o) {
+  const TensorView* embed = checkpoint.find("model.embed_tokens.weight");
+  const DType weight_dtype = embed != nullptr ? embed->dtype : DType::F32;
+  if (!o.kv.kv_dtype) o.kv.kv_dtype = device.kv_dtype(weight_dtype);
+  o.kv.ops_scratch_bytes = static_cast<int64_t>(
+      device.ops().workspace_bytes(ops_workspace_sizes(checkpoint.config(), workspace_sizes(o), weight_dtype)));
   return o;
 }
 
@@ -40,7 +42,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options)
-    : options_(checked_placement(checkpoint, with_kv_dtype(checkpoint, device, options))),
+    : options_(checked_placement(checkpoint, with_device_facts(checkpoint, device, options))),
       model_(checkpoint, device, workspace_sizes(options)),
       kv_(make_planned_kv_cache(device, checkpoint.config(), options.context, options.chunk, model_.weight_bytes(),
                                 options_.kv)),

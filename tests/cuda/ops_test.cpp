@@ -26,6 +26,26 @@ TEST_F(CudaTest, BudgetIsEnforcedAndCounted) {
   EXPECT_EQ(dev->peak_bytes(), 1000u);
 }
 
+// The pre-load check counts the ops' scratch from workspace_bytes(): it must be what
+// reserve_workspace() then takes, for f32 and 16-bit weights, decode-sized and prefill-sized.
+TEST_F(CudaTest, WorkspaceBytesIsWhatReserveTakes) {
+  for (DType wt : {DType::F32, DType::BF16})
+    for (int64_t tokens : {1, 8192}) {
+      auto dev = make_cuda_device({});
+      OpsWorkspaceSizes ws;
+      ws.max_tokens = tokens;
+      ws.max_in_features = 14336;
+      ws.weight_dtype = wt;
+      ws.max_q_heads = 4;
+      ws.max_kv_heads = 8;
+      ws.head_dim = 128;
+      const size_t before = dev->bytes_in_use();
+      dev->ops().reserve_workspace(ws);
+      EXPECT_EQ(dev->bytes_in_use() - before, dev->ops().workspace_bytes(ws)) << dtype_name(wt) << " T=" << tokens;
+      EXPECT_GE(dev->ops().workspace_bytes(ws), size_t{32} << 20);  // cuBLASLt's workspace at least
+    }
+}
+
 // Widening is exact, so the rows must match bit for bit.
 TEST_F(CudaTest, Embedding) {
   for (DType t : kWeightTypes) {

@@ -29,6 +29,14 @@ void* Scratch::get(size_t bytes) {
   return buffer_.data();
 }
 
+// What reserve_workspace below takes from a fresh device, term by term.
+size_t CudaOps::workspace_bytes(const OpsWorkspaceSizes& s) const {
+  size_t bytes = static_cast<size_t>(std::max<int64_t>(s.max_tokens, 1)) * sizeof(int32_t) + gemm_workspace_bytes();
+  if (s.weight_dtype != DType::F32)
+    bytes += static_cast<size_t>(s.max_tokens * s.max_in_features) * dtype_size(s.weight_dtype) + kCudnnWorkspaceBytes;
+  return bytes + attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.max_kv_heads, s.head_dim);
+}
+
 void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
   const int64_t max_ids = std::max<int64_t>(s.max_tokens, 1);
   ids_.get(static_cast<size_t>(max_ids) * sizeof(int32_t));
@@ -47,7 +55,7 @@ void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
   if (partials > 0) attn_partials_.get(partials);
   // cuDNN SDPA runs only on 16-bit KV (16-bit checkpoints); its forward graphs have asked for a few
   // hundred bytes of workspace, so 1 MiB leaves room without taking much from the KV.
-  if (s.weight_dtype != DType::F32) cudnn_.reserve_workspace(size_t{1} << 20);
+  if (s.weight_dtype != DType::F32) cudnn_.reserve_workspace(kCudnnWorkspaceBytes);
 }
 
 namespace {

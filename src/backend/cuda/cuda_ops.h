@@ -32,6 +32,7 @@ class Scratch {
 // scratch (split-KV partials, cuDNN's 16-bit Q/O and Stats) any call with at most `max_tasks`
 // (query row, q head) tasks per kv head, over at most `max_kv_heads` kv heads, can need (attention.cu).
 size_t gemm_workspace_bytes();
+constexpr size_t kCudnnWorkspaceBytes = size_t{1} << 20;  // cuDNN SDPA's workspace (16-bit weights only)
 size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t max_kv_heads, int64_t head_dim);
 
 class CudaOps final : public Ops {
@@ -60,6 +61,7 @@ class CudaOps final : public Ops {
   void copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) override;
   void argmax(const MatView& x, int32_t* out) override;
   void reserve_workspace(const OpsWorkspaceSizes& sizes) override;
+  size_t workspace_bytes(const OpsWorkspaceSizes& sizes) const override;
   ~CudaOps() override {
     if (ids_pinned_ != nullptr) cudaFreeHost(ids_pinned_);
   }

@@ -51,6 +51,9 @@ struct BenchArgs {
   bool json = false;
   bool decode_only = false;
   bool no_graphs = false;
+  float temperature = 0.0f;  // 0: greedy, argmax on the device
+  int64_t top_k = 0;
+  float top_p = 1.0f;
 };
 
 std::vector<int64_t> parse_contexts(const std::string& text) {
@@ -139,10 +142,15 @@ void run_bench(const BenchArgs& a) {
       prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
 
+    std::unique_ptr<Sampler> sampler;
+    if (a.temperature != 0.0f) sampler = std::make_unique<Sampler>(SamplerOptions{a.temperature, a.top_k, a.top_p, a.seed});
     std::vector<double> step_s;
     for (int64_t i = 0; i < a.n_decode; ++i) {
       const auto s0 = std::chrono::steady_clock::now();
-      next = engine.decode_greedy(next);  // argmax on the device, as generate does
+      if (sampler)
+        next = sampler->sample(engine.decode(next));  // logits to the host, as generate does when sampling
+      else
+        next = engine.decode_greedy(next);  // argmax on the device, as generate does
       step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
     }
     const double decode_s = median(step_s);
@@ -151,6 +159,7 @@ void run_bench(const BenchArgs& a) {
     nlohmann::json r = {{"context", ctx},
                         {"decode_only", a.decode_only},
                         {"step_graphs", engine.step_graphs()},
+                        {"temperature", a.temperature},
                         {"prefill_seconds", prefill_s},
                         {"prefill_tokens_per_second", static_cast<double>(ctx) / prefill_s},
                         {"decode_seconds_per_token", decode_s},
@@ -218,6 +227,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print one JSON object");
   cmd->add_flag("--decode-only", args->decode_only,
                 "Fill the KV with random values instead of prefilling, then decode (labelled decode-only)");
+  // Sampling decodes as generate does when it samples: the logits come to the host.
+  cmd->add_option("--temp", args->temperature, "Decode by sampling at this temperature (0: greedy)")->capture_default_str();
+  cmd->add_option("--top-k", args->top_k, "With --temp: keep the k most likely tokens (0: off)")->capture_default_str();
+  cmd->add_option("--top-p", args->top_p, "With --temp: nucleus mass (1: off)")->capture_default_str();
   cmd->add_flag("--no-graphs", args->no_graphs, "Run decode steps op by op, without CUDA graphs (for comparison)");
   cmd->callback([args] { run_bench(*args); });
 }

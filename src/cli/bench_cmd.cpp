@@ -103,6 +103,8 @@ std::unique_ptr<Checkpoint> load_bench_checkpoint(const BenchArgs& a, std::strin
 
 void run_bench(const BenchArgs& a) {
   if (a.n_decode < 1) throw Error("--n-decode must be at least 1");
+  const SamplerOptions sampling{a.temperature, a.top_k, a.top_p, a.seed};
+  if (a.temperature != 0.0f) Sampler{sampling};  // bad sampling flags fail before any work
   const std::vector<int64_t> contexts = parse_contexts(a.contexts);
   std::string label;
   const auto checkpoint = load_bench_checkpoint(a, &label);
@@ -143,7 +145,7 @@ void run_bench(const BenchArgs& a) {
     }
 
     std::unique_ptr<Sampler> sampler;
-    if (a.temperature != 0.0f) sampler = std::make_unique<Sampler>(SamplerOptions{a.temperature, a.top_k, a.top_p, a.seed});
+    if (a.temperature != 0.0f) sampler = std::make_unique<Sampler>(sampling);
     std::vector<double> step_s;
     for (int64_t i = 0; i < a.n_decode; ++i) {
       const auto s0 = std::chrono::steady_clock::now();

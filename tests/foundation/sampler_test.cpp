@@ -1,6 +1,11 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
+#include <random>
+#include <span>
+#include <vector>
 
 #include "headinfer/error.h"
 #include "headinfer/sampler.h"
@@ -55,6 +60,53 @@ TEST(Sampler, RejectsBadOptions) {
   EXPECT_THROW(Sampler({-1.0f, 0, 1.0f, 0}), Error);
   EXPECT_THROW(Sampler({1.0f, -2, 1.0f, 0}), Error);
   EXPECT_THROW(Sampler({1.0f, 0, 0.0f, 0}), Error);
+}
+
+}  // namespace
+}  // namespace headinfer
+
+namespace headinfer {
+namespace {
+
+// The sampler before its top-p fast path: sort the whole vocabulary, softmax in sorted order, cut,
+// draw. The fast path sorts only a prefix and sums the normaliser in vocabulary order (a double
+// sum of positive terms: the order moves it by ~1e-16 relative), so the draws must be the same.
+int32_t reference_top_p(std::span<const float> logits, float temp, float top_p, std::mt19937_64& rng) {
+  std::vector<std::pair<float, int32_t>> c;
+  for (size_t i = 0; i < logits.size(); ++i) c.emplace_back(logits[i] / temp, static_cast<int32_t>(i));
+  std::sort(c.begin(), c.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  std::vector<double> p(c.size());
+  double total = 0;
+  for (size_t i = 0; i < c.size(); ++i) total += p[i] = std::exp(c[i].first - static_cast<double>(c[0].first));
+  double mass = 0;
+  size_t keep = c.size();
+  for (size_t i = 0; i < c.size(); ++i)
+    if ((mass += p[i] / total) >= top_p) {
+      keep = i + 1;
+      break;
+    }
+  total = 0;
+  for (size_t i = 0; i < keep; ++i) total += p[i];
+  const double u = std::uniform_real_distribution<double>(0.0, total)(rng);
+  double acc = 0;
+  for (size_t i = 0; i < keep; ++i)
+    if (u < (acc += p[i])) return c[i].second;
+  return c[keep - 1].second;
+}
+
+TEST(Sampler, TopPFastPathDrawsWhatAFullSortDraws) {
+  std::mt19937 gen(7);
+  std::vector<float> logits(128256);
+  // Peaked (nucleus within 256), broader (within 4096) and flat (the whole vocabulary is sorted).
+  for (float spread : {12.0f, 4.0f, 0.5f})
+    for (float top_p : {0.5f, 0.9f, 0.99f}) {
+      std::normal_distribution<float> d(0.0f, spread);
+      for (float& x : logits) x = d(gen);
+      Sampler s(SamplerOptions{0.8f, 0, top_p, 11});
+      std::mt19937_64 rng(11);
+      for (int i = 0; i < 20; ++i)
+        ASSERT_EQ(s.sample(logits), reference_top_p(logits, 0.8f, top_p, rng)) << spread << " " << top_p << " " << i;
+    }
 }
 
 }  // namespace

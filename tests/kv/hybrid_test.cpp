@@ -41,6 +41,7 @@
 #include "headinfer/head_store.h"
 #include "headinfer/model.h"
 #include "model_set.h"
+#include "placement_run.h"
 #include "testdata.h"
 
 namespace headinfer {
@@ -53,11 +54,7 @@ constexpr double kLogitRtol = 1e-4;
 using test::all_models;
 using test::random_prompt;
 
-struct RunResult {
-  std::vector<float> logits;    // [1 + n_decode, vocab]: after the prompt, then after each decode step
-  std::vector<int32_t> tokens;  // greedy picks
-  Plan plan;
-};
+using RunResult = test::PlacementRun;
 
 constexpr int64_t kChunk = 7;
 constexpr int64_t kPrompt = 40;
@@ -65,33 +62,7 @@ constexpr int64_t kDecode = 12;
 
 // Prompt in chunks of 7, then greedy decode steps, on Model + the planned cache directly.
 RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, const KvPlacementOptions& kv_options) {
-  const ModelConfig& c = ckpt.config();
-  const int64_t context = static_cast<int64_t>(prompt.size()) + kDecode;
-  auto device = make_cpu_device({2, static_cast<size_t>(kv_options.gpu_mem)});
-  Model model(ckpt, *device, {kChunk, 512});
-  auto kv = make_planned_kv_cache(*device, c, context, kChunk, static_cast<int64_t>(model.weight_bytes()), kv_options);
-  RunResult r;
-  r.plan = *kv_cache_plan(*kv);
-  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-  auto keep = [&] {
-    r.logits.insert(r.logits.end(), logits.begin(), logits.end());
-    r.tokens.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-  };
-  int64_t pos = 0;
-  const auto n_prompt = static_cast<int64_t>(prompt.size());
-  while (pos < n_prompt) {
-    const int64_t n = std::min(kChunk, n_prompt - pos);
-    model.forward(std::span<const int32_t>(prompt).subspan(static_cast<size_t>(pos), static_cast<size_t>(n)), pos, *kv,
-                  logits);
-    pos += n;
-  }
-  keep();
-  for (int64_t i = 0; i < kDecode; ++i, ++pos) {
-    const int32_t id = r.tokens.back();
-    model.forward(std::span<const int32_t>(&id, 1), pos, *kv, logits);
-    keep();
-  }
-  return r;
+  return test::run_placement(ckpt, prompt, kChunk, kDecode, kv_options);
 }
 
 // Largest |difference| / max|ref logit| over the decode steps; the prompt's logits bit-identical.

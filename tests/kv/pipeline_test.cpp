@@ -18,6 +18,7 @@
 #include "headinfer/head_store.h"
 #include "headinfer/model.h"
 #include "model_set.h"
+#include "placement_run.h"
 #include "testdata.h"
 
 namespace headinfer {
@@ -28,12 +29,7 @@ namespace fs = std::filesystem;
 using test::all_models;
 using test::random_prompt;
 
-struct RunResult {
-  std::vector<float> logits;    // [1 + n_decode, vocab]: after the prompt, then after each decode
-  std::vector<int32_t> tokens;  // greedy picks
-  Plan plan;
-  size_t device_peak = 0;
-};
+using RunResult = test::PlacementRun;
 
 struct RunSpec {
   int64_t chunk = 7;
@@ -41,40 +37,8 @@ struct RunSpec {
   KvPlacementOptions kv;
 };
 
-// The engine's loop, on Model + the planned cache directly, so the test can see the plan.
 RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, const RunSpec& spec) {
-  const ModelConfig& c = ckpt.config();
-  const int64_t context = static_cast<int64_t>(prompt.size()) + spec.n_decode;
-  auto device = make_cpu_device({2, static_cast<size_t>(spec.kv.gpu_mem)});
-  Model model(ckpt, *device, {std::min(spec.chunk, context), 512});
-  auto kv = make_planned_kv_cache(*device, c, context, spec.chunk, static_cast<int64_t>(model.weight_bytes()), spec.kv);
-  RunResult r;
-  r.plan = *kv_cache_plan(*kv);
-  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-  auto keep = [&] {
-    r.logits.insert(r.logits.end(), logits.begin(), logits.end());
-    r.tokens.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-  };
-  int64_t pos = 0;
-  const auto n_prompt = static_cast<int64_t>(prompt.size());
-  while (pos < n_prompt) {
-    const int64_t n = std::min(model.max_chunk(), n_prompt - pos);
-    model.forward(std::span<const int32_t>(prompt).subspan(static_cast<size_t>(pos), static_cast<size_t>(n)), pos, *kv,
-                  logits);
-    pos += n;
-  }
-  keep();
-  for (int64_t i = 0; i < spec.n_decode; ++i, ++pos) {
-    const int32_t id = r.tokens.back();
-    model.forward(std::span<const int32_t>(&id, 1), pos, *kv, logits);
-    keep();
-  }
-  kv.reset();  // frees the KV before the peak is read back (the peak itself is kept)
-  r.device_peak = device->peak_bytes();
-  if (spec.kv.gpu_mem > 0) {
-    EXPECT_LE(r.device_peak, static_cast<size_t>(spec.kv.gpu_mem)) << "device pool over the cap";
-  }
-  return r;
+  return test::run_placement(ckpt, prompt, spec.chunk, spec.n_decode, spec.kv);
 }
 
 // Bytes on the device before any KV: weights, activations, tables.
@@ -84,12 +48,7 @@ int64_t fixed_device_bytes(const Checkpoint& ckpt, int64_t context, int64_t chun
   return static_cast<int64_t>(device->bytes_in_use());
 }
 
-void expect_identical(const RunResult& ref, const RunResult& got, const std::string& what) {
-  ASSERT_EQ(ref.logits.size(), got.logits.size()) << what;
-  EXPECT_EQ(ref.tokens, got.tokens) << what;
-  EXPECT_EQ(0, std::memcmp(ref.logits.data(), got.logits.data(), ref.logits.size() * sizeof(float)))
-      << what << ": logits differ in their bits";
-}
+using test::expect_bit_identical;
 
 // Prompt lengths per chunk size: several chunks each, the last one partial.
 int64_t prompt_length(int64_t chunk) {
@@ -130,7 +89,7 @@ TEST_P(AllModels, EveryPlacementIsBitIdenticalToAllResident) {
       s.kv.copy_jitter_us = g == 1 ? 30 : 0;
       const RunResult got = run(*ckpt, prompt, s);
       EXPECT_EQ(got.plan.n_resident_groups, 0);
-      expect_identical(ref, got, "offload all, G " + std::to_string(g));
+      expect_bit_identical(ref, got, "offload all, G " + std::to_string(g));
     }
 
     // --offload auto under caps that leave 1, about half, and n - 3 groups resident (G = 1): with a
@@ -152,7 +111,7 @@ TEST_P(AllModels, EveryPlacementIsBitIdenticalToAllResident) {
       const RunResult got = run(*ckpt, prompt, s);
       EXPECT_EQ(got.plan.n_resident_groups, resident);
       EXPECT_GT(got.plan.n_streamed_groups, 0);
-      expect_identical(ref, got, "offload auto, " + std::to_string(resident) + " resident");
+      expect_bit_identical(ref, got, "offload auto, " + std::to_string(resident) + " resident");
     }
   }
 }

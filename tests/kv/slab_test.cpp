@@ -20,6 +20,7 @@
 #include "headinfer/model.h"
 #include "headinfer/random_model.h"
 #include "model_set.h"
+#include "placement_run.h"
 #include "testdata.h"
 
 namespace headinfer {
@@ -204,50 +205,15 @@ TEST(HostSlabs, LongContextPlansTheWholeAndAllocatesTheStart) {
 
 // ---- The exactness contract with small slabs ----
 
-struct RunResult {
-  std::vector<float> logits;    // [1 + n_decode, vocab]
-  std::vector<int32_t> tokens;  // greedy picks
-  Plan plan;
-};
+using RunResult = test::PlacementRun;
 
 constexpr int64_t kDecode = 4;
 
 RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, int64_t chunk, const KvPlacementOptions& kv) {
-  const ModelConfig& c = ckpt.config();
-  const int64_t context = static_cast<int64_t>(prompt.size()) + kDecode;
-  auto device = make_cpu_device({2, static_cast<size_t>(kv.gpu_mem)});
-  Model model(ckpt, *device, {std::min(chunk, context), 512});
-  auto cache = make_planned_kv_cache(*device, c, context, chunk, static_cast<int64_t>(model.weight_bytes()), kv);
-  RunResult r;
-  r.plan = *kv_cache_plan(*cache);
-  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-  auto keep = [&] {
-    r.logits.insert(r.logits.end(), logits.begin(), logits.end());
-    r.tokens.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-  };
-  int64_t pos = 0;
-  const auto n_prompt = static_cast<int64_t>(prompt.size());
-  while (pos < n_prompt) {
-    const int64_t n = std::min(model.max_chunk(), n_prompt - pos);
-    model.forward(std::span<const int32_t>(prompt).subspan(static_cast<size_t>(pos), static_cast<size_t>(n)), pos,
-                  *cache, logits);
-    pos += n;
-  }
-  keep();
-  for (int64_t i = 0; i < kDecode; ++i, ++pos) {
-    const int32_t id = r.tokens.back();
-    model.forward(std::span<const int32_t>(&id, 1), pos, *cache, logits);
-    keep();
-  }
-  return r;
+  return test::run_placement(ckpt, prompt, chunk, kDecode, kv);
 }
 
-void expect_identical(const RunResult& ref, const RunResult& got, const std::string& what) {
-  ASSERT_EQ(ref.logits.size(), got.logits.size()) << what;
-  EXPECT_EQ(ref.tokens, got.tokens) << what;
-  EXPECT_EQ(0, std::memcmp(ref.logits.data(), got.logits.data(), ref.logits.size() * sizeof(float)))
-      << what << ": logits differ in their bits";
-}
+using test::expect_bit_identical;
 
 // Prompt lengths: several slabs of 64 and 37, with chunks and decode steps across boundaries
 // (chunk 1: decode crosses 192; chunk 97: crosses 256; chunk 1500: the second chunk crosses 1536).
@@ -295,7 +261,7 @@ TEST_P(SmallSlabs, EveryPlacementIsBitIdenticalToAllResident) {
         const RunResult got = run(*ckpt, prompt, chunk, o);
         EXPECT_EQ(got.plan.n_resident_groups, 0);
         EXPECT_EQ(got.plan.host_slab_positions, slab);
-        expect_identical(ref, got,
+        expect_bit_identical(ref, got,
                          dt + " offload all, G " + std::to_string(group) + ", slabs of " + std::to_string(slab));
       }
 
@@ -314,7 +280,7 @@ TEST_P(SmallSlabs, EveryPlacementIsBitIdenticalToAllResident) {
       const RunResult got = run(*ckpt, prompt, chunk, o);
       EXPECT_GT(got.plan.n_resident_groups, 0);
       EXPECT_GT(got.plan.n_streamed_groups, 0);
-      expect_identical(ref, got, dt + " offload auto (split), slabs of 64");
+      expect_bit_identical(ref, got, dt + " offload auto (split), slabs of 64");
     }
   }
 }

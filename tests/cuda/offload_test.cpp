@@ -17,6 +17,7 @@
 #include "headinfer/head_store.h"
 #include "headinfer/model.h"
 #include "model_set.h"
+#include "placement_run.h"
 #include "testdata.h"
 
 namespace headinfer::test {
@@ -29,11 +30,7 @@ DType weight_dtype(const Checkpoint& ckpt) {
   return embed != nullptr ? embed->dtype : DType::F32;
 }
 
-struct RunResult {
-  std::vector<float> logits;    // [1 + n_decode, vocab]: after the prompt, then after each decode
-  std::vector<int32_t> tokens;  // greedy picks
-  Plan plan;
-  size_t device_peak = 0;
+struct RunResult : test::PlacementRun {
   size_t device_budget = 0;
 };
 
@@ -46,40 +43,14 @@ struct RunSpec {
 
 // Model + the planned cache on a fresh device whose budget is the cap, as `generate` builds them.
 RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, const RunSpec& spec) {
-  const ModelConfig& c = ckpt.config();
-  const int64_t context = static_cast<int64_t>(prompt.size()) + spec.n_decode;
   auto device = spec.cuda ? make_cuda_device({0, static_cast<size_t>(spec.kv.gpu_mem)})
                           : make_cpu_device({0, static_cast<size_t>(spec.kv.gpu_mem)});
   KvPlacementOptions kv = spec.kv;
   kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
   kv.kv_dtype = device->kv_dtype(weight_dtype(ckpt));
   RunResult r;
+  static_cast<test::PlacementRun&>(r) = test::run_placement_on(*device, ckpt, prompt, spec.chunk, spec.n_decode, kv);
   r.device_budget = device->memory_budget();
-  {
-    Model model(ckpt, *device, {std::min(spec.chunk, context), 512});
-    auto cache = make_planned_kv_cache(*device, c, context, spec.chunk, static_cast<int64_t>(model.weight_bytes()), kv);
-    r.plan = *kv_cache_plan(*cache);
-    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-    auto keep = [&] {
-      r.logits.insert(r.logits.end(), logits.begin(), logits.end());
-      r.tokens.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-    };
-    int64_t pos = 0;
-    const auto n_prompt = static_cast<int64_t>(prompt.size());
-    while (pos < n_prompt) {
-      const int64_t n = std::min(model.max_chunk(), n_prompt - pos);
-      model.forward(std::span<const int32_t>(prompt).subspan(static_cast<size_t>(pos), static_cast<size_t>(n)), pos,
-                    *cache, logits);
-      pos += n;
-    }
-    keep();
-    for (int64_t i = 0; i < spec.n_decode; ++i, ++pos) {
-      const int32_t id = r.tokens.back();
-      model.forward(std::span<const int32_t>(&id, 1), pos, *cache, logits);
-      keep();
-    }
-  }
-  r.device_peak = device->peak_bytes();
   if (r.device_budget > 0) {
     EXPECT_LE(r.device_peak, r.device_budget) << "device pool over the cap";
   }
@@ -90,10 +61,7 @@ RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, const 
 }
 
 void expect_identical(const RunResult& ref, const RunResult& got, const std::string& what) {
-  ASSERT_EQ(ref.logits.size(), got.logits.size()) << what;
-  EXPECT_EQ(ref.tokens, got.tokens) << what;
-  EXPECT_EQ(0, std::memcmp(ref.logits.data(), got.logits.data(), ref.logits.size() * sizeof(float)))
-      << what << ": logits differ in their bits";
+  test::expect_bit_identical(ref, got, what);
 }
 
 int64_t prompt_length(int64_t chunk) {

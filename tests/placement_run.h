@@ -61,7 +61,9 @@ inline PlacementRun run_placement(const Checkpoint& ckpt, const std::vector<int3
                                   int64_t n_decode, const KvPlacementOptions& kv) {
   auto device = make_cpu_device({2, static_cast<size_t>(kv.gpu_mem)});
   PlacementRun r = run_placement_on(*device, ckpt, prompt, chunk, n_decode, kv);
-  if (kv.gpu_mem > 0) EXPECT_LE(r.device_peak, static_cast<size_t>(kv.gpu_mem)) << "device pool over the cap";
+  if (kv.gpu_mem > 0) {
+    EXPECT_LE(r.device_peak, static_cast<size_t>(kv.gpu_mem)) << "device pool over the cap";
+  }
   return r;
 }
 

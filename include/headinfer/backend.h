@@ -10,6 +10,7 @@
 #include <string>
 
 #include "headinfer/dtype.h"
+#include "headinfer/error.h"
 
 namespace headinfer {
 
@@ -118,6 +119,7 @@ struct OpsWorkspaceSizes {
   DType weight_dtype = DType::F32;
   int64_t max_q_heads = 0;       // query heads per kv head (GQA group)
   int64_t max_kv_heads = 1;      // kv heads of one attention call
+  int64_t vocab = 0;             // logits of one sample_token call
   int64_t head_dim = 0;
 };
 
@@ -161,6 +163,16 @@ class Ops {
   // ties; NaNs lose, unless x[0] is NaN (then 0): the host sampler's argmax, on the device.
   // out: I32 device memory.
   virtual void argmax(const MatView& x, int32_t* out) = 0;
+  // One draw from softmax(x / temperature) restricted to the top_k largest (0: all) and then to
+  // the smallest most-likely prefix whose mass reaches top_p (1: all), x F32 [1, n] device
+  // memory; `uniform` in [0, 1) picks the token (the caller's seeded generator draws it). out: I32
+  // device memory. Candidates are ordered by value, then index, as the host sampler orders them.
+  // Only where samples_on_device(); the others sample on the host from the logits.
+  virtual bool samples_on_device() const { return false; }
+  virtual void sample_token(const MatView& x, float temperature, int64_t top_k, float top_p, double uniform,
+                            int32_t* out) {
+    throw Error("this backend samples on the host");
+  }
   // Sizes the ops' own scratch for the largest calls to come, so the scratch counts against the
   // device budget before the KV cache is planned and never grows (or synchronises) in the token
   // loop. Backends without scratch ignore it.

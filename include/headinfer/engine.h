@@ -44,6 +44,9 @@ class Engine {
   // their argmax, computed on the device (the greedy token, without reading the logits back).
   std::span<const float> decode(int32_t id);
   int32_t decode_greedy(int32_t id);
+  // A sampled token (sampler's temperature > 0), drawn on the device where it can, else on the
+  // host from the logits.
+  int32_t decode_sampled(int32_t id, Sampler& sampler);
   // Whether decode steps run as device graphs (EngineOptions::step_graphs, the device and the
   // placement allowing it; off for good after a recording fails).
   bool step_graphs() const { return graphs_; }

@@ -62,6 +62,9 @@ class Model {
   // The logits of the last forward: to the host ([vocab]), or only their argmax (4 bytes).
   void read_logits(std::span<float> logits);
   int32_t read_argmax();
+  // A draw from the last forward's logits on the device (Ops::sample_token; only where
+  // device().ops().samples_on_device()).
+  int32_t read_sample(float temperature, int64_t top_k, float top_p, double uniform);
 
  private:
   void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, KvCache& kv);

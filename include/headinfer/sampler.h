@@ -19,6 +19,9 @@ class Sampler {
  public:
   explicit Sampler(const SamplerOptions& options);
   int32_t sample(std::span<const float> logits);
+  const SamplerOptions& options() const { return options_; }
+  // The next uniform in [0, 1) of this sampler's seeded generator, for a device-side draw.
+  double next_uniform() { return std::generate_canonical<double, 53>(rng_); }
 
  private:
   int32_t draw(const std::vector<double>& probs, size_t keep, double total);

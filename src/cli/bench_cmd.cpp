@@ -150,7 +150,7 @@ void run_bench(const BenchArgs& a) {
     for (int64_t i = 0; i < a.n_decode; ++i) {
       const auto s0 = std::chrono::steady_clock::now();
       if (sampler)
-        next = sampler->sample(engine.decode(next));  // logits to the host, as generate does when sampling
+        next = engine.decode_sampled(next, *sampler);  // drawn on the device where it can, as generate does
       else
         next = engine.decode_greedy(next);  // argmax on the device, as generate does
       step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
@@ -229,7 +229,6 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print one JSON object");
   cmd->add_flag("--decode-only", args->decode_only,
                 "Fill the KV with random values instead of prefilling, then decode (labelled decode-only)");
-  // Sampling decodes as generate does when it samples: the logits come to the host.
   cmd->add_option("--temp", args->temperature, "Decode by sampling at this temperature (0: greedy)")->capture_default_str();
   cmd->add_option("--top-k", args->top_k, "With --temp: keep the k most likely tokens (0: off)")->capture_default_str();
   cmd->add_option("--top-p", args->top_p, "With --temp: nucleus mass (1: off)")->capture_default_str();

@@ -105,6 +105,7 @@ OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& c, const ForwardWorkspa
   ws.max_q_heads = c.group_size();
   ws.max_kv_heads = c.n_kv_heads;
   ws.head_dim = c.head_dim;
+  ws.vocab = c.vocab_size;
   return ws;
 }
 
@@ -121,6 +122,14 @@ void Model::read_logits(std::span<float> logits) {
 
 int32_t Model::read_argmax() {
   device_.ops().argmax(mat(logits_, 1, config_.vocab_size), argmax_.as<int32_t>());
+  int32_t id = 0;
+  device_.read_to_host(&id, argmax_.data(), sizeof(id));
+  return id;
+}
+
+int32_t Model::read_sample(float temperature, int64_t top_k, float top_p, double uniform) {
+  device_.ops().sample_token(mat(logits_, 1, config_.vocab_size), temperature, top_k, top_p, uniform,
+                             argmax_.as<int32_t>());
   int32_t id = 0;
   device_.read_to_host(&id, argmax_.data(), sizeof(id));
   return id;

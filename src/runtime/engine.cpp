@@ -83,6 +83,15 @@ std::span<const float> Engine::decode(int32_t id) {
   return logits_;
 }
 
+int32_t Engine::decode_sampled(int32_t id, Sampler& sampler) {
+  step(id);
+  const SamplerOptions& o = sampler.options();
+  if (model_.device().ops().samples_on_device())
+    return model_.read_sample(o.temperature, o.top_k, o.top_p, sampler.next_uniform());
+  model_.read_logits(logits_);
+  return sampler.sample(logits_);
+}
+
 int32_t Engine::decode_greedy(int32_t id) {
   step(id);
   return model_.read_argmax();
@@ -139,9 +148,10 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
   auto t0 = std::chrono::steady_clock::now();
   std::span<const float> logits = engine.prefill(prompt, callbacks.on_prefill_progress);
   result.prefill_seconds = seconds_since(t0);
-  // Greedy decoding with nobody looking at the logits takes the argmax on the device.
-  const bool device_argmax = options.sampling.temperature == 0.0f && !callbacks.on_logits;
-  int32_t greedy_id = -1;  // the device's argmax of the last step, when device_argmax
+  // With nobody looking at the logits, the device picks the token: its argmax when greedy, else a
+  // draw on the device (where it samples; else the host samples, as below).
+  const bool device_pick = !callbacks.on_logits;
+  int32_t greedy_id = -1;  // the token the device picked in the last step, when device_pick
   auto t_decode = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < options.max_new_tokens; ++i) {
     if (callbacks.on_logits) callbacks.on_logits(logits);
@@ -158,8 +168,10 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
       break;
     }
     if (i == 0) t_decode = std::chrono::steady_clock::now();
-    if (device_argmax)
+    if (device_pick && options.sampling.temperature == 0.0f)
       greedy_id = engine.decode_greedy(id);
+    else if (device_pick)
+      greedy_id = engine.decode_sampled(id, sampler);
     else
       logits = engine.decode(id);
   }

@@ -1,5 +1,8 @@
 // Every CUDA op except attention against the CPU reference, on fresh random inputs and awkward
 // sizes; tolerances come from the arithmetic each op does (see each test).
+#include <algorithm>
+#include <random>
+#include <tuple>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -275,6 +278,57 @@ TEST_F(CudaTest, LinearMultiEqualsSeparateLinears) {
         EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << dtype_name(dt) << " T=" << T << " out " << i;
         EXPECT_FALSE(std::isnan(a[0]));
       }
+    }
+}
+
+// Sampling on the device against the same rule on the host (sort by value then index, weights in
+// double, serial running sum): for given uniforms the same token, except where the draw lands within
+// 1e-12 of a boundary of the running sum (the device's sum is a parallel scan).
+TEST_F(CudaTest, SampleTokenDrawsTheHostRulesToken) {
+  const int64_t n = 128256;
+  std::mt19937 gen(3);
+  for (float spread : {8.0f, 1.0f})
+    for (auto [temp, top_k, top_p] : {std::tuple{0.7f, int64_t{0}, 0.9f}, std::tuple{1.0f, int64_t{40}, 1.0f},
+                                      std::tuple{1.3f, int64_t{0}, 1.0f}, std::tuple{0.5f, int64_t{1000}, 0.5f}}) {
+      std::normal_distribution<float> d(0.0f, spread);
+      std::vector<float> x(n);
+      for (float& v : x) v = d(gen);
+      x[17] = x[4242];  // a tie: the lower index comes first
+      auto d_x = upload(x);
+      auto d_out = upload(std::vector<int32_t>{-1});
+      // Host rule.
+      std::vector<std::pair<float, int32_t>> c(n);
+      for (int64_t i = 0; i < n; ++i) c[i] = {x[i] / temp, static_cast<int32_t>(i)};
+      std::stable_sort(c.begin(), c.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      const int64_t keep = top_k > 0 ? top_k : n;
+      std::vector<double> cum(keep);
+      double run = 0;
+      for (int64_t i = 0; i < keep; ++i) cum[i] = run += std::exp(static_cast<double>(c[i].first) - c[0].first);
+      int64_t m = keep;
+      if (top_p < 1.0f)
+        for (int64_t i = 0; i < keep; ++i)
+          if (cum[i] / cum[keep - 1] >= top_p) {
+            m = i + 1;
+            break;
+          }
+      std::uniform_real_distribution<double> uni(0.0, 1.0);
+      int checked = 0;
+      for (int k = 0; k < 60; ++k) {
+        const double uniform = uni(gen);
+        const double u = uniform * cum[m - 1];
+        const int64_t pick = std::upper_bound(cum.begin(), cum.begin() + m, u) - cum.begin();
+        const bool near = (pick < m && std::fabs(cum[pick] - u) < 1e-12 * cum[m - 1]) ||
+                          (pick > 0 && std::fabs(cum[pick - 1] - u) < 1e-12 * cum[m - 1]);
+        gpu_->ops().sample_token(view(d_x.data(), 1, n, n), temp, top_k, top_p, uniform,
+                                 static_cast<int32_t*>(d_out.data()));
+        int32_t got = -2;
+        gpu_->read_to_host(&got, d_out.data(), sizeof(got));
+        if (near) continue;
+        ++checked;
+        ASSERT_EQ(got, c[std::min(pick, m - 1)].second) << "spread " << spread << " temp " << temp << " k " << top_k
+                                                        << " p " << top_p << " uniform " << uniform;
+      }
+      EXPECT_GT(checked, 50);
     }
 }
 

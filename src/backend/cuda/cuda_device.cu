@@ -34,7 +34,8 @@ size_t CudaOps::workspace_bytes(const OpsWorkspaceSizes& s) const {
   size_t bytes = static_cast<size_t>(std::max<int64_t>(s.max_tokens, 1)) * sizeof(int32_t) + gemm_workspace_bytes();
   if (s.weight_dtype != DType::F32)
     bytes += static_cast<size_t>(s.max_tokens * s.max_in_features) * dtype_size(s.weight_dtype) + kCudnnWorkspaceBytes;
-  return bytes + attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.max_kv_heads, s.head_dim);
+  return bytes + attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.max_kv_heads, s.head_dim) +
+         sample_scratch_bytes(s.vocab);
 }
 
 void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
@@ -53,6 +54,7 @@ void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
     gemm_cast_.get(static_cast<size_t>(s.max_tokens * s.max_in_features) * dtype_size(s.weight_dtype));
   const size_t partials = attention_partials_max_bytes(sm_count_, s.max_tokens * s.max_q_heads, s.max_kv_heads, s.head_dim);
   if (partials > 0) attn_partials_.get(partials);
+  if (s.vocab > 0) sample_scratch_.get(sample_scratch_bytes(s.vocab));
   // cuDNN SDPA runs only on 16-bit KV (16-bit checkpoints); its forward graphs have asked for a few
   // hundred bytes of workspace, so 1 MiB leaves room without taking much from the KV.
   if (s.weight_dtype != DType::F32) cudnn_.reserve_workspace(kCudnnWorkspaceBytes);

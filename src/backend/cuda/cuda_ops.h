@@ -32,6 +32,7 @@ class Scratch {
 // scratch (split-KV partials, cuDNN's 16-bit Q/O and Stats) any call with at most `max_tasks`
 // (query row, q head) tasks per kv head, over at most `max_kv_heads` kv heads, can need (attention.cu).
 size_t gemm_workspace_bytes();
+size_t sample_scratch_bytes(int64_t vocab);  // sample.cu
 constexpr size_t kCudnnWorkspaceBytes = size_t{1} << 20;  // cuDNN SDPA's workspace (16-bit weights only)
 size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t max_kv_heads, int64_t head_dim);
 
@@ -45,6 +46,7 @@ class CudaOps final : public Ops {
         gemm_cast_(device, stream, "linear input cast"),
         gemm_workspace_(device, stream, "cuBLASLt workspace"),
         attn_partials_(device, stream, "attention split-KV partials"),
+        sample_scratch_(device, stream, "sampling scratch"),
         cudnn_(device, stream) {}
 
   void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) override;
@@ -60,6 +62,9 @@ class CudaOps final : public Ops {
   void copy(const MatView& src, const MatView& dst) override;
   void copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) override;
   void argmax(const MatView& x, int32_t* out) override;
+  bool samples_on_device() const override { return true; }
+  void sample_token(const MatView& x, float temperature, int64_t top_k, float top_p, double uniform,
+                    int32_t* out) override;
   void reserve_workspace(const OpsWorkspaceSizes& sizes) override;
   size_t workspace_bytes(const OpsWorkspaceSizes& sizes) const override;
   ~CudaOps() override {
@@ -88,6 +93,7 @@ class CudaOps final : public Ops {
   Scratch gemm_workspace_;  // bytes: cuBLASLt's workspace
   Scratch attn_partials_;   // F32 [splits, tasks, head_dim + 1]: split-KV outputs and their LSE;
                             // for cuDNN prefill, 16-bit Q and O [T, heads * head_dim] and F32 Stats
+  Scratch sample_scratch_;  // sample.cu: sorted candidates, weights, running sums, CUB's storage
   CudnnSdpa cudnn_;         // cuDNN handle and SDPA graphs per shape (prefill on 16-bit KV)
   std::map<std::array<int64_t, 10>, cublasLtMatmulAlgo_t> gemm_algos_;
 };

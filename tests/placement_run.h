@@ -7,6 +7,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "headinfer/checkpoint.h"
@@ -65,6 +66,19 @@ inline PlacementRun run_placement(const Checkpoint& ckpt, const std::vector<int3
     EXPECT_LE(r.device_peak, static_cast<size_t>(kv.gpu_mem)) << "device pool over the cap";
   }
   return r;
+}
+
+// --offload auto caps with G = 1 that leave `resident` head blocks on the device next to a ring of
+// 2 slots (fewer when fewer blocks stream): (resident, --gpu-mem) for each distinct resident >= 1.
+// fixed: the device bytes before any KV; block: one head block's K + V bytes.
+inline std::vector<std::pair<int64_t, int64_t>> resident_caps(int64_t fixed, int64_t block, int64_t n_blocks,
+                                                              std::vector<int64_t> residents) {
+  std::sort(residents.begin(), residents.end());
+  residents.erase(std::unique(residents.begin(), residents.end()), residents.end());
+  std::vector<std::pair<int64_t, int64_t>> caps;
+  for (int64_t r : residents)
+    if (r >= 1) caps.emplace_back(r, fixed + (r + std::min<int64_t>(2, n_blocks - r)) * block);
+  return caps;
 }
 
 inline void expect_bit_identical(const PlacementRun& ref, const PlacementRun& got, const std::string& what) {

@@ -113,16 +113,11 @@ TEST_P(GpuPlacements, EveryPlacementIsBitIdenticalToAllResident) {
     const int64_t fixed = ref.plan.weight_bytes + ref.plan.activation_bytes;
     const int64_t block = 2 * context * c.head_dim * ref.plan.kv_elem_bytes;  // K + V of one head
     const int64_t n_blocks = c.n_layers * c.n_kv_heads;
-    std::vector<int64_t> residents = {1, n_blocks / 2};
-    std::sort(residents.begin(), residents.end());
-    residents.erase(std::unique(residents.begin(), residents.end()), residents.end());
-    for (int64_t resident : residents) {
-      if (resident < 1) continue;
+    for (auto [resident, cap] : test::resident_caps(fixed, block, n_blocks, {1, n_blocks / 2})) {
       RunSpec s = spec;
       s.kv.offload = OffloadMode::Auto;
       s.kv.kv_group = 1;
-      const int64_t ring_slots = std::min<int64_t>(2, n_blocks - resident);
-      s.kv.gpu_mem = fixed + (resident + ring_slots) * block;
+      s.kv.gpu_mem = cap;
       const RunResult got = run(*ckpt, prompt, s);
       EXPECT_EQ(got.plan.n_resident_groups, resident);
       EXPECT_GT(got.plan.n_streamed_groups, 0);

@@ -65,6 +65,17 @@ RunResult run(const Checkpoint& ckpt, const std::vector<int32_t>& prompt, const 
   return test::run_placement(ckpt, prompt, kChunk, kDecode, kv_options);
 }
 
+// Every head block offloaded in groups of `group` kv heads, `cpu_groups` of them attended on the CPU
+// in decode (2 host threads), the rest streamed: what each test varies around.
+KvPlacementOptions on_cpu(KvPlacementOptions base, int64_t group, int64_t cpu_groups) {
+  base.offload = OffloadMode::All;
+  base.kv_group = group;
+  base.hybrid = HybridMode::Auto;
+  base.cpu_groups = cpu_groups;
+  base.host_threads = 2;
+  return base;
+}
+
 // Largest |difference| / max|ref logit| over the decode steps; the prompt's logits bit-identical.
 double compare(const RunResult& ref, const RunResult& got, int64_t vocab, const std::string& what) {
   EXPECT_EQ(ref.tokens, got.tokens) << what << ": greedy tokens differ";
@@ -102,12 +113,7 @@ TEST(HybridDecode, EqualsAllResidentOnEveryModel) {
     // the copy streams so a missing event shows as wrong numbers.
     const int64_t n_host = c.n_layers * c.n_kv_heads;
     for (int64_t k : {n_host, n_host / 2, int64_t{0}}) {
-      KvPlacementOptions o;
-      o.offload = OffloadMode::All;
-      o.kv_group = 1;
-      o.hybrid = HybridMode::Auto;
-      o.cpu_groups = k;
-      o.host_threads = 2;
+      KvPlacementOptions o = on_cpu({}, 1, k);
       o.copy_jitter_us = 30;
       const RunResult got = run(*ckpt, prompt, o);
       EXPECT_EQ(got.plan.n_cpu_groups, k);
@@ -123,12 +129,7 @@ TEST(HybridDecode, EqualsAllResidentOnEveryModel) {
 
     // Whole-layer groups (G = all kv heads), all on the CPU: several heads per host task.
     {
-      KvPlacementOptions o;
-      o.offload = OffloadMode::All;
-      o.kv_group = c.n_kv_heads;
-      o.hybrid = HybridMode::Auto;
-      o.cpu_groups = c.n_layers;
-      o.host_threads = 2;
+      const KvPlacementOptions o = on_cpu({}, c.n_kv_heads, c.n_layers);
       worst_all = std::max(worst_all, compare(ref, run(*ckpt, prompt, o), c.vocab_size, "G all, every group on the CPU"));
     }
 
@@ -192,24 +193,14 @@ TEST(HybridDecode, NarrowKvEqualsAllResidentOnEveryModel) {
       const RunResult ref = run(*ckpt, prompt, base);
       const int64_t n_host = c.n_layers * c.n_kv_heads;
       for (int64_t k : {n_host, n_host / 2}) {
-        KvPlacementOptions o = base;
-        o.offload = OffloadMode::All;
-        o.kv_group = 1;
-        o.hybrid = HybridMode::Auto;
-        o.cpu_groups = k;
-        o.host_threads = 2;
+        KvPlacementOptions o = on_cpu(base, 1, k);
         o.copy_jitter_us = 30;
         const RunResult got = run(*ckpt, prompt, o);
         EXPECT_EQ(got.plan.n_cpu_groups, k);
         worst_all = std::max(worst_all, compare(ref, got, c.vocab_size,
                                                 std::to_string(k) + " of " + std::to_string(n_host) + " on the CPU"));
       }
-      KvPlacementOptions o = base;
-      o.offload = OffloadMode::All;
-      o.kv_group = c.n_kv_heads;
-      o.hybrid = HybridMode::Auto;
-      o.cpu_groups = c.n_layers;
-      o.host_threads = 2;
+      const KvPlacementOptions o = on_cpu(base, c.n_kv_heads, c.n_layers);
       worst_all = std::max(worst_all, compare(ref, run(*ckpt, prompt, o), c.vocab_size, "G all, every group on the CPU"));
     }
   std::printf("hybrid decode, BF16/F16 KV: largest decode-logit difference %.3g of max|logit| (allowed %.0e)\n",
@@ -234,12 +225,7 @@ TEST(HybridDecode, HeadsOverSeveralSlabs) {
       const RunResult ref = run(*ckpt, prompt, base);
       const int64_t n_host = c.n_layers * c.n_kv_heads;
       for (auto [group, k] : {std::pair<int64_t, int64_t>{1, n_host}, {1, n_host / 2}, {c.n_kv_heads, c.n_layers}}) {
-        KvPlacementOptions o = base;
-        o.offload = OffloadMode::All;
-        o.kv_group = group;
-        o.hybrid = HybridMode::Auto;
-        o.cpu_groups = k;
-        o.host_threads = 2;
+        KvPlacementOptions o = on_cpu(base, group, k);
         o.copy_jitter_us = 30;
         o.host_slab_positions = 16;
         const RunResult got = run(*ckpt, prompt, o);

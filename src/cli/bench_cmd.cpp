@@ -21,13 +21,11 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
+#include "headinfer/options.h"
 #include "headinfer/head_store.h"
 #include "headinfer/planner.h"
 #include "headinfer/random_model.h"
-#include "device_select.h"
-#include "parse_util.h"
 #include "progress.h"
-#include "size_parse.h"
 
 namespace headinfer::cli {
 namespace {

@@ -16,11 +16,9 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
+#include "headinfer/options.h"
 #include "headinfer/tokenizer.h"
-#include "device_select.h"
-#include "parse_util.h"
 #include "progress.h"
-#include "size_parse.h"
 
 namespace headinfer::cli {
 namespace {

@@ -17,12 +17,10 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/dtype.h"
 #include "headinfer/error.h"
+#include "headinfer/options.h"
 #include "headinfer/planner.h"
 #include "headinfer/random_model.h"
 #include "headinfer/transfer.h"
-#include "device_select.h"
-#include "parse_util.h"
-#include "size_parse.h"
 
 namespace headinfer::cli {
 namespace {

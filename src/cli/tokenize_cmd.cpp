@@ -10,8 +10,8 @@
 
 #include "commands.h"
 #include "headinfer/error.h"
+#include "headinfer/options.h"
 #include "headinfer/tokenizer.h"
-#include "parse_util.h"
 
 namespace headinfer::cli {
 namespace {

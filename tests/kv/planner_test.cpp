@@ -7,7 +7,7 @@
 #include <numeric>
 #include <vector>
 
-#include "../../src/cli/size_parse.h"
+#include "headinfer/options.h"
 #include "headinfer/checkpoint.h"
 #include "headinfer/error.h"
 #include "headinfer/model.h"
@@ -252,7 +252,6 @@ TEST(Planner, EstimatesMatchWhatTheModelAllocates) {
 }
 
 TEST(SizeParse, Units) {
-  using cli::parse_byte_size;
   EXPECT_EQ(parse_byte_size("24GiB", "--gpu-mem"), 24 * GiB);
   EXPECT_EQ(parse_byte_size("1TiB", "--host-mem"), TiB);
   EXPECT_EQ(parse_byte_size("24GB", "--gpu-mem"), 24000000000);

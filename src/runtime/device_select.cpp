@@ -1,11 +1,11 @@
-#include "device_select.h"
+#include "headinfer/options.h"
 
 #include "headinfer/error.h"
 #ifdef HEADINFER_WITH_CUDA
 #include "headinfer/cuda_device.h"
 #endif
 
-namespace headinfer::cli {
+namespace headinfer {
 
 std::unique_ptr<Device> make_device(const DeviceChoice& c) {
   if (c.kind != "cpu" && c.kind != "cuda" && c.kind != "auto")
@@ -19,4 +19,12 @@ std::unique_ptr<Device> make_device(const DeviceChoice& c) {
   return make_cpu_device({c.threads, static_cast<size_t>(c.gpu_mem)});
 }
 
-}  // namespace headinfer::cli
+bool built_with_cuda() {
+#ifdef HEADINFER_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace headinfer

@@ -1,11 +1,11 @@
-#include "parse_util.h"
+#include "headinfer/options.h"
 
 #include <cctype>
 #include <limits>
 
 #include "headinfer/error.h"
 
-namespace headinfer::cli {
+namespace headinfer {
 
 std::vector<int32_t> parse_id_list(const std::string& text, const char* flag) {
   std::vector<int32_t> ids;
@@ -39,4 +39,4 @@ int64_t parse_count(const std::string& text, const char* flag) {
   return v * mult;
 }
 
-}  // namespace headinfer::cli
+}  // namespace headinfer

@@ -1,11 +1,11 @@
-#include "size_parse.h"
+#include "headinfer/options.h"
 
 #include <cctype>
 #include <cmath>
 
 #include "headinfer/error.h"
 
-namespace headinfer::cli {
+namespace headinfer {
 
 int64_t parse_byte_size(const std::string& text, const char* flag) {
   const std::string bad = std::string(flag) + ": expected a size like 24GiB, 512MiB, 1TiB or 24GB, got '" + text + "'";
@@ -39,4 +39,4 @@ int64_t parse_byte_size(const std::string& text, const char* flag) {
   return static_cast<int64_t>(std::llround(bytes));
 }
 
-}  // namespace headinfer::cli
+}  // namespace headinfer

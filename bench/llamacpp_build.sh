@@ -24,6 +24,8 @@ if [[ ! -f "$SRC/HEADINFER_LLAMACPP_COMMIT" ]]; then
   tar xzf "$TARBALL" -C "$DIR"
 fi
 COMMIT=$(cat "$SRC/HEADINFER_LLAMACPP_COMMIT")
+# The tree has no .git: keep ggml's CMake from taking the commit of a repository around it.
+export GIT_CEILING_DIRECTORIES=$DIR
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache
   -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
@@ -31,7 +33,7 @@ cuda=(-DGGML_CUDA="$GGML_CUDA")
 if [[ $GGML_CUDA == ON ]]; then
   command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]] || { echo "error: nvcc not found" >&2; exit 1; }
   command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
-  cuda+=(-DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH")
+  cuda+=(-DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" -DGGML_CUDA_NCCL=OFF)  # one GPU: no NCCL
 fi
 t0=$(date +%s)
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then

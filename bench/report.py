@@ -66,9 +66,20 @@ def first_and_warm(results, key_ctx, key_prefill):
     return out
 
 
+def expand_repeats(results):
+    """`headinfer bench --repeat N` (if bench has it) puts the later prefills of a context in
+    prefill_warm_all; as rows of their own they read like --ctx 8K,8K,8K's."""
+    out = []
+    for r in results:
+        out.append(r)
+        out += [dict(r, prefill_seconds=p) for p in r.get("prefill_warm_all") or []]
+    return out
+
+
 def headinfer_rows(name, run, label, cmd):
     rows = []
-    for ctx, (first, warm, rs) in first_and_warm(run["results"], "context", "prefill_seconds").items():
+    results = expand_repeats(run["results"])
+    for ctx, (first, warm, rs) in first_and_warm(results, "context", "prefill_seconds").items():
         last = rs[-1]
         rows.append(dict(kind="headinfer", part=name, system=label, context=ctx, first_prefill_s=first,
                          prefill_s=median(warm), prefill_all=[r["prefill_seconds"] for r in rs],
@@ -137,7 +148,13 @@ def read_parts(d):
         rows += llamacpp_rows(name, lines, cmd, info)
         m = re.search(r"build: (\d+) \(([0-9a-f]+)\)", info)
         if m:
-            versions["llama.cpp"] = f"build {m.group(1)}, commit {m.group(2)}"
+            # the carried tree is a one-commit snapshot: its build number (commit count) is not known
+            versions["llama.cpp"] = f"commit {m.group(2)}" + (f", build {m.group(1)}" if int(m.group(1)) > 1 else "")
+    for f in sorted(d.glob("*.failed")):  # a step that failed before writing its part
+        name = f.name[:-len(".failed")]
+        if not any(r["part"] == name for r in runs):
+            runs.append(dict(part=name, kind="step", command=text(d / f"{name}.cmd"),
+                             error=f"failed: see bench-logs/{name}.log"))
     return rows, runs, floors, versions
 
 
@@ -168,6 +185,10 @@ def side_by_side(rows):
     def cell(r, key, f="{:.3f}"):
         if r is None:
             return "—"
+        if key == "prefill_best":  # warm where measured, else the first (said so)
+            if r.get("prefill_s") is not None:
+                return f.format(r["prefill_s"])
+            return "—" if r.get("first_prefill_s") is None else f.format(r["first_prefill_s"]) + " (first)"
         if r.get(key) is None:
             return r["note"].split(";")[0] if r.get("note") and "error" not in key else "—"
         return f.format(r[key] * (1000 if key == "decode_s" else 1))
@@ -186,8 +207,8 @@ def side_by_side(rows):
     hybrid = pick(rows, "headinfer", K16, kv_on_host=True, system="headinfer (24 GiB cap, hybrid)")
     out = [line("prefill 8K s, first of the process (transformers: its first call)", "first_prefill_s", K8, hi(K8, **u)),
            line("prefill 8K s, warm (median)", "prefill_s", K8, hi(K8, **u)),
-           line("prefill 32K s", "prefill_s", K32, hi(K32, **u)),
-           line("prefill 128K s, uncapped, warm", "prefill_s", K128, hi(K128, **u)),
+           line("prefill 32K s (warm where measured)", "prefill_best", K32, hi(K32, **u)),
+           line("prefill 128K s, uncapped (warm where measured)", "prefill_best", K128, hi(K128, **u)),
            line("prefill 128K s, 24 GiB cap, first of the process", "first_prefill_s", K128,
                 hi(K128, capped=True, kv_on_host=False), capped=True),
            line("decode 8K ms/token", "decode_s", K8, hi(K8, **u), f="{:.2f}"),
@@ -292,7 +313,8 @@ def markdown(doc):
     failed = [r for r in doc["runs"] if r.get("error")]
     if failed:
         lines += [""] + [f"Not measured: {r['part']} ({r['error']}): `{r['command']}`" for r in failed]
-    lines += ["", "Commands:", ""] + [f"- {r['part']}: `{r['command']}`" for r in doc["runs"] if r.get("command")]
+    lines += ["", "Commands:", ""] + [f"- {r['part']}: `{r['command']}`" for r in doc["runs"]
+                                      if r.get("command") and not r.get("error")]
     return "\n".join(lines) + "\n"
 
 

@@ -13,15 +13,16 @@
 #   STAGE=build bench/run_gpu.sh        # headinfer (CUDA, the card's arch) and llama-batched-bench built
 #                                       # side by side, then the GGUF written (~16 GB); est. 6-8 min
 #   STAGE=quick bench/run_gpu.sh        # 8K: first and warm prefill, decode; 16K with the KV on the host;
-#                                       # floors; est. 6 min
-#   STAGE=long  bench/run_gpu.sh        # 32K/128K uncapped and under 24 GiB; est. 5 min
+#                                       # floors; est. 9 min (a second call finishes what the budget cut)
+#   STAGE=long  bench/run_gpu.sh        # 32K/128K uncapped and under 24 GiB; est. 7 min
 # Every step of a stage is skipped once done (its part is kept in $STATE while the machine is
 # warm), and a stage stops before a step that would cross STAGE_BUDGET seconds: call the same
 # stage again to finish it. STAGE=report rebuilds the report from the parts; STAGE=all runs
 # build, quick, long in one call (only where no command limit applies).
 #
 # Knobs: SHAPE [llama3-8b], N_DECODE [32], STATE [build-bench: parts, GGUF, logs],
-#   STAGE_BUDGET [560 s], FORCE=1 (redo done steps of the stage), EXTRA (space-separated optional
+#   STAGE_BUDGET [560 s], FORCE=1 (redo done steps of the stage), RETRY=1 (redo failed ones),
+#   SKIP (space-separated step names to leave out, e.g. "tf-8k-static"), EXTRA (space-separated optional
 #   steps: hi-8k-cap tf-128k-offloaded tf-128k-static), LLAMACPP_FLAGS (extra flags for every
 #   llama-batched-bench run, e.g. "-ub 2048"), HI=path (a headinfer already built for this card),
 #   BUILD_ONLY=1 (build headinfer only and stop: bench/long_run.sh uses it).
@@ -61,6 +62,7 @@ PENDING=0
 step() {
   local name=$1 est=$2
   shift 2
+  if [[ " ${SKIP:-} " == *" $name "* ]]; then echo "[$name] skipped (SKIP)"; return; fi
   if [[ -f "$STATE/parts/$name.done" && -z "${FORCE:-}" ]]; then echo "[$name] done earlier"; return; fi
   if [[ -f "$STATE/parts/$name.failed" && -z "${FORCE:-}${RETRY:-}" ]]; then
     echo "[$name] failed earlier (RETRY=1 to run it again): $(tail -1 "$STATE/logs/$name.log" 2>/dev/null)"; return; fi
@@ -73,9 +75,14 @@ step() {
   echo "[$name] start at +${elapsed} s (est. ${est} s)"
   local s0=$(date +%s)
   rm -f "$STATE/parts/$name.failed"
-  if "$@"; then
+  local rc=0
+  "$@" || rc=$?
+  if ((rc == 0)); then
     touch "$STATE/parts/$name.done"
     echo "[$name] done in $(($(date +%s) - s0)) s"
+  elif ((rc == 124)); then  # stopped at the stage's budget: neither done nor failed
+    echo "[$name] stopped at the stage budget after $(($(date +%s) - s0)) s; call STAGE=$STAGE again (builds resume)"
+    PENDING=1
   else
     touch "$STATE/parts/$name.failed"
     echo "[$name] FAILED after $(($(date +%s) - s0)) s (log: $STATE/logs/$name.log, copied to \$OUT)"
@@ -85,7 +92,8 @@ step() {
 plan() {  # prints the stage's steps and estimates before running them
   local total=0 line=""
   while (($#)); do
-    [[ -f "$STATE/parts/$1.done" && -z "${FORCE:-}" ]] || { total=$((total + $2)); line+=" $1(~$2s)"; }
+    [[ ( -f "$STATE/parts/$1.done" || -f "$STATE/parts/$1.failed" && -z "${RETRY:-}" ) && -z "${FORCE:-}" ]] ||
+      { total=$((total + $2)); line+=" $1(~$2s)"; }
     shift 2
   done
   echo "stage $STAGE: to run:${line:- nothing} -> est. ${total} s (budget ${STAGE_BUDGET} s)"
@@ -95,15 +103,15 @@ left() {  # seconds left in the stage's budget, at least 1 (timeout 0 would mean
   echo $((l > 1 ? l : 1))
 }
 
-build_headinfer() {
+build_headinfer() {  # a timeout (124) leaves the build folder to resume from
   [[ -x "$HI" && "$HI" != "$ROOT/build-gpu/src/cli/headinfer" ]] && return 0
   cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DHEADINFER_TESTS=OFF \
     -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
     -DHEADINFER_CUDNN_FRONTEND_INCLUDE="${CUDNN_FE:-$ROOT/.carry/cudnn_frontend/include}" >"$STATE/logs/build-hi.log" 2>&1 &&
-    cmake --build "$ROOT/build-gpu" --target headinfer -j "$(nproc)" >>"$STATE/logs/build-hi.log" 2>&1
+    timeout "$(left)" cmake --build "$ROOT/build-gpu" --target headinfer -j "$(nproc)" >>"$STATE/logs/build-hi.log" 2>&1
 }
 build_llamacpp() {
-  CUDA_ARCH=$ARCH GGML_CUDA=ON LLAMACPP_DIR=$LCPP_DIR JOBS=$(nproc) "$ROOT/bench/llamacpp_build.sh" \
+  CUDA_ARCH=$ARCH GGML_CUDA=ON LLAMACPP_DIR=$LCPP_DIR JOBS=$(nproc) timeout "$(left)" "$ROOT/bench/llamacpp_build.sh" \
     >"$STATE/logs/build-llamacpp.log" 2>&1
 }
 build_both() {  # side by side: nvcc-bound both, and the two link steps overlap the other's compiles
@@ -112,9 +120,15 @@ build_both() {  # side by side: nvcc-bound both, and the two link steps overlap 
   { build_llamacpp; echo $? >"$STATE/logs/build-llamacpp.rc"; } &
   wait
   cat "$STATE/logs/build-hi.rc" "$STATE/logs/build-llamacpp.rc" >"$STATE/logs/build.log"
-  grep -q '^0$' "$STATE/logs/build-hi.rc" || { grep -E "error" "$STATE/logs/build-hi.log" | head; rc=1; }
-  grep -q '^0$' "$STATE/logs/build-llamacpp.rc" || { tail -20 "$STATE/logs/build-llamacpp.log"; rc=1; }
+  local hi_rc lc_rc
+  hi_rc=$(cat "$STATE/logs/build-hi.rc") lc_rc=$(cat "$STATE/logs/build-llamacpp.rc")
   grep -E "built in|configured in" "$STATE/logs/build-llamacpp.log" || true
+  if [[ $hi_rc == 124 || $lc_rc == 124 ]]; then
+    echo "build: headinfer exit $hi_rc, llama.cpp exit $lc_rc (124: stopped at the budget)"
+    [[ $hi_rc == 0 || $hi_rc == 124 ]] && [[ $lc_rc == 0 || $lc_rc == 124 ]] && return 124
+  fi
+  [[ $hi_rc == 0 ]] || { grep -E "error" "$STATE/logs/build-hi.log" | head; rc=1; }
+  [[ $lc_rc == 0 ]] || { tail -20 "$STATE/logs/build-llamacpp.log"; rc=1; }
   return $rc
 }
 write_gguf() {
@@ -131,7 +145,8 @@ hi() {
   local cmd=("$HI" bench --shape "$SHAPE" --device cuda --n-decode "$N_DECODE" --json "$@")
   echo "${cmd[*]}" >"$STATE/parts/$name.cmd"
   echo "$label" >"$STATE/parts/$name.label"
-  timeout "$(left)" "${cmd[@]}" >"$STATE/parts/$name.hi.json" 2>"$STATE/logs/$name.log" || return 1
+  timeout "$(left)" "${cmd[@]}" >"$STATE/parts/$name.hi.json" 2>"$STATE/logs/$name.log" || {
+    local rc=$?; rm -f "$STATE/parts/$name.hi.json"; return $rc; }
   head -c 400 "$STATE/parts/$name.hi.json"; echo
 }
 # tf NAME PEERS_FLAGS...: one bench/peers.py process (one model, several configurations).
@@ -141,7 +156,7 @@ tf() {
   local cmd=(python3 "$ROOT/bench/peers.py" --shape "$SHAPE" --n-decode "$N_DECODE" "$@")
   echo "${cmd[*]}" >"$STATE/parts/$name.cmd"
   timeout "$(left)" "${cmd[@]}" >"$STATE/parts/$name.tf.json" 2>"$STATE/logs/$name.log" || {
-    rm -f "$STATE/parts/$name.tf.json"; return 1; }
+    local rc=$?; rm -f "$STATE/parts/$name.tf.json"; return $rc; }
   { grep -v -i warn "$STATE/logs/$name.log" || true; } | cut -c1-300 | tail -8
 }
 # lcpp NAME TIMEOUT FLAGS...: one llama-batched-bench process; its JSONL rows are the part.
@@ -150,7 +165,8 @@ lcpp() {
   shift 2
   local bin=$LCPP_DIR/build-cuda$ARCH/bin/llama-batched-bench
   [[ -x "$bin" && -f "$GGUF" ]] || { echo "llama.cpp not built or no GGUF: run STAGE=build" >"$STATE/logs/$name.log"; return 1; }
-  ((limit < $(left))) || limit=$(left)
+  local at_budget=0
+  ((limit < $(left))) || { limit=$(left); at_budget=1; }
   # shellcheck disable=SC2086
   local cmd=("$bin" -m "$GGUF" -npl 1 -fa on -ngl 99 -ntg "$N_DECODE" --output-format jsonl $LLAMACPP_FLAGS "$@")
   echo "${cmd[*]}" >"$STATE/parts/$name.cmd"
@@ -158,7 +174,9 @@ lcpp() {
   grep -a '^{"n_kv_max"' "$STATE/logs/$name.log" >"$STATE/parts/$name.lcpp.jsonl" || true
   grep -a -E "build: |^main:|CUDA0|model buffer size|KV buffer" "$STATE/logs/$name.log" | head -8 >"$STATE/parts/$name.info" || true
   cat "$STATE/parts/$name.lcpp.jsonl"
-  [[ $rc -eq 0 ]] || { echo "llama-batched-bench exit ${rc} (124: timed out after $limit s)" >>"$STATE/parts/$name.info"; return 1; }
+  [[ $rc -eq 0 ]] || { echo "llama-batched-bench exit ${rc} (124: timed out after $limit s)" >>"$STATE/parts/$name.info"
+    ((rc == 124 && at_budget)) && return 124
+    return 1; }
 }
 
 report() {
@@ -173,29 +191,39 @@ report() {
 
 # --- stages ------------------------------------------------------------------------------------
 CTX_FLOORS=8192,16384,32768,131072
+# Warm prefills: `bench --repeat N` where bench has it (one engine, N prefills of each context),
+# else the same context repeated in one process (a fresh engine per context, same process).
+if "$HI" bench --help 2>/dev/null | grep -q -- '--repeat'; then
+  CTX_8K=(--ctx 8K --repeat 3) CTX_LONG=(--ctx 128K,32K --repeat 2)
+else
+  CTX_8K=(--ctx 8K,8K,8K) CTX_LONG=(--ctx 32K,128K,128K)
+fi
 stage_build() {
   plan build 420 gguf 60
   step build 420 build_both
   [[ -f "$STATE/parts/build.done" ]] && step gguf 60 write_gguf
+  return 0
 }
 stage_quick() {
-  plan hi-8k 60 hi-16k-streamed 45 hi-16k-hybrid 45 tf-8k 180 lcpp-8k 40 lcpp-16k-nkvo 150
+  plan hi-8k 40 hi-16k-streamed 35 hi-16k-hybrid 35 tf-8k 90 tf-8k-static 150 lcpp-8k 45 lcpp-16k-nkvo 150
   # first prefill of the process, then two warm ones, at 8K; defaults, uncapped
-  step hi-8k 60 hi hi-8k "headinfer (defaults)" --ctx 8K,8K,8K
+  step hi-8k 40 hi hi-8k "headinfer (defaults)" "${CTX_8K[@]}"
   [[ $EXTRA == *" hi-8k-cap "* ]] && step hi-8k-cap 45 hi hi-8k-cap "headinfer (defaults, 24 GiB cap)" --ctx 8K,8K --gpu-mem 24GiB
   # KV on the host at 16K, beside llama.cpp -nkvo
-  step hi-16k-streamed 45 hi hi-16k-streamed "headinfer (24 GiB cap, all streamed)" --ctx 16K --gpu-mem 24GiB --offload all
-  step hi-16k-hybrid 45 hi hi-16k-hybrid "headinfer (24 GiB cap, hybrid)" --ctx 16K --gpu-mem 24GiB --offload all --hybrid auto
-  # transformers at 8K: default first (the process's first generate), then the rest; floors after
-  step tf-8k 180 tf tf-8k --ctx 8192 --runs 3 --configs default,static-compile,offloaded,default@24 \
-    --floors --floor-ctx "$CTX_FLOORS"
+  step hi-16k-streamed 35 hi hi-16k-streamed "headinfer (24 GiB cap, all streamed)" --ctx 16K --gpu-mem 24GiB --offload all
+  step hi-16k-hybrid 35 hi hi-16k-hybrid "headinfer (24 GiB cap, hybrid)" --ctx 16K --gpu-mem 24GiB --offload all --hybrid auto
+  # transformers at 8K: default first (the process's first generate), then the rest; floors after.
+  # static cache + torch.compile in a process of its own: its compile time must not cost the others.
+  step tf-8k 90 tf tf-8k --ctx 8192 --runs 3 --configs default,offloaded,default@24 --floors --floor-ctx "$CTX_FLOORS"
+  step tf-8k-static 150 tf tf-8k-static --ctx 8192 --runs 3 --configs static-compile
   # llama.cpp: the first row follows only batched-bench's own 16-token warm-up; three timed rows
-  step lcpp-8k 40 lcpp lcpp-8k 120 -c 8448 -npp 8192,8192,8192,8192
+  step lcpp-8k 45 lcpp lcpp-8k 120 -c 8448 -npp 8192,8192,8192,8192
   step lcpp-16k-nkvo 150 lcpp lcpp-16k-nkvo 240 -nkvo -c 16640 -npp 16384
+  return 0
 }
 stage_long() {
   plan hi-128k 75 hi-128k-cap 50 hi-128k-streamed 50 hi-128k-hybrid 50 tf-128k 75 lcpp-long 120
-  step hi-128k 75 hi hi-128k "headinfer (defaults)" --ctx 32K,128K,128K
+  step hi-128k 75 hi hi-128k "headinfer (defaults)" "${CTX_LONG[@]}"
   step hi-128k-cap 50 hi hi-128k-cap "headinfer (defaults, 24 GiB cap)" --ctx 128K --gpu-mem 24GiB
   step hi-128k-streamed 50 hi hi-128k-streamed "headinfer (24 GiB cap, all streamed)" --ctx 128K --gpu-mem 24GiB --offload all
   step hi-128k-hybrid 50 hi hi-128k-hybrid "headinfer (24 GiB cap, hybrid)" --ctx 128K --gpu-mem 24GiB --offload all --hybrid auto

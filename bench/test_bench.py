@@ -78,9 +78,16 @@ def test_report_first_and_warm(tmp_path):
     assert l8["decode_s"] == pytest.approx(0.2118 / 32)
     assert l8["gpu_gib"] == pytest.approx((15317.0 + 1056.0) / 1024)
     assert report.pick(rows, "llama.cpp", 16384, kv_on_host=True)["decode_s"] == pytest.approx(9.92 / 32)
-    assert versions == {"torch": "2.11.0", "transformers": "5.17.0", "llama.cpp": "build 1, commit 0c1e570"}
+    assert versions == {"torch": "2.11.0", "transformers": "5.17.0", "llama.cpp": "commit 0c1e570"}
     assert floors["device_copy_gbps"] == 3000.0
     assert [r["part"] for r in runs if r.get("error")] == ["hi-broken"]
+
+
+def test_report_bench_repeat_fields():
+    # the same measurements as --ctx 8K,8K,8K, from `headinfer bench --ctx 8K --repeat 3`
+    run = {"results": [dict(hi_result(8192, 1.40, 0.0070), prefill_warm_all=[0.36, 0.30])], "gpu_mem": 0}
+    (r,) = report.headinfer_rows("x", run, "headinfer (defaults)", "headinfer bench --ctx 8K --repeat 3")
+    assert r["first_prefill_s"] == 1.40 and r["prefill_s"] == pytest.approx(0.33) and r["prefill_all"] == [1.40, 0.36, 0.30]
 
 
 def test_report_targets(tmp_path):

@@ -215,6 +215,7 @@ def measure(model, shape, ctx, cache, cap_gib, n_decode, runs, device, first_in_
     set_cap(device, None)
     if hasattr(model, "_compiled_call"):  # a compiled call holds its static cache's graphs: drop them
         del model._compiled_call
+        torch._dynamo.reset()
     return result
 
 

@@ -76,6 +76,19 @@ def expand_repeats(results):
     return out
 
 
+def headinfer_note(rs):
+    """What the rows say of themselves: decode-only, and where bench reports them (fields the
+    planner's chunk choice adds), the chunk it chose and the engine's set-up time."""
+    r, notes = rs[0], []
+    if r.get("decode_only"):
+        notes.append("decode-only (random KV)")
+    if r.get("chunk") is not None:
+        notes.append(f"chunk {r['chunk']}" + (f", MLP {r['mlp_chunk']}" if r.get("mlp_chunk") is not None else ""))
+    if r.get("engine_setup_seconds") is not None:
+        notes.append(f"engine set-up {r['engine_setup_seconds']:.2f} s (first)")
+    return "; ".join(notes)
+
+
 def headinfer_rows(name, run, label, cmd):
     rows = []
     results = expand_repeats(run["results"])
@@ -87,7 +100,7 @@ def headinfer_rows(name, run, label, cmd):
                          gpu_gib=gib(max(r["gpu_peak_bytes"] for r in rs)), host_gib=gib(last.get("host_bytes")),
                          link_gbps=last.get("link_gbps_achieved"), capped=bool(run.get("gpu_mem")),
                          kv_on_host="--offload all" in cmd, decode_only=bool(last.get("decode_only")),
-                         note="decode-only (random KV)" if last.get("decode_only") else ""))
+                         note=headinfer_note(rs)))
     return rows
 
 

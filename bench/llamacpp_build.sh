@@ -41,7 +41,7 @@ if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
   cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "${cuda[@]}" "${launcher[@]}" \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_COMMIT="${COMMIT:0:7}" -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_COMMIT="${COMMIT:0:7}" -DLLAMA_BUILD_NUMBER=0 -DBUILD_SHARED_LIBS=OFF \
     >"$DIR/configure-$(basename "$BUILD").log" 2>&1 ||
     { tail -30 "$DIR/configure-$(basename "$BUILD").log" >&2; rm -f "$BUILD/CMakeCache.txt"; exit 1; }
 fi

@@ -121,14 +121,15 @@ def transformers_rows(name, doc):
 
 def llamacpp_rows(name, lines, cmd, info):
     nkvo = " -nkvo" in f" {cmd} "
-    mib = sum(float(m) for m in re.findall(r"CUDA0[^=\n]*buffer size\s*=\s*([\d.]+) MiB", info))
+    m = re.search(r"gpu_used_mib: (\d+) \(baseline (\d+)\)", info)
+    mib = int(m.group(1)) - int(m.group(2)) if m else None  # nvidia-smi's peak while it ran, less before
     rows = []
     for ctx, (first, warm, rs) in first_and_warm(lines, "pp", "t_pp").items():
         rows.append(dict(kind="llama.cpp", part=name, system="llama.cpp (f16, -fa on" + (", -nkvo)" if nkvo else ")"),
                          context=ctx, first_prefill_s=first, prefill_s=median(warm), prefill_all=[r["t_pp"] for r in rs],
                          decode_s=median([r["t_tg"] / r["tg"] for r in rs if r["tg"]]), gpu_gib=mib / 1024 if mib else None,
                          host_gib=None, link_gbps=None, capped=False, kv_on_host=nkvo, decode_only=False,
-                         note="GPU: model + KV + compute buffers" if mib else ""))
+                         note="GPU: nvidia-smi's peak, CUDA context included" if mib else ""))
     return rows
 
 
@@ -159,7 +160,7 @@ def read_parts(d):
         cmd, info = text(d / f"{name}.cmd"), text(d / f"{name}.info")
         runs.append(dict(part=name, kind="llama.cpp", command=cmd, info=info, raw=lines))
         rows += llamacpp_rows(name, lines, cmd, info)
-        m = re.search(r"build: (\d+) \(([0-9a-f]+)\)", info)
+        m = re.search(r"build (\d+), commit ([0-9a-f]+)", info)  # `llama-batched-bench --version`
         if m:
             # the carried tree is a one-commit snapshot: its build number (commit count) is not known
             versions["llama.cpp"] = f"commit {m.group(2)}" + (f", build {m.group(1)}" if int(m.group(1)) > 1 else "")

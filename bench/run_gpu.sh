@@ -38,7 +38,7 @@ STAGE_BUDGET=${STAGE_BUDGET:-560}
 EXTRA=" ${EXTRA:-} "
 LLAMACPP_FLAGS=${LLAMACPP_FLAGS:-}
 HI=${HI:-$ROOT/build-gpu/src/cli/headinfer}
-LCPP_DIR=$ROOT/build-llamacpp
+LCPP_DIR=${LCPP_DIR:-$ROOT/build-llamacpp}
 GGUF=$STATE/$SHAPE-f16.gguf
 T0=$(date +%s)
 [[ -n "${BUILD_ONLY:-}" ]] && STAGE=build-only  # bench/long_run.sh: build headinfer, nothing else
@@ -163,17 +163,26 @@ tf() {
 lcpp() {
   local name=$1 limit=$2 rc=0
   shift 2
-  local bin=$LCPP_DIR/build-cuda$ARCH/bin/llama-batched-bench
+  local bin=$LCPP_DIR/${LCPP_BUILD:-build-cuda$ARCH}/bin/llama-batched-bench
   [[ -x "$bin" && -f "$GGUF" ]] || { echo "llama.cpp not built or no GGUF: run STAGE=build" >"$STATE/logs/$name.log"; return 1; }
   local at_budget=0
   ((limit < $(left))) || { limit=$(left); at_budget=1; }
   # shellcheck disable=SC2086
   local cmd=("$bin" -m "$GGUF" -npl 1 -fa on -ngl 99 -ntg "$N_DECODE" --output-format jsonl $LLAMACPP_FLAGS "$@")
   echo "${cmd[*]}" >"$STATE/parts/$name.cmd"
+  # batched-bench's jsonl mode logs nothing else: its version from --version, its GPU memory
+  # sampled by nvidia-smi every 200 ms (the process's peak, CUDA context included)
+  "$bin" --version 2>&1 | grep -a "version" | head -1 >"$STATE/parts/$name.info" || true
+  local base smi
+  base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$STATE/logs/$name.smi" 2>/dev/null &
+  smi=$!
   timeout "$limit" "${cmd[@]}" >"$STATE/logs/$name.log" 2>&1 || rc=$?
+  kill "$smi" 2>/dev/null || true
+  wait "$smi" 2>/dev/null || true
+  echo "gpu_used_mib: $(sort -n "$STATE/logs/$name.smi" | tail -1) (baseline $base)" >>"$STATE/parts/$name.info"
   grep -a '^{"n_kv_max"' "$STATE/logs/$name.log" >"$STATE/parts/$name.lcpp.jsonl" || true
-  grep -a -E "build: |^main:|CUDA0|model buffer size|KV buffer" "$STATE/logs/$name.log" | head -8 >"$STATE/parts/$name.info" || true
-  cat "$STATE/parts/$name.lcpp.jsonl"
+  cat "$STATE/parts/$name.info" "$STATE/parts/$name.lcpp.jsonl"
   [[ $rc -eq 0 ]] || { echo "llama-batched-bench exit ${rc} (124: timed out after $limit s)" >>"$STATE/parts/$name.info"
     ((rc == 124 && at_budget)) && return 124
     return 1; }

@@ -6,7 +6,6 @@
 // run unwinds with copies in flight.
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,36 +16,13 @@
 #include "headinfer/head_store.h"
 #include "headinfer/random_model.h"
 #include "headinfer/transfer.h"
+#include "fault_run.h"
 #include "model_set.h"
 
 namespace headinfer {
 namespace {
 
 std::unique_ptr<Checkpoint> tiny_model() { return Checkpoint::random(builtin_shape_config("tiny"), DType::F32, 15); }
-
-void expect_one_line(const std::string& message, const std::string& needle) {
-  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-  EXPECT_NE(message.find(needle), std::string::npos) << message;
-}
-
-// Every head block on the host in slabs of 16 positions, copies landing late; `hybrid`: half the
-// groups attended on the CPU in decode, so host attention threads run when the fault hits.
-EngineOptions offloaded(int64_t context, bool hybrid, int64_t host_alloc_fail_after) {
-  EngineOptions eo;
-  eo.context = context;
-  eo.chunk = 17;
-  eo.kv.offload = OffloadMode::All;
-  eo.kv.kv_group = 1;
-  eo.kv.host_slab_positions = 16;
-  eo.kv.copy_jitter_us = 20;
-  eo.kv.host_alloc_fail_after = host_alloc_fail_after;
-  if (hybrid) {
-    eo.kv.hybrid = HybridMode::Auto;
-    eo.kv.cpu_groups = 1;
-    eo.kv.host_threads = 2;
-  }
-  return eo;
-}
 
 // A generate whose host tier is refused its n-th allocation: before the first token for small n,
 // in the middle of the prefill or of the decode for larger ones. The error names host memory and
@@ -66,7 +42,9 @@ TEST(Faults, HostAllocationRefusedPartWayThroughARun) {
       auto device = make_cpu_device({2, 0});
       int64_t prefilled = 0, decoded = 0;
       try {
-        Engine engine(*ckpt, *device, offloaded(static_cast<int64_t>(prompt.size()) + kNew, hybrid, fail_after));
+        EngineOptions eo = test::offloaded_run(static_cast<int64_t>(prompt.size()) + kNew, hybrid, fail_after);
+        eo.kv.copy_jitter_us = 20;  // copies land late: the fault hits with copies in flight
+        Engine engine(*ckpt, *device, eo);
         GenerateOptions go;
         go.max_new_tokens = kNew;
         go.ignore_eos = true;
@@ -76,7 +54,7 @@ TEST(Faults, HostAllocationRefusedPartWayThroughARun) {
         generate(engine, prompt, go, cb);
         ADD_FAILURE() << "the run finished although host allocations were refused";
       } catch (const Error& e) {
-        expect_one_line(e.what(), "out of host memory");
+        test::expect_one_line_error(e.what(), "out of host memory");
       }
       if (fail_after == 3 * n_groups + 1) {
         EXPECT_GT(prefilled, 0) << "the fault should hit in the middle of the prefill";
@@ -94,25 +72,8 @@ TEST(Faults, HostAllocationRefusedPartWayThroughARun) {
 // while it loads and runs: one error each, and nothing left allocated.
 TEST(Faults, DeviceOutOfMemoryAtEveryAllocation) {
   const auto ckpt = tiny_model();
-  const ModelConfig& c = ckpt->config();
-  const std::vector<int32_t> prompt = test::random_prompt(23, c.vocab_size, 4);
-  int64_t fail_after = 0;
-  for (; fail_after < 2000; ++fail_after) {
-    auto device = make_cpu_device({1, 0, fail_after});
-    try {
-      Engine engine(*ckpt, *device, offloaded(40, true, -1));
-      engine.prefill(prompt);
-      engine.decode(1);
-      break;  // every allocation the run needs was granted
-    } catch (const Error& e) {
-      expect_one_line(e.what(), "out of device memory");
-    }
-    ASSERT_EQ(device->bytes_in_use(), 0u) << "leak after refusing allocation " << fail_after;
-  }
-  std::printf("[faults] the engine's run made %lld device allocations; each one refused in turn\n",
-              static_cast<long long>(fail_after));
-  EXPECT_GT(fail_after, 10) << "an engine makes more allocations than that: was the injection tested at all?";
-  EXPECT_LT(fail_after, 2000);
+  test::refuse_each_device_allocation(
+      *ckpt, [](int64_t n) { return make_cpu_device({1, 0, n}); }, "out of device memory");
 }
 
 // A host tier whose budget is smaller than what its group reaches (the plan normally prevents
@@ -143,7 +104,7 @@ TEST(Faults, HostTierOutgrowsItsBudget) {
       store.reserve(0, 0, 65);
       ADD_FAILURE() << "the third slab passed the budget";
     } catch (const Error& e) {
-      expect_one_line(e.what(), "raise --host-mem");
+      test::expect_one_line_error(e.what(), "raise --host-mem");
     }
     EXPECT_EQ(transfer->host_bytes_in_use(), 2 * slab_bytes) << "the refused slab is not counted";
     EXPECT_EQ(store.reserved(0, 0), 64);

@@ -19,6 +19,8 @@
 namespace headinfer {
 namespace {
 
+using test::CudaTest;
+
 TEST_F(CudaTest, OutOfMemoryAtEveryAllocationIsOneErrorAndLeaksNothing) {
   HEADINFER_REQUIRE_TESTDATA();
   auto ckpt = Checkpoint::open(test::testdata_dir() / "models/tiny/llama3-bf16");

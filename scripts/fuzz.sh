@@ -15,6 +15,7 @@ shift || true
 ALL=(safetensors config tokenizer_load tokenizer_codec options)
 [[ $# -gt 0 ]] && TARGETS=("$@") || TARGETS=("${ALL[@]}")
 
+scripts/install-deps.sh clang libclang-rt-14-dev  # Debian 12's clang and libFuzzer
 CXX_FUZZ=${CXX_FUZZ:-$(command -v clang++ || command -v clang++-14 || true)}
 [[ -n "$CXX_FUZZ" ]] || { echo "fuzz.sh: clang++ not found (Debian: apt-get install clang)" >&2; exit 1; }
 launcher=()

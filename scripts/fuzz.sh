@@ -42,7 +42,7 @@ for t in "${TARGETS[@]}"; do
   execs=$(grep -E "stat::number_of_executed_units" "$log" | awk '{print $2}' || true)
   cov=$(sed -nE 's/.*cov: ([0-9]+).*/\1/p' <<<"$done_line")
   ft=$(sed -nE 's/.*ft: ([0-9]+).*/\1/p' <<<"$done_line")
-  line="fuzz_$t: ${execs:-?} executions in $(( $(date +%s) - t0 )) s, cov ${cov:-?} edges, ft ${ft:-?}, corpus $(ls "build-fuzz/corpus/$t" | wc -l) new inputs, exit $rc"
+  line="fuzz_$t: ${execs:-?} executions in $(( $(date +%s) - t0 )) s, cov ${cov:-?} edges, ft ${ft:-?}, corpus now $(ls "build-fuzz/corpus/$t" | wc -l) inputs (build-fuzz/corpus/$t), exit $rc"
   echo "$line" | tee -a "$summary"
   if [[ $rc -ne 0 ]]; then
     echo "fuzz.sh: fuzz_$t found a problem (log $log):" >&2

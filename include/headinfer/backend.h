@@ -228,6 +228,9 @@ class Device {
 struct CpuDeviceOptions {
   int n_threads = 0;            // 0: hardware concurrency
   size_t memory_budget = 0;     // 0: unlimited
+  // Test aid: device allocations after the first n are refused as an out-of-memory would be
+  // (the GPU running out inside a run); -1: never.
+  int64_t alloc_fail_after = -1;
 };
 std::unique_ptr<Device> make_cpu_device(const CpuDeviceOptions& options = {});
 

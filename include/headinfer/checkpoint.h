@@ -57,6 +57,11 @@ struct TensorToWrite {
   std::vector<int64_t> shape;
   std::vector<uint8_t> bytes;  // numel x dtype_size, little-endian
 };
+// The validation open() does, on a safetensors image in memory (`size` bytes at `bytes`): the
+// tensors, whose data point into `bytes`. `origin` names the file in errors. Throws Error.
+// (open() maps the file and calls this; the fuzz target calls it directly.)
+std::vector<TensorView> parse_safetensors(const uint8_t* bytes, size_t size, const std::string& origin);
+
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors);
 
 class Checkpoint {

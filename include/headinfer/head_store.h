@@ -141,6 +141,7 @@ struct KvPlacementOptions {
   int64_t host_mem = 0;   // host-tier bytes; 0: detected (MemAvailable)
   int64_t kv_group = 0;   // 0: the planner picks
   int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
+  int64_t host_alloc_fail_after = -1;  // test aid, see TransferOptions
   int64_t host_slab_positions = 0;  // positions per host-tier slab; 0: the planner picks (tests use small ones)
   HybridMode hybrid = HybridMode::Off;  // attend some host-tier groups on the CPU in decode
   int64_t cpu_groups = -1;  // hybrid auto: force this many CPU-attended groups; -1: balance by bandwidth

@@ -75,6 +75,9 @@ struct TransferOptions {
   // 0..copy_jitter_us first, so that copies finish late and a missing wait shows up as wrong numbers.
   int copy_jitter_us = 0;
   uint64_t jitter_seed = 1;
+  // Test aid (CPU and CUDA): host allocations after the first n are refused, as cudaHostAlloc
+  // refuses pinned memory part way through a long run; -1: never.
+  int64_t host_alloc_fail_after = -1;
 };
 using CpuTransferOptions = TransferOptions;
 // The CPU device's transfer (what CpuDevice::make_transfer returns).

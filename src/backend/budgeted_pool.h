@@ -5,6 +5,7 @@
 // (aligned_alloc, cudaMalloc, cudaHostAlloc) stays with the caller.
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -25,13 +26,19 @@ inline void* aligned_host_alloc(size_t bytes, const char* what) {
 class BudgetedPool {
  public:
   // `kind` names the memory in errors ("GPU memory"); `hint` ends the error ("raise --host-mem").
-  BudgetedPool(size_t budget, std::string kind, std::string hint)
-      : budget_(budget), kind_(std::move(kind)), hint_(std::move(hint)) {}
+  // `fail_after` (a test aid, -1: never): allocations after the first fail_after are refused as
+  // the system refuses them when memory runs out (an injected fault, with the same message).
+  BudgetedPool(size_t budget, std::string kind, std::string hint, int64_t fail_after = -1)
+      : budget_(budget), kind_(std::move(kind)), hint_(std::move(hint)), fail_after_(fail_after) {}
 
   // Checks the budget (0: unlimited), then calls raw(bytes), which returns the block or throws.
   template <typename Raw>
   void* allocate(size_t bytes, const char* what, Raw&& raw) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (fail_after_ >= 0 && n_allocations_ >= fail_after_)
+      throw Error("out of " + kind_ + " allocating " + what + ": " + std::to_string(bytes) +
+                  " bytes refused (injected after " + std::to_string(fail_after_) + " allocations)");
+    ++n_allocations_;
     if (budget_ != 0 && in_use_ + bytes > budget_)
       throw Error(kind_ + " budget exceeded allocating " + what + ": " + std::to_string(bytes) + " bytes requested, " +
                   std::to_string(budget_ - in_use_) + " of " + std::to_string(budget_) + " left" +
@@ -77,7 +84,9 @@ class BudgetedPool {
   const size_t budget_;
   const std::string kind_;
   const std::string hint_;
+  const int64_t fail_after_;
   mutable std::mutex mutex_;
+  int64_t n_allocations_ = 0;  // allocations tried, for fail_after_
   std::unordered_map<void*, size_t> sizes_;  // live block -> its requested size
   size_t in_use_ = 0;
   size_t peak_ = 0;

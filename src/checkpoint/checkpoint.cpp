@@ -28,7 +28,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir) {
     json index;
     try {
       index = json::parse(ss.str());
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, out_of_range (1E400)
       throw Error(index_path.string() + ": invalid JSON (" + std::string(e.what()) + ")");
     }
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())

@@ -13,6 +13,10 @@ namespace {
 
 using nlohmann::json;
 
+constexpr int64_t kMaxCount = (int64_t{1} << 31) - 1;  // token counts and ids are int32 on the device
+constexpr int64_t kMaxHeads = int64_t{1} << 16;        // layers, heads and head_dim
+constexpr int64_t kMaxWidth = int64_t{1} << 24;        // hidden and intermediate sizes
+
 struct ConfigReader {
   const json& j;
   const std::string& origin;
@@ -30,9 +34,13 @@ struct ConfigReader {
     return v.get<int64_t>();
   }
 
-  int64_t get_positive(const char* key, int64_t fallback) const {
+  // Positive and at most `max`: the caps refuse sizes no model has before anything is sized from
+  // them (a num_hidden_layers of 2^62 would otherwise end in a failed allocation, not an error
+  // naming the field), and keep the engine's products (kv bytes per token) inside int64.
+  int64_t get_positive(const char* key, int64_t fallback, int64_t max = kMaxCount) const {
     int64_t v = get_int(key, fallback);
     if (v <= 0) fail(key, "must be positive, got " + std::to_string(v));
+    if (v > max) fail(key, "is " + std::to_string(v) + ", more than the " + std::to_string(max) + " this engine accepts");
     return v;
   }
 
@@ -186,11 +194,11 @@ ModelConfig parse_model_config(const json& config, const std::string& origin) {
 
   if (r.has("hidden_act") && config.at("hidden_act") != "silu")
     r.fail("hidden_act", "has unsupported value " + config.at("hidden_act").dump() + " (supported: silu)");
-  c.hidden_size = r.get_positive("hidden_size", 4096);
-  c.n_layers = r.get_positive("num_hidden_layers", 32);
-  c.n_heads = r.get_positive("num_attention_heads", 32);
-  c.n_kv_heads = r.get_positive("num_key_value_heads", c.n_heads);
-  c.intermediate_size = r.get_positive("intermediate_size", d.intermediate_size);
+  c.hidden_size = r.get_positive("hidden_size", 4096, kMaxWidth);
+  c.n_layers = r.get_positive("num_hidden_layers", 32, kMaxHeads);
+  c.n_heads = r.get_positive("num_attention_heads", 32, kMaxHeads);
+  c.n_kv_heads = r.get_positive("num_key_value_heads", c.n_heads, kMaxHeads);
+  c.intermediate_size = r.get_positive("intermediate_size", d.intermediate_size, kMaxWidth);
   c.vocab_size = r.get_positive("vocab_size", d.vocab_size);
   c.max_position_embeddings = r.get_positive("max_position_embeddings", d.max_position_embeddings);
   c.rms_norm_eps = r.get_number("rms_norm_eps", 1e-6);
@@ -202,7 +210,7 @@ ModelConfig parse_model_config(const json& config, const std::string& origin) {
   int64_t head_dim_default = d.head_dim != 0 ? d.head_dim : c.hidden_size / c.n_heads;
   if (d.head_dim == 0 && c.hidden_size % c.n_heads != 0 && !r.has("head_dim"))
     r.fail("hidden_size", "is not a multiple of num_attention_heads and no head_dim is given");
-  c.head_dim = r.get_positive("head_dim", head_dim_default);
+  c.head_dim = r.get_positive("head_dim", head_dim_default, kMaxHeads);
   if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
   if (r.has("partial_rotary_factor") && r.get_number("partial_rotary_factor", 1.0) != 1.0)
     r.fail("partial_rotary_factor", "is unsupported (only 1.0)");
@@ -270,7 +278,7 @@ json read_json_file(const std::filesystem::path& path) {
   ss << in.rdbuf();
   try {
     return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, out_of_range (1E400)
     throw Error(path.string() + ": invalid JSON: " + e.what());
   }
 }

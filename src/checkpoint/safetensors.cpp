@@ -42,7 +42,8 @@ json parse_header(const std::string& text, const std::string& path) {
   json header;
   try {
     header = json::parse(text, cb);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for a number past double's range (1E400).
     throw Error(path + ": header is not valid JSON (" + std::string(e.what()) + ")");
   }
   if (!duplicate.empty()) throw Error(path + ": tensor '" + duplicate + "' is listed twice");
@@ -86,8 +87,13 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   file->path_ = path;
   file->map_ = map;
   file->map_size_ = size;
-  const auto* bytes = static_cast<const uint8_t*>(map);
+  file->tensors_ = parse_safetensors(static_cast<const uint8_t*>(map), size, path);
+  return file;
+}
 
+std::vector<TensorView> parse_safetensors(const uint8_t* bytes, size_t size, const std::string& path) {
+  if (size < 8)
+    throw Error(path + ": truncated: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
   if (header_len > size - 8)
@@ -96,7 +102,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   const json header = parse_header(std::string(reinterpret_cast<const char*>(bytes + 8), header_len), path);
   const size_t data_begin = 8 + header_len;
   const size_t data_size = size - data_begin;
-
+  std::vector<TensorView> tensors;
   struct Span {
     uint64_t begin, end;
     size_t index;
@@ -143,15 +149,15 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
                   dtype_str + " needs " + std::to_string(expected));
     t.data = bytes + data_begin + b;
     t.nbytes = static_cast<size_t>(expected);
-    spans.push_back({b, e, file->tensors_.size()});
-    file->tensors_.push_back(std::move(t));
+    spans.push_back({b, e, tensors.size()});
+    tensors.push_back(std::move(t));
   }
   std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   uint64_t cursor = 0;
   for (const Span& s : spans) {
-    const std::string& name = file->tensors_[s.index].name;
+    const std::string& name = tensors[s.index].name;
     if (s.begin < cursor)
       throw Error(path + ": tensor '" + name + "' overlaps the tensor before it (offset " + std::to_string(s.begin) +
                   " < " + std::to_string(cursor) + ")");
@@ -162,7 +168,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   }
   if (cursor != data_size)
     throw Error(path + ": " + std::to_string(data_size - cursor) + " bytes after the last tensor are not described by the header");
-  return file;
+  return tensors;
 }
 
 SafetensorsFile::~SafetensorsFile() {

@@ -94,7 +94,7 @@ std::unique_ptr<Checkpoint> load_bench_checkpoint(const BenchArgs& a, std::strin
   nlohmann::json config;
   try {
     config = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, out_of_range (1E400)
     throw Error(a.model_dir + "/config.json: invalid JSON (" + std::string(e.what()) + ")");
   }
   return Checkpoint::random(config, dtype, a.seed);

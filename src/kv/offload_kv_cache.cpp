@@ -431,6 +431,7 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   CpuTransferOptions to;
   to.host_budget = static_cast<size_t>(in.host_mem);
   to.copy_jitter_us = options.copy_jitter_us;
+  to.host_alloc_fail_after = options.host_alloc_fail_after;
   auto transfer = device.make_transfer(to);
   // Balancing needs both bandwidths; a forced split or hybrid off needs neither.
   if (options.hybrid == HybridMode::Auto && options.cpu_groups < 0) {

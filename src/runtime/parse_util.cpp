@@ -36,6 +36,7 @@ int64_t parse_count(const std::string& text, const char* flag) {
     throw Error(std::string(flag) + ": expected a count like 4096, 128K or 1M, got '" + text + "'");
   const int64_t v = std::stoll(digits);
   if (v <= 0) throw Error(std::string(flag) + ": must be positive");
+  if (v > std::numeric_limits<int64_t>::max() / mult) throw Error(std::string(flag) + ": '" + text + "' is too large");
   return v * mult;
 }
 

@@ -3,6 +3,8 @@
 // generated token, and under --temp 0 each row's argmax must be the token it chose.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -133,6 +135,102 @@ TEST_F(GenerateCli, FailedRunLeavesNoDumpFile) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("outside the vocabulary"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dump));
+}
+
+// ---- Hardening (issue 15): bad checkpoints and faults end as one error line, exit status 1,
+// nothing on stdout (no partial JSON), whatever goes wrong and when.
+
+// A copy of a shared model folder the test may break.
+fs::path writable_copy(const fs::path& from, const fs::path& to) {
+  fs::create_directories(to);
+  for (const auto& e : fs::directory_iterator(from)) {
+    fs::copy_file(e.path(), to / e.path().filename());
+    fs::permissions(to / e.path().filename(), fs::perms::owner_write, fs::perm_options::add);
+  }
+  return to;
+}
+
+void expect_one_error_line(const CliRun& r, const std::string& needle) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.find("internal"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+// The process-level mutation run's finding: a header number past double's range made the JSON
+// parser throw out_of_range, reported as "error: internal" with exit status 2.
+TEST_F(GenerateCli, SafetensorsHeaderNumberOverflowIsAnInputError) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const fs::path model = writable_copy(tiny("llama2-f32"), dir_ / "model");
+  const std::string header = R"({"a":{"dtype":"F32","shape":[392320E392448],"data_offsets":[0,4]}})";
+  std::ofstream f(model / "model.safetensors", std::ios::binary | std::ios::trunc);
+  const uint64_t n = header.size();
+  f.write(reinterpret_cast<const char*>(&n), 8);  // little-endian length (x86, as the format)
+  f << header << std::string(4, '\0');
+  f.close();
+  expect_one_error_line(run("generate -m '" + model.string() + "' --prompt-ids 1,2 -n 2 --device cpu --json"),
+                        "header is not valid JSON");
+}
+
+TEST_F(GenerateCli, ConfigSizesNoModelHasAreInputErrors) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const fs::path model = writable_copy(tiny("llama2-f32"), dir_ / "model");
+  std::ifstream in(model / "config.json");
+  json config = json::parse(in);
+  in.close();
+  config["num_hidden_layers"] = int64_t{1} << 62;  // was: a 2^62-entry vector, "error: internal"
+  std::ofstream(model / "config.json") << config.dump();
+  expect_one_error_line(run("generate -m '" + model.string() + "' --prompt-ids 1,2 -n 2 --device cpu --json"),
+                        "num_hidden_layers");
+  std::ofstream(model / "config.json") << R"({"model_type": "llama", "rope_theta": 1E400})";
+  expect_one_error_line(run("generate -m '" + model.string() + "' --prompt-ids 1,2 -n 2 --device cpu --json"),
+                        "invalid JSON");
+}
+
+// Host memory for the offloaded KV smaller than the context needs: refused before any work.
+TEST_F(GenerateCli, HostMemoryTooSmallForTheContextIsOneErrorLine) {
+  HEADINFER_REQUIRE_TESTDATA();
+  expect_one_error_line(run("generate -m '" + tiny("llama2-f32").string() +
+                            "' --prompt-ids 1,2,3 -n 4 --ctx 4096 --device cpu --offload all --host-mem 64KiB --json"),
+                        "host");
+}
+
+// A checkpoint file truncated after it was opened and validated (it is memory-mapped): the CLI
+// blocks reading its prompt from a FIFO, by then the checkpoint is open; the test cuts the
+// safetensors file to its header, then sends the prompt. Loading the weights reads lost pages
+// (SIGBUS): one error line and exit status 1, not a "Bus error" crash.
+TEST_F(GenerateCli, CheckpointTruncatedAfterOpenIsOneErrorLine) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const fs::path model = writable_copy(test::testdata_dir() / "models/stories260k", dir_ / "model");
+  const fs::path fifo = dir_ / "prompt.fifo", out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string cmd = std::string("exec '") + HEADINFER_CLI + "' generate -m '" + model.string() + "' -f '" +
+                          fifo.string() + "' -n 4 --device cpu --json >'" + out.string() + "' 2>'" + err.string() + "'";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  const int fd = ::open(fifo.c_str(), O_WRONLY);  // returns once the CLI opens the prompt file
+  ASSERT_GE(fd, 0);
+  std::ifstream st(model / "model.safetensors", std::ios::binary);
+  uint64_t header_len = 0;
+  st.read(reinterpret_cast<char*>(&header_len), 8);
+  st.close();
+  fs::resize_file(model / "model.safetensors", 8 + header_len);
+  const std::string prompt = "Once upon a time";
+  ASSERT_EQ(::write(fd, prompt.data(), prompt.size()), static_cast<ssize_t>(prompt.size()));
+  ::close(fd);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  CliRun r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_file(out);
+  r.err = read_file(err);
+  expect_one_error_line(r, "SIGBUS");
 }
 
 }  // namespace

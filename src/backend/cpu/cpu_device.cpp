@@ -17,7 +17,7 @@ class CpuDevice final : public Device {
   explicit CpuDevice(const CpuDeviceOptions& o)
       : pool_(o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
         ops_(pool_),
-        memory_(o.memory_budget, "device memory", "") {}
+        memory_(o.memory_budget, "device memory", "", o.alloc_fail_after) {}
   ~CpuDevice() override {
     memory_.release_all([](void* p) { std::free(p); });
   }

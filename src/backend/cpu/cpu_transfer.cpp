@@ -224,7 +224,7 @@ class CpuCopyStream final : public Stream {
 class CpuTransfer final : public Transfer {
  public:
   explicit CpuTransfer(const CpuTransferOptions& o)
-      : options_(o), host_(o.host_budget, "host memory", "raise --host-mem or lower --ctx") {}
+      : options_(o), host_(o.host_budget, "host memory", "raise --host-mem or lower --ctx", o.host_alloc_fail_after) {}
   ~CpuTransfer() override {
     host_.release_all([](void* p) { std::free(p); });
   }

@@ -86,7 +86,7 @@ class CudaDevice final : public Device {
     size_t free_bytes = 0, total_bytes = 0;
     HEADINFER_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     memory_.emplace(o.memory_budget != 0 ? o.memory_budget : free_bytes, "GPU memory",
-                    "on " + name_ + ": raise --gpu-mem");
+                    "on " + name_ + ": raise --gpu-mem", o.alloc_fail_after);
     HEADINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) {
       cudaStreamDestroy(stream_);

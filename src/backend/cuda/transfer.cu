@@ -105,7 +105,7 @@ class CudaTransfer final : public Transfer {
         options_(options),
         max_pitch_(query_max_pitch(ordinal)),
         compute_(compute, false, max_pitch_),
-        host_(options.host_budget, "host memory", "raise --host-mem or lower --ctx") {}
+        host_(options.host_budget, "host memory", "raise --host-mem or lower --ctx", options.host_alloc_fail_after) {}
   ~CudaTransfer() override {
     cudaSetDevice(ordinal_);
     host_.release_all([](void* p) { cudaFreeHost(p); });

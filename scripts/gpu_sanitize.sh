@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# compute-sanitizer over the CUDA pipeline (issue 15), on the GPU machine: memcheck (with leak
+# check), racecheck and synccheck, each over
+#   ops:      cuda_ops_tests, filtered to a subset that runs in minutes under the tools
+#             ($SANITIZE_FILTER; the default leaves out the long 1500-token golden runs, the
+#             1500-token placement chunks, the bandwidth report and the fault tests that make a
+#             device per refused allocation; SANITIZE_FILTER='*' runs everything)
+#   generate: an offloaded `headinfer generate` on stories260k: every head block streamed
+#             (--offload all, groups of one kv head), hybrid auto, prefill chunks of 7 tokens,
+#             16 tokens generated
+# and writes $OUT/sanitize.json: per tool and target the sanitizer's error count, racecheck's
+# warnings, exit status, seconds and whether the time limit cut it short, plus the card.
+# Builds like scripts/gpu_check.sh (same carry: run `scripts/gpu_check.sh --prepare` on the dev
+# box first, carry .carry). Runs the tools in the order given (default: all three), each target
+# limited to $SANITIZE_SECONDS (default 150) so that one call stays inside a 10-minute command:
+#     scripts/gpu_sanitize.sh                      # build + memcheck racecheck synccheck
+#     scripts/gpu_sanitize.sh memcheck             # one tool (build-gpu reused on a warm machine)
+# Exit status 1 when any report was counted or a run failed; 0 otherwise.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/out}
+mkdir -p "$OUT"
+TOOLS=("$@")
+[[ ${#TOOLS[@]} -gt 0 ]] || TOOLS=(memcheck racecheck synccheck)
+LIMIT=${SANITIZE_SECONDS:-150}
+FILTER=${SANITIZE_FILTER:-'CudaTest.*:CudaAttentionTest.*:CudaGroupedAttentionTest.*:Chunks/GpuPlacements.*/chunk1:Chunks/GpuPlacements.*/chunk97:-CudaTest.TinyModelsMatchCpu:CudaTest.LinkBandwidthReport:CudaTest.*LeaksNothing'}
+
+# The CUDA toolkit's compute-sanitizer (bin/ or its own folder); checked before minutes of building.
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+if [[ -z "$SAN" || ! -x "$SAN" ]]; then
+  echo '{"error":"compute-sanitizer not found on this machine"}' >"$OUT/sanitize.json"
+  echo "gpu_sanitize.sh: compute-sanitizer not found" >&2
+  exit 1
+fi
+HEADINFER_BUILD_ONLY=1 "$ROOT/scripts/gpu_check.sh" || exit 1
+DEPS=$ROOT/.carry/deps/usr
+export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)
+[[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
+export HEADINFER_TESTDATA=$ROOT/.carry/testdata
+
+ops=("$ROOT/build-gpu/tests/cuda/cuda_ops_tests" --gtest_filter="$FILTER")
+gen=("$ROOT/build-gpu/src/cli/headinfer" generate -m "$HEADINFER_TESTDATA/models/stories260k" -p "Once upon a time"
+     -n 16 --ignore-eos --device cuda --offload all --kv-group 1 --hybrid auto --chunk 7 --json)
+[[ -x "${gen[0]}" ]] || gen[0]=$(find "$ROOT/build-gpu" -name headinfer -type f -perm -u+x | head -1)
+
+rows=()
+status=0
+for tool in "${TOOLS[@]}"; do
+  extra=()
+  [[ $tool == memcheck ]] && extra=(--leak-check full)
+  for target in ops generate; do
+    log=$OUT/sanitize_${tool}_${target}.log
+    if [[ $target == ops ]]; then cmd=("${ops[@]}"); else cmd=("${gen[@]}"); fi
+    t0=$(date +%s)
+    rc=0
+    timeout --signal=INT "$LIMIT" "$SAN" --tool "$tool" "${extra[@]}" --print-limit 50 "${cmd[@]}" >"$log" 2>&1 || rc=$?
+    secs=$(( $(date +%s) - t0 ))
+    errors=$(sed -nE 's/.*ERROR SUMMARY: ([0-9]+) error.*/\1/p' "$log" | tail -1)
+    warnings=$(sed -nE 's/.*RACECHECK SUMMARY: .*\(([0-9]+) errors?, ([0-9]+) warnings?\).*/\2/p' "$log" | tail -1)
+    timed_out=false
+    [[ $rc -eq 124 || $rc -eq 130 ]] && timed_out=true
+    tests=$(grep -E "^\[  PASSED  \]|^\[  FAILED  \]" "$log" | tr '\n' ' ')
+    echo "$tool $target: errors=${errors:-?} warnings=${warnings:-0} rc=$rc ${secs}s timed_out=$timed_out $tests"
+    grep -E "^========= (Invalid|Race|Barrier|Leaked|Program hit|Error)" "$log" | sort | uniq -c | head -10
+    rows+=("{\"tool\":\"$tool\",\"target\":\"$target\",\"errors\":${errors:-null},\"warnings\":${warnings:-0},\"exit\":$rc,\"seconds\":$secs,\"timed_out\":$timed_out,\"gtest\":\"${tests% }\"}")
+    if [[ -z "$errors" || "$errors" != 0 || ( $rc -ne 0 && $timed_out == false ) ]]; then status=1; fi
+  done
+done
+
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
+sanv=$("$SAN" --version | tail -1)
+{
+  printf '{"gpu":"%s","compute_sanitizer":"%s","ops_filter":"%s","generate":"%s","runs":[' \
+    "$gpu" "$sanv" "$FILTER" "${gen[*]:1}"
+  (IFS=,; printf '%s' "${rows[*]}")
+  printf ']}\n'
+} >"$OUT/sanitize.json"
+cat "$OUT/sanitize.json"
+exit $status

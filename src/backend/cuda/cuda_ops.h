@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <cstdlib>
 #include <map>
 
 #include "attention_cudnn.h"
@@ -101,6 +102,7 @@ class CudaOps final : public Ops {
   Scratch sample_scratch_;  // sample.cu: sorted candidates, weights, running sums, CUB's storage
   CudnnSdpa cudnn_;         // cuDNN handle and SDPA graphs per shape (prefill on 16-bit KV)
   std::map<std::array<int64_t, 10>, cublasLtMatmulAlgo_t> gemm_algos_;
+  bool trace_ = std::getenv("HEADINFER_TRACE") != nullptr;  // time each new GEMM shape's heuristic
 };
 
 }  // namespace headinfer::cuda

@@ -8,6 +8,8 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <type_traits>
 
 #include "cuda_common.h"
@@ -193,6 +195,7 @@ void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_l
                                     0};
   auto it = gemm_algos_.find(key);
   if (it == gemm_algos_.end()) {
+    const auto t0 = std::chrono::steady_clock::now();
     cublasLtMatmulPreference_t pref = nullptr;
     check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
     const uint64_t ws = kLtWorkspaceBytes;
@@ -216,6 +219,11 @@ void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_l
                   "] x [" + std::to_string(m_out) + " x " + std::to_string(k_in) + "]^T");
     }
     it = gemm_algos_.emplace(key, result.algo).first;
+    if (trace_)
+      std::fprintf(stderr, "[trace] cuBLASLt heuristic [%lld x %lld] x [%lld x %lld]^T: %.2f ms\n",
+                   static_cast<long long>(n_tokens), static_cast<long long>(k_in), static_cast<long long>(m_out),
+                   static_cast<long long>(k_in),
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   const float alpha = 1.0f, beta = 0.0f;
   const cublasStatus_t s = cublasLtMatmul(lt_, op, &alpha, w, a, x, b, &beta, y, c, y, c, &it->second, workspace,

@@ -24,6 +24,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace headinfer {
@@ -114,6 +115,8 @@ enum class ChatFormat {
 struct ChatPrompt {
   std::optional<std::string> system;  // omitted when absent (no default system prompt is added)
   std::string user;
+  // Earlier turns of the conversation, oldest first: (user, assistant) pairs before `user`.
+  std::vector<std::pair<std::string, std::string>> history;
 };
 
 const char* to_string(ChatFormat format);

@@ -47,6 +47,8 @@ struct GenerateArgs {
   int64_t kv_group = 0;        // 0 = the planner picks
   std::string hybrid = "off";  // decode: attend part of the host-tier groups on the CPU
   std::string dump_logits;     // "" = off
+  std::string kv_load;         // "" = off: start from this KV snapshot (the prompt continues it)
+  std::string kv_save;         // "" = off: snapshot the KV after generating
 };
 
 // --dump-logits FILE: every logits vector the sampler sees, raw little-endian float32, one [vocab]
@@ -163,7 +165,12 @@ void run_generate(const GenerateArgs& a) {
     };
   }
   if (dump) cb.on_logits = [&](std::span<const float> logits) { dump->write_row(logits); };
+  if (!a.kv_load.empty()) {
+    engine.load_kv(a.kv_load);
+    go.reuse_prefix = true;  // the prompt is the whole conversation; only what the snapshot lacks is prefilled
+  }
   const GenerateResult r = generate(engine, prompt, go, cb);
+  if (!a.kv_save.empty()) engine.save_kv(a.kv_save);
   if (dump) dump->finish();
   if (stream && !a.json) std::fputs(stream->flush().c_str(), stdout);
 
@@ -221,6 +228,9 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dump-logits", args->dump_logits,
                   "Write the logits each token was chosen from: raw float32 [tokens, vocab], little-endian");
+  cmd->add_option("--kv-load", args->kv_load,
+                  "Start from a KV snapshot; the prompt is the whole conversation, only what it lacks is prefilled");
+  cmd->add_option("--kv-save", args->kv_save, "Save the KV (every tier, the ids) to this file after generating");
   cmd->callback([args] { run_generate(*args); });
 }
 

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   headinfer::cli::add_tokenize_command(app);
   headinfer::cli::add_plan_command(app);
   headinfer::cli::add_bench_command(app);
+  headinfer::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -42,6 +42,7 @@ std::vector<int32_t> llama3(const Tokenizer& tok, const ChatPrompt& prompt) {
     ids.push_back(eot);
   };
   if (prompt.system) turn("system", *prompt.system);
+  for (const auto& [user, assistant] : prompt.history) turn("user", user), turn("assistant", assistant);
   turn("user", prompt.user);
   header("assistant");
   append(ids, text_ids(tok, "\n\n"));
@@ -59,6 +60,7 @@ std::vector<int32_t> chatml(const Tokenizer& tok, const ChatPrompt& prompt) {
     append(ids, text_ids(tok, "\n"));
   };
   if (prompt.system) turn("system", *prompt.system);
+  for (const auto& [user, assistant] : prompt.history) turn("user", user), turn("assistant", assistant);
   turn("user", prompt.user);
   ids.push_back(start);
   append(ids, text_ids(tok, "assistant\n"));
@@ -69,16 +71,28 @@ std::vector<int32_t> inst(const Tokenizer& tok, const ChatPrompt& prompt) {
   std::optional<int32_t> bos = tok.bos_id();
   if (!bos) bos = tok.token_to_id("<s>");
   if (!bos) throw Error("chat format inst needs a BOS token (<s>), which this tokenizer does not have");
-  std::string body = prompt.system ? *prompt.system + "\n\n" + prompt.user : prompt.user;
+  // The system message goes into the first user turn; each answer ends with </s>.
+  std::vector<std::string> users;
+  for (const auto& turn : prompt.history) users.push_back(turn.first);
+  users.push_back(prompt.user);
+  if (prompt.system) users[0] = *prompt.system + "\n\n" + users[0];
+  std::optional<int32_t> eos = tok.token_to_id("</s>");
+  if (!prompt.history.empty() && !eos) throw Error("chat format inst needs </s> to end earlier answers");
   std::vector<int32_t> ids{*bos};
   auto open = tok.token_to_id("[INST]"), close = tok.token_to_id("[/INST]");
-  if (open && close && tok.is_special(*open)) {
-    // Control-token vocabularies (Mistral v3): [INST] and [/INST] are single special tokens.
-    ids.push_back(*open);
-    append(ids, text_ids(tok, " " + body));
-    ids.push_back(*close);
-  } else {
-    append(ids, text_ids(tok, "[INST] " + body + " [/INST]"));
+  for (size_t i = 0; i < users.size(); ++i) {
+    if (open && close && tok.is_special(*open)) {
+      // Control-token vocabularies (Mistral v3): [INST] and [/INST] are single special tokens.
+      ids.push_back(*open);
+      append(ids, text_ids(tok, " " + users[i]));
+      ids.push_back(*close);
+    } else {
+      append(ids, text_ids(tok, "[INST] " + users[i] + " [/INST]"));
+    }
+    if (i < prompt.history.size()) {
+      append(ids, text_ids(tok, " " + prompt.history[i].second));
+      ids.push_back(*eos);
+    }
   }
   return ids;
 }

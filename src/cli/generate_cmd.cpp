@@ -176,6 +176,7 @@ void run_generate(const GenerateArgs& a) {
 
   if (a.json) {
     nlohmann::json out = {{"prompt_tokens", r.prompt_tokens},
+                          {"reused_tokens", r.reused_tokens},
                           {"tokens", r.tokens},
                           {"prefill_seconds", r.prefill_seconds},
                           {"decode_seconds", r.decode_seconds},

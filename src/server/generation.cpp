@@ -50,6 +50,7 @@ Prepared prepare(const CompletionRequest& r, const Tokenizer& tokenizer, const M
   const std::string param = r.chat ? "messages" : "prompt";
   if (r.chat) {
     ChatPrompt chat;
+    ChatHistory history;
     size_t i = 0;
     if (r.messages[0].role == "system") chat.system = r.messages[i++].content;
     auto expect_role = [&](size_t at, const char* role) {
@@ -64,12 +65,12 @@ Prepared prepare(const CompletionRequest& r, const Tokenizer& tokenizer, const M
     for (; i + 1 < r.messages.size(); i += 2) {
       expect_role(i, "user");
       expect_role(i + 1, "assistant");
-      chat.history.emplace_back(r.messages[i].content, r.messages[i + 1].content);
+      history.emplace_back(r.messages[i].content, r.messages[i + 1].content);
     }
     expect_role(i, "user");
     chat.user = r.messages[i].content;
     try {
-      p.ids = encode_chat(tokenizer, chat);
+      p.ids = encode_chat(tokenizer, chat, history);
     } catch (const Error& e) {
       throw ApiError(400, std::string("this model has no chat format: ") + e.what(), "invalid_request_error",
                      "messages");

@@ -285,3 +285,25 @@ def test_prefill_progress_in_stream(start_server, stories):
     progress = re.findall(rb": prefill (\d+)/(\d+)", got)
     assert [int(d) for d, _ in progress] == [16, 32, 48, 64, 80, 96, 100]
     assert all(int(t) == 100 for _, t in progress)
+
+
+def test_generate_kv_save_then_load_continues_as_fresh(stories, tmp_path):
+    snap = tmp_path / "gen.hikv"
+    ids = [1] + list(range(50, 90))
+    ids_arg = lambda x: ",".join(map(str, x))
+    generate_cli(stories.model_dir, "--prompt-ids", ids_arg(ids), "-n", "8", "--ctx", "256", "--kv-save", str(snap),
+                 "--offload", "all", "--json")
+    more = ids + [7, 8, 9]
+    fresh = json.loads(generate_cli(stories.model_dir, "--prompt-ids", ids_arg(more), "-n", "12", "--ctx", "256",
+                                    "--json"))
+    loaded = json.loads(generate_cli(stories.model_dir, "--prompt-ids", ids_arg(more), "-n", "12", "--ctx", "256",
+                                     "--kv-load", str(snap), "--json"))
+    assert loaded["tokens"] == fresh["tokens"]
+    assert loaded["reused_tokens"] >= len(ids) and fresh["reused_tokens"] == 0
+    data = bytearray(snap.read_bytes())
+    data[-5] ^= 1  # inside the index
+    snap.write_bytes(bytes(data))
+    r = subprocess.run([str(headinfer_bin()), "generate", "-m", str(stories.model_dir), "--device", "cpu",
+                        "--prompt-ids", ids_arg(more), "--kv-load", str(snap)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: KV snapshot") and "checksum" in r.stderr and r.stderr.count("\n") == 1

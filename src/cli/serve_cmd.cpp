@@ -14,6 +14,7 @@
 #include "headinfer/error.h"
 #include "headinfer/options.h"
 #include "headinfer/tokenizer.h"
+#include "placement_flags.h"
 #include "server.h"
 
 namespace headinfer::cli {
@@ -29,14 +30,8 @@ struct ServeArgs {
   std::string kv_dir = ".";
   std::string kv_load;     // a snapshot to start from
   std::string ctx;         // "" = the config's max_position_embeddings
-  int threads = 0;
   int64_t chunk = 0;       // 0 = the engine's default
-  std::string device = "auto";
-  std::string gpu_mem;
-  std::string host_mem;
-  std::string offload = "auto";
-  int64_t kv_group = 0;
-  std::string hybrid = "off";
+  PlacementFlags placement;
 };
 
 void run_serve(const ServeArgs& a) {
@@ -59,14 +54,9 @@ void run_serve(const ServeArgs& a) {
   const int64_t context = a.ctx.empty() ? config.max_position_embeddings : parse_count(a.ctx, "--ctx");
   if (context < 1) throw Error("--ctx: the config has no max_position_embeddings; give --ctx");
 
-  const int64_t gpu_mem = a.gpu_mem.empty() ? 0 : parse_byte_size(a.gpu_mem, "--gpu-mem");
-  auto device = make_device({a.device, a.threads, gpu_mem});
+  auto device = make_placement_device(a.placement);
   EngineOptions eo;
-  eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
-  eo.kv.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
-  eo.kv.offload = parse_offload_mode(a.offload, "--offload");
-  eo.kv.kv_group = a.kv_group;
-  eo.kv.hybrid = parse_hybrid_mode(a.hybrid, "--hybrid");
+  eo.kv = placement_options(a.placement, *device);
   eo.context = context;
   if (a.chunk > 0) eo.chunk = a.chunk;
   Engine engine(*checkpoint, *device, eo);
@@ -125,15 +115,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--kv-dir", args->kv_dir, "Folder for /v1/kv/save and /v1/kv/load snapshots")->capture_default_str();
   cmd->add_option("--kv-load", args->kv_load, "Start from this KV snapshot");
   cmd->add_option("--ctx", args->ctx, "Context length: 4096, 128K, 1M (default: the config's maximum)");
-  cmd->add_option("-t,--threads", args->threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (0: the engine's default)")->capture_default_str();
-  cmd->add_option("--device", args->device, "cpu, cuda or auto (cuda when a GPU is present)")->capture_default_str();
-  cmd->add_option("--gpu-mem", args->gpu_mem, "Device memory cap: 24GiB (default: CUDA the free memory, CPU unlimited)");
-  cmd->add_option("--host-mem", args->host_mem, "Host memory for offloaded KV (default: MemAvailable)");
-  cmd->add_option("--offload", args->offload, "KV placement: auto, all or none")->capture_default_str();
-  cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();
-  cmd->add_option("--hybrid", args->hybrid, "Decode: attend part of the host-tier KV on the CPU (auto or off)")
-      ->capture_default_str();
+  add_placement_flags(*cmd, args->placement);
   cmd->callback([args] { run_serve(*args); });
 }
 

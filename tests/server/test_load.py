@@ -4,6 +4,7 @@ is full), the server stays up, and its RSS after the load equals its RSS after a
 16 concurrent requests within a margin (no leak)."""
 import concurrent.futures
 import json
+import os
 import random
 import socket
 import time
@@ -77,7 +78,8 @@ def test_load_16_clients_200_requests(start_server, stories):
     rss_after = served.rss_kib()
     # Per-thread malloc arenas and the tokenizer's caches settle in the first round; what is left
     # is a leak of more than the margin: 16 MiB, or 10 %.
-    assert rss_after <= rss_first + max(16 * 1024, rss_first // 10), (rss_first, rss_after)
+    if os.environ.get("HEADINFER_RSS_CHECK", "1") != "0":  # off under ASan, whose quarantine keeps freed memory
+        assert rss_after <= rss_first + max(16 * 1024, rss_first // 10), (rss_first, rss_after)
     print(f"[load] {N_REQUESTS} requests by {N_CLIENTS} clients in {elapsed:.1f} s; "
           f"RSS {rss_first} KiB after the first round, {rss_after} KiB after; "
           f"outcomes {sorted((k, str(s)) for k, s in set(results))}")

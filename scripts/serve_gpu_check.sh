@@ -7,7 +7,9 @@
 # tokenizer in .carry). On the GPU machine, two calls (each under the 10-minute limit):
 #     scripts/serve_gpu_check.sh build   # configure + build headinfer in build-gpu, write the model
 #     scripts/serve_gpu_check.sh run     # serve, the five questions, the snapshot, dd
-# Knobs: DOC_TOKENS (130000), CTX (131072), GPU_MEM (24GiB), WORK (/tmp/serve_gpu: model, snapshot).
+# Knobs: DOC_TOKENS (130000), CTX (131072), GPU_MEM (24GiB), WORK (/tmp/serve_gpu: model, snapshot),
+# DD_MIB (4096); for a dry run elsewhere: BIN, MODEL (a checkpoint folder), VOCAB_IDS (random ids
+# are drawn below it; 128000), BOS (128000), SERVE_ARGS (extra serve flags).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS=$ROOT/.carry/deps/usr
@@ -16,7 +18,8 @@ WORK=${WORK:-/tmp/serve_gpu}
 DOC_TOKENS=${DOC_TOKENS:-130000}
 CTX=${CTX:-131072}
 GPU_MEM=${GPU_MEM:-24GiB}
-BIN=$ROOT/build-gpu/src/cli/headinfer
+BIN=${BIN:-$ROOT/build-gpu/src/cli/headinfer}
+MODEL=${MODEL:-$WORK/llama3-8b}
 mkdir -p "$OUT" "$WORK"
 export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -42,12 +45,14 @@ build)
   df -h "$WORK" | tail -1
   ;;
 run)
-  python3 - "$BIN" "$WORK" "$OUT" "$DOC_TOKENS" "$CTX" "$GPU_MEM" <<'PY'
+  python3 - "$BIN" "$WORK" "$OUT" "$DOC_TOKENS" "$CTX" "$GPU_MEM" "$MODEL" <<'PY'
 import http.client, json, os, random, re, subprocess, sys, time
-binary, work, out, doc_tokens, ctx, gpu_mem = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+binary, work, out, doc_tokens, ctx, gpu_mem, model = sys.argv[1:8]
+doc_tokens = int(doc_tokens)
+vocab, bos, dd_mib = int(os.environ.get("VOCAB_IDS", 128000)), int(os.environ.get("BOS", 128000)), int(os.environ.get("DD_MIB", 4096))
 log = open(os.path.join(out, "serve_gpu.log"), "w")
-proc = subprocess.Popen([binary, "serve", "-m", os.path.join(work, "llama3-8b"), "--port", "0", "--ctx", ctx,
-                         "--gpu-mem", gpu_mem, "--kv-dir", work, "--model-name", "llama3-8b"],
+proc = subprocess.Popen([binary, "serve", "-m", model, "--port", "0", "--ctx", ctx, "--gpu-mem", gpu_mem,
+                         "--kv-dir", work, "--model-name", "llama3-8b"] + os.environ.get("SERVE_ARGS", "").split(),
                         stdout=subprocess.PIPE, stderr=log, text=True)
 line = proc.stdout.readline()
 m = re.search(r"listening on http://([\d.]+):(\d+)", line)
@@ -70,10 +75,10 @@ def metrics():
             if l and not l.startswith("#")}
 
 rng = random.Random(13)
-doc = [128000] + [rng.randrange(0, 128000) for _ in range(doc_tokens - 1)]  # <|begin_of_text|> + random ids
+doc = [bos] + [rng.randrange(0, vocab) for _ in range(doc_tokens - 1)]  # <|begin_of_text|> + random ids
 prompt, questions = list(doc), []
 for q in range(5):
-    prompt += [rng.randrange(0, 128000) for _ in range(40 + 7 * q)]  # the question: only these are new
+    prompt += [rng.randrange(0, vocab) for _ in range(40 + 7 * q)]  # the question: only these are new
     r, secs = post("/v1/completions", {"model": "llama3-8b", "prompt": prompt, "max_tokens": 16, "temperature": 0})
     u = r["usage"]
     questions.append({"question": q + 1, "seconds": round(secs, 3), "prompt_tokens": u["prompt_tokens"],
@@ -86,9 +91,9 @@ m_after = metrics()
 save, save_wall = post("/v1/kv/save", {"name": "doc"})
 snap = os.path.join(work, "doc.hikv")
 fd = os.open(snap, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)  # read from disk
-post("/v1/completions", {"model": "llama3-8b", "prompt": [128000, 5, 6], "max_tokens": 1})  # drops the context
+post("/v1/completions", {"model": "llama3-8b", "prompt": [bos, 5, 6], "max_tokens": 1})  # drops the context
 load, load_wall = post("/v1/kv/load", {"name": "doc"})
-prompt += [rng.randrange(0, 128000) for _ in range(50)]
+prompt += [rng.randrange(0, vocab) for _ in range(50)]
 r, secs = post("/v1/completions", {"model": "llama3-8b", "prompt": prompt, "max_tokens": 16, "temperature": 0})
 after_load = {"seconds": round(secs, 3), "cached_tokens": r["usage"]["prompt_tokens_details"]["cached_tokens"],
               "prompt_tokens": r["usage"]["prompt_tokens"]}
@@ -97,12 +102,14 @@ proc.terminate(); proc.wait(timeout=120)
 def dd(args):
     t = subprocess.run(["dd"] + args, capture_output=True, text=True).stderr.strip().splitlines()[-1]
     return t
-gib = 4
-dd_write = dd([f"if=/dev/zero", f"of={work}/dd.bin", "bs=64M", f"count={gib * 16}", "oflag=direct", "conv=fsync"])
-dd_read = dd([f"if={work}/dd.bin", "of=/dev/null", "bs=64M", "iflag=direct"])
+dd_write = dd(["if=/dev/zero", f"of={work}/dd.bin", "bs=1M", f"count={dd_mib}", "oflag=direct", "conv=fsync"])
+dd_read = dd([f"if={work}/dd.bin", "of=/dev/null", "bs=1M", "iflag=direct"])
 os.remove(f"{work}/dd.bin")
 os.remove(snap)
-gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+try:
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+except FileNotFoundError:
+    gpu = "none (dry run)"
 result = {"gpu": gpu, "gpu_mem": gpu_mem, "context": int(ctx), "document_tokens": doc_tokens, "questions": questions,
           "first_answer_seconds": questions[0]["seconds"], "later_answer_seconds": [q["seconds"] for q in questions[1:]],
           "prefill_seconds_total": m_after.get("headinfer_prefill_seconds_total"),
@@ -110,7 +117,7 @@ result = {"gpu": gpu, "gpu_mem": gpu_mem, "context": int(ctx), "document_tokens"
                        "host": m_after.get('headinfer_kv_bytes{tier="host"}')},
           "snapshot_save": {**save, "wall_seconds": round(save_wall, 3)},
           "snapshot_load": {**load, "wall_seconds": round(load_wall, 3), "page_cache_dropped": True},
-          "after_load": after_load, "dd_write_4GiB_direct": dd_write, "dd_read_4GiB_direct": dd_read}
+          "after_load": after_load, "dd_mib": dd_mib, "dd_write_direct": dd_write, "dd_read_direct": dd_read}
 json.dump(result, open(os.path.join(out, "serve_gpu.json"), "w"), indent=1)
 print(json.dumps(result, indent=1))
 PY

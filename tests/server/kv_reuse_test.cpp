@@ -174,6 +174,52 @@ TEST(PrefixReuse, ReusedAndLoadedRunsAreBitIdenticalOnEveryPlacement) {
   }
 }
 
+// Hybrid decode (some host-tier groups attended on the CPU, slabs of 16 positions): equal to the
+// device's attention only up to fp32 rounding, so the reference is a fresh run on the same
+// placement; reuse and a snapshot loaded there must match it bit for bit when the rest prefilled
+// is more than one token (one token is a decode step, attended partly on the host).
+TEST(PrefixReuse, HybridDecodeReuseAndLoadMatchAFreshHybridRun) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* name : {"stories260k", "tiny/qwen2-f32"}) {
+    SCOPED_TRACE(name);
+    auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / name);
+    const ModelConfig& c = ckpt->config();
+    KvPlacementOptions kv;
+    kv.offload = OffloadMode::All;
+    kv.kv_group = 1;
+    kv.hybrid = HybridMode::Auto;
+    kv.cpu_groups = c.n_layers * c.n_kv_heads / 2;
+    kv.host_threads = 2;
+    kv.host_slab_positions = 16;
+    const auto turn = random_prompt(37, c.vocab_size, 21);
+    const int64_t context = 37 + kDecode + 8;
+    EngineRun fresh = make_run(*ckpt, context, kv);
+    ASSERT_GT(kv_cache_plan(fresh.engine->kv_cache())->n_cpu_groups, 0);
+    const std::vector<float> ref = continue_greedy(*fresh.engine, fresh.engine->prefill(turn));
+
+    EngineRun r = make_run(*ckpt, context, kv);
+    GenerateOptions go;
+    go.max_new_tokens = 9;  // decode steps through the CPU path past position 20, then cut back to 20
+    go.ignore_eos = true;
+    generate(*r.engine, std::span<const int32_t>(turn).first(20), go);
+    ASSERT_EQ(r.engine->keep_common_prefix(turn), 20);
+    expect_bits(ref, continue_greedy(*r.engine, r.engine->prefill(std::span<const int32_t>(turn).subspan(20))),
+                "reused");
+
+    const fs::path file = temp_path("hybrid");
+    r.engine->truncate(36);
+    r.engine->save_kv(file);
+    EngineRun l = make_run(*ckpt, context, kv);
+    l.engine->load_kv(file);
+    fs::remove(file);
+    ASSERT_EQ(l.engine->keep_common_prefix(turn), 36);
+    // A one-token forward is a decode step, whose CPU groups the host attends (equal to the fresh
+    // run's prefill chunk only up to rounding): cut back one more and prefill the last two.
+    l.engine->truncate(35);
+    expect_bits(ref, continue_greedy(*l.engine, l.engine->prefill(std::span<const int32_t>(turn).last(2))), "loaded");
+  }
+}
+
 TEST(PrefixReuse, WholePromptHeldPrefillsItsLastToken) {
   HEADINFER_REQUIRE_TESTDATA();
   auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / "stories260k");

@@ -316,7 +316,7 @@ Engine::SnapshotStats Engine::load_kv(const std::filesystem::path& path) {
     throw;
   }
   n_past_ = positions;
-  ids_ = std::move(ids);
+  ids_.assign(ids.begin(), ids.end());  // keeps the capacity reserved for the whole context
   return {positions, file_bytes, seconds_since(t0)};
 }
 

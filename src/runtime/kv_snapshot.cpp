@@ -155,11 +155,11 @@ std::string model_identity(const Checkpoint& checkpoint) {
                     c.vocab_size, static_cast<int64_t>(c.rope.type), static_cast<int64_t>(c.qkv_bias),
                     static_cast<int64_t>(c.o_bias), static_cast<int64_t>(c.mlp_bias), static_cast<int64_t>(c.qk_norm),
                     static_cast<int64_t>(c.tie_word_embeddings)})
-    desc += "," + std::to_string(v);
+    desc.append(",").append(std::to_string(v));
   for (double v : {c.rms_norm_eps, c.rope.theta, c.rope.factor, c.rope.low_freq_factor, c.rope.high_freq_factor,
                    c.rope.attention_factor, c.rope.beta_fast, c.rope.beta_slow})
-    desc += "," + hex64(std::bit_cast<uint64_t>(v));
-  for (int64_t w : c.layer_window) desc += "," + std::to_string(w);
+    desc.append(",").append(hex64(std::bit_cast<uint64_t>(v)));
+  for (int64_t w : c.layer_window) desc.append(",").append(std::to_string(w));
   uint64_t h = kv_checksum(desc.data(), desc.size());
   constexpr size_t kSample = 4096;
   for (const TensorView* t : checkpoint.tensors()) {

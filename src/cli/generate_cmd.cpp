@@ -39,7 +39,7 @@ struct GenerateArgs {
   std::string ctx;  // "" = prompt + n
   bool ignore_eos = false;
   bool json = false;
-  int64_t chunk = 512;
+  int64_t chunk = 0;  // 0: the planner chooses
   PlacementFlags placement;
   std::string dump_logits;     // "" = off
   std::string kv_load;         // "" = off: start from this KV snapshot (the prompt continues it)
@@ -179,6 +179,7 @@ void run_generate(const GenerateArgs& a) {
     std::printf("%s\n", out.dump().c_str());
   } else {
     std::printf("\n");
+    std::fflush(stdout);  // the text ends before the speed line on stderr, also through a pipe
     std::fprintf(stderr, "prompt %lld tokens, prefill %.3f s (%.1f tok/s); %zu tokens generated, %.2f tok/s%s\n",
                  static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
                  r.prefill_seconds > 0 ? static_cast<double>(r.prompt_tokens) / r.prefill_seconds : 0.0,
@@ -206,7 +207,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--ctx", args->ctx, "Context length: 4096, 128K, 1M (default: prompt + n)");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Do not stop at the end-of-sequence ids");
   cmd->add_flag("--json", args->json, "Print one JSON object with tokens and timings");
-  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
+  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (default: the planner chooses for --gpu-mem and the context)");
   add_placement_flags(*cmd, args->placement);
   cmd->add_option("--dump-logits", args->dump_logits,
                   "Write the logits each token was chosen from: raw float32 [tokens, vocab], little-endian");

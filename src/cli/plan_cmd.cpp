@@ -17,6 +17,7 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/dtype.h"
 #include "headinfer/error.h"
+#include "headinfer/model.h"
 #include "headinfer/options.h"
 #include "headinfer/planner.h"
 #include "headinfer/random_model.h"
@@ -40,7 +41,7 @@ struct PlanArgs {
   std::string kv_dtype;  // "" = from the config's torch_dtype / dtype
   std::string offload = "auto";
   int64_t kv_group = 0;
-  int64_t chunk = 512;
+  int64_t chunk = 0;  // 0: the planner chooses
   bool json = false;
 };
 
@@ -90,7 +91,7 @@ void print_table(const Plan& p, const ModelConfig& c, const TableLabels& l, doub
   t += table_row("resident groups", std::to_string(p.n_resident_groups) + " of " + std::to_string(p.n_groups));
   t += table_row("streamed groups", std::to_string(p.n_streamed_groups));
   t += table_row("ring depth", std::to_string(p.ring_depth) + " slots");
-  t += table_row("prefill chunk C", std::to_string(p.chunk) + " tokens");
+  t += table_row("prefill chunk C", std::to_string(p.chunk) + " tokens (" + p.chunk_reason + ")");
   t += table_row("MLP sub-chunk", std::to_string(p.mlp_chunk) + " rows");
   t += table_row("KV per token", bytes_cell(p.kv_bytes_per_token));
   t += table_row("head block (K+V, full ctx)", bytes_cell(p.head_block_bytes));
@@ -217,6 +218,12 @@ void run_plan(const PlanArgs& a) {
   labels.link_source = bw.link.source;
   labels.dram_source = bw.dram.source;
   if (pi.hybrid == HybridMode::Auto) pi.dram_gbps = bw.dram.gbps;
+  // The activations count the device ops' scratch for each chunk size, as the engine counts them.
+  const DType weight_dtype = weight_dtype_of(dtype_name);
+  pi.scratch_bytes = [&](int64_t chunk, int64_t mlp_chunk) {
+    return static_cast<int64_t>(
+        device->ops().workspace_bytes(ops_workspace_sizes(config, {chunk, mlp_chunk}, weight_dtype)));
+  };
   const Plan p = make_plan(pi);
 
   for (const std::string& w : p.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
@@ -239,6 +246,7 @@ void run_plan(const PlanArgs& a) {
                           {"ring_depth", p.ring_depth},
                           {"chunk", p.chunk},
                           {"mlp_chunk", p.mlp_chunk},
+                          {"chunk_reason", p.chunk_reason},
                           {"resident", p.resident},
                           {"kv_bytes_per_token", p.kv_bytes_per_token},
                           {"head_block_bytes", p.head_block_bytes},
@@ -303,7 +311,7 @@ void add_plan_command(CLI::App& app) {
                   "KV element type: bf16, f16, f32 (default: what the device stores for the weights' dtype)");
   cmd->add_option("--offload", args->offload, "auto, all or none")->capture_default_str();
   cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();
-  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
+  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (default: the planner chooses for --gpu-mem and the context)");
   cmd->add_flag("--json", args->json, "Print the plan as JSON");
   cmd->callback([args] { run_plan(*args); });
 }

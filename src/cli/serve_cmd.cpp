@@ -30,7 +30,7 @@ struct ServeArgs {
   std::string kv_dir = ".";
   std::string kv_load;     // a snapshot to start from
   std::string ctx;         // "" = the config's max_position_embeddings
-  int64_t chunk = 0;       // 0 = the engine's default
+  int64_t chunk = 0;       // 0 = the planner chooses
   PlacementFlags placement;
 };
 
@@ -115,7 +115,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--kv-dir", args->kv_dir, "Folder for /v1/kv/save and /v1/kv/load snapshots")->capture_default_str();
   cmd->add_option("--kv-load", args->kv_load, "Start from this KV snapshot");
   cmd->add_option("--ctx", args->ctx, "Context length: 4096, 128K, 1M (default: the config's maximum)");
-  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (0: the engine's default)")->capture_default_str();
+  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (0: the planner chooses)")->capture_default_str();
   add_placement_flags(*cmd, args->placement);
   cmd->callback([args] { run_serve(*args); });
 }

@@ -32,6 +32,13 @@ if [[ "${1:-}" == "--prepare" ]]; then
     -e 's|^libdir=.*|libdir=${prefix}/lib/x86_64-linux-gnu|' -e 's|^includedir=.*|includedir=${prefix}/include|' \
     /usr/lib/x86_64-linux-gnu/pkgconfig/oniguruma.pc >"$DEPS/lib/x86_64-linux-gnu/pkgconfig/oniguruma.pc"
   cp -r "${HEADINFER_SHARED:-$ROOT/../shared}/testdata/models" "$ROOT/.carry/testdata/"
+  # cpp-httplib (headinfer serve): Debian's header and shared library, and the Brotli libraries it
+  # links (OpenSSL 3 and zlib are on the GPU machine); the llama3 tokenizer for serve_gpu_check.sh.
+  cp /usr/include/httplib.h "$DEPS/include/"
+  cp -P /usr/lib/x86_64-linux-gnu/libcpp-httplib.so* /lib/x86_64-linux-gnu/libbrotli{common,dec,enc}.so* \
+    "$DEPS/lib/x86_64-linux-gnu/"
+  mkdir -p "$ROOT/.carry/testdata/tokenizers"
+  cp -r "${HEADINFER_SHARED:-$ROOT/../shared}/testdata/tokenizers/llama3" "$ROOT/.carry/testdata/tokenizers/"
   # cudnn-frontend (header-only, from PyPI) for the cuDNN SDPA prefill path; cuDNN itself is PyTorch's there.
   fe_tmp=$(mktemp -d)
   python3 -m pip download --quiet --no-deps --only-binary=:all: nvidia-cudnn-frontend==1.32.0 -d "$fe_tmp"

@@ -7,3 +7,11 @@ scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure -j"$(nproc)"
+
+# `headinfer serve` with the openai client (issue 13): a venv in build/ with the pinned client,
+# then tests/server/*.py against this build's binary.
+if [ ! -x build/venv-serve/bin/python ]; then
+  python3 -m venv build/venv-serve
+  build/venv-serve/bin/pip install --quiet openai==3.63.0 pytest==9.2.0
+fi
+HEADINFER_BIN=build/src/cli/headinfer build/venv-serve/bin/python -m pytest -q tests/server

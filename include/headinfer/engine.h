@@ -2,13 +2,16 @@
 // Engine: a model, its KV store and the prefill/decode loop; generate() adds sampling, stop
 // conditions and timings.
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "headinfer/backend.h"
 #include "headinfer/checkpoint.h"
+#include "headinfer/error.h"
 #include "headinfer/head_store.h"
 #include "headinfer/kv_cache.h"
 #include "headinfer/model.h"
@@ -55,6 +58,34 @@ class Engine {
   // placement allowing it; off for good after a recording fails).
   bool step_graphs() const { return graphs_; }
   void reset();
+
+  // Prefix reuse (the server's kept conversation). The ids whose K/V the cache holds, in order
+  // (empty after fill_random_context, whose positions have no ids).
+  std::span<const int32_t> ids() const { return ids_; }
+  // Keeps the longest common prefix of the held ids and `ids`, at most ids.size() - 1 positions
+  // (so a prefill of the rest yields the logits after the last id), and forgets the KV beyond it
+  // on every tier without recomputing anything. Returns the positions kept.
+  int64_t keep_common_prefix(std::span<const int32_t> ids);
+  // Keeps positions [0, n) (n <= n_past()). Throws Error otherwise.
+  void truncate(int64_t n);
+
+  // KV snapshots (runtime/kv_snapshot.cpp): the held positions of every tier, their ids, the
+  // model's identity and the plan, with a header and per-section checksums. save_kv writes a
+  // temporary file, fsyncs it and renames it over `path`, so it never leaves a partial file.
+  // load_kv replaces the held context; the file may come from any placement of the same model
+  // and KV dtype. Both throw Error naming the file (another model, truncated, bad checksum,
+  // longer than the context). A file found bad before any K/V is read leaves the held context as
+  // it was; one found bad while reading K/V (a section's checksum) leaves an empty context.
+  struct SnapshotStats {
+    int64_t positions = 0;
+    uint64_t bytes = 0;
+    double seconds = 0.0;
+  };
+  SnapshotStats save_kv(const std::filesystem::path& path);
+  SnapshotStats load_kv(const std::filesystem::path& path);
+  // Names the weights (config, tensor names, shapes, dtypes and a sample of their bytes) as hex.
+  const std::string& model_id() const { return model_id_; }
+
   // Decode-only benchmarks: replaces the whole context with n_positions of random K/V
   // (KvCache::fill_random) instead of a prefill, so the next decode runs at position n_positions.
   // Throws Error when n_positions is outside 0..context().
@@ -69,11 +100,23 @@ class Engine {
 
   std::vector<float> logits_;  // host [vocab]
   int64_t n_past_ = 0;
+  std::vector<int32_t> ids_;   // [n_past_] when known (empty after fill_random_context)
+  std::string model_id_;
   bool graphs_ = false;
+};
+
+// What generate() throws when GenerateCallbacks::cancelled says so: the held KV stays valid up to
+// the last chunk or token that finished.
+class Cancelled : public Error {
+ public:
+  Cancelled() : Error("generation cancelled") {}
 };
 
 struct GenerateOptions {
   int64_t max_new_tokens = 32;
+  // The prompt is the whole conversation: keep the held KV's common prefix with it
+  // (Engine::keep_common_prefix) and prefill only the rest. Off: the prompt follows what is held.
+  bool reuse_prefix = false;
   bool ignore_eos = false;
   std::vector<int64_t> eos_ids;  // stop ids; empty: the checkpoint config's eos_token_ids
   SamplerOptions sampling;
@@ -82,6 +125,7 @@ struct GenerateOptions {
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated ids (the eos that stopped generation included)
   int64_t prompt_tokens = 0;
+  int64_t reused_tokens = 0;  // prompt positions kept from the held KV (reuse_prefix), not prefilled
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;  // for tokens after the first
   bool stopped_at_eos = false;
@@ -93,6 +137,7 @@ struct GenerateCallbacks {
   std::function<void(int32_t)> on_token;                        // each sampled id, as it comes
   std::function<void(std::span<const float>)> on_logits;        // logits each token was sampled from
   std::function<void(int64_t, int64_t)> on_prefill_progress;    // (tokens done, total)
+  std::function<bool()> cancelled;  // asked after each prefill chunk and each token; true: throw Cancelled
 };
 
 GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const GenerateOptions& options,

@@ -34,6 +34,21 @@ class KvCache {
   // position, channel), so every placement holds the same ones. Throws Error when n_positions is
   // outside 0..capacity().
   virtual void fill_random(int64_t n_positions, uint64_t seed) = 0;
+
+  // Prefix reuse: keeps positions [0, n) and forgets the rest, on every tier, without touching
+  // the rows kept (no recomputation); the next chunk starts at n. Throws Error when n is outside
+  // 0..capacity().
+  virtual void truncate(int64_t n) = 0;
+  // KV snapshots (runtime/kv_snapshot.cpp): the element type of the head blocks, and one head's
+  // K (which 0) or V (1) rows [0, n) copied to or from host memory as [n, head_dim] of kv_dtype(),
+  // contiguous, wherever the block lives. Synchronous: they wait for the work in flight first, and
+  // a write leaves no ring slot or staging copy holding stale rows. Not for the token loop.
+  virtual DType kv_dtype() const = 0;
+  virtual void read_rows(int64_t layer, int64_t kv_head, int which, int64_t n, void* host_dst) = 0;
+  virtual void write_rows(int64_t layer, int64_t kv_head, int which, int64_t n, const void* host_src) = 0;
+  // KV bytes held on the device and in host memory (metrics); host bytes are those allocated.
+  virtual size_t bytes_device() const = 0;
+  virtual size_t bytes_host() const = 0;
 };
 
 // kv heads h0 .. h0 + n_heads - 1, whose K and V blocks ([capacity, head_dim] of `kv_dtype`, rows

@@ -24,6 +24,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace headinfer {
@@ -115,6 +116,8 @@ struct ChatPrompt {
   std::optional<std::string> system;  // omitted when absent (no default system prompt is added)
   std::string user;
 };
+// Earlier turns of a conversation, oldest first: (user, assistant) pairs before ChatPrompt::user.
+using ChatHistory = std::vector<std::pair<std::string, std::string>>;
 
 const char* to_string(ChatFormat format);
 
@@ -128,5 +131,7 @@ std::optional<ChatFormat> detect_chat_format(const Tokenizer& tokenizer);
 // role headers are special tokens, never parsed out of user text.
 std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& prompt);
 std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& prompt, ChatFormat format);
+// A conversation: the system message, the earlier turns, then prompt.user (the server's chat).
+std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& prompt, const ChatHistory& history);
 
 }  // namespace headinfer

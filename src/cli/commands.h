@@ -11,5 +11,6 @@ void add_make_model_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_serve_command(CLI::App& app);  // built with cpp-httplib only (HEADINFER_WITH_SERVER)
 
 }  // namespace headinfer::cli

@@ -18,6 +18,7 @@
 #include "headinfer/error.h"
 #include "headinfer/options.h"
 #include "headinfer/tokenizer.h"
+#include "placement_flags.h"
 #include "progress.h"
 
 namespace headinfer::cli {
@@ -38,15 +39,11 @@ struct GenerateArgs {
   std::string ctx;  // "" = prompt + n
   bool ignore_eos = false;
   bool json = false;
-  int threads = 0;
   int64_t chunk = 0;  // 0: the planner chooses
-  std::string device = "auto";  // cpu | cuda | auto
-  std::string gpu_mem;         // "" = CPU: unlimited; CUDA: the card's free memory
-  std::string host_mem;        // "" = detected
-  std::string offload = "auto";
-  int64_t kv_group = 0;        // 0 = the planner picks
-  std::string hybrid = "off";  // decode: attend part of the host-tier groups on the CPU
+  PlacementFlags placement;
   std::string dump_logits;     // "" = off
+  std::string kv_load;         // "" = off: start from this KV snapshot (the prompt continues it)
+  std::string kv_save;         // "" = off: snapshot the KV after generating
 };
 
 // --dump-logits FILE: every logits vector the sampler sees, raw little-endian float32, one [vocab]
@@ -128,15 +125,9 @@ void run_generate(const GenerateArgs& a) {
     std::fprintf(stderr, "warning: context %lld is beyond the config's max_position_embeddings (%lld)\n",
                  static_cast<long long>(context), static_cast<long long>(config.max_position_embeddings));
 
-  // The device's budget is the cap the planner plans against: one number, so they cannot disagree.
-  const int64_t gpu_mem = a.gpu_mem.empty() ? 0 : parse_byte_size(a.gpu_mem, "--gpu-mem");
-  auto device = make_device({a.device, a.threads, gpu_mem});
+  auto device = make_placement_device(a.placement);
   EngineOptions eo;
-  eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
-  eo.kv.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
-  eo.kv.offload = parse_offload_mode(a.offload, "--offload");
-  eo.kv.kv_group = a.kv_group;
-  eo.kv.hybrid = parse_hybrid_mode(a.hybrid, "--hybrid");
+  eo.kv = placement_options(a.placement, *device);
   eo.context = context;
   eo.chunk = a.chunk;
   Engine engine(*checkpoint, *device, eo);
@@ -163,12 +154,18 @@ void run_generate(const GenerateArgs& a) {
     };
   }
   if (dump) cb.on_logits = [&](std::span<const float> logits) { dump->write_row(logits); };
+  if (!a.kv_load.empty()) {
+    engine.load_kv(a.kv_load);
+    go.reuse_prefix = true;  // the prompt is the whole conversation; only what the snapshot lacks is prefilled
+  }
   const GenerateResult r = generate(engine, prompt, go, cb);
+  if (!a.kv_save.empty()) engine.save_kv(a.kv_save);
   if (dump) dump->finish();
   if (stream && !a.json) std::fputs(stream->flush().c_str(), stdout);
 
   if (a.json) {
     nlohmann::json out = {{"prompt_tokens", r.prompt_tokens},
+                          {"reused_tokens", r.reused_tokens},
                           {"tokens", r.tokens},
                           {"prefill_seconds", r.prefill_seconds},
                           {"decode_seconds", r.decode_seconds},
@@ -210,18 +207,13 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--ctx", args->ctx, "Context length: 4096, 128K, 1M (default: prompt + n)");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Do not stop at the end-of-sequence ids");
   cmd->add_flag("--json", args->json, "Print one JSON object with tokens and timings");
-  cmd->add_option("-t,--threads", args->threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (default: the planner chooses for --gpu-mem and the context)");
-  cmd->add_option("--device", args->device, "cpu, cuda or auto (cuda when a GPU is present)")->capture_default_str();
-  cmd->add_option("--gpu-mem", args->gpu_mem, "Device memory cap: 24GiB (default: CUDA the free memory, CPU unlimited)");
-  cmd->add_option("--host-mem", args->host_mem, "Host memory for offloaded KV (default: MemAvailable)");
-  cmd->add_option("--offload", args->offload, "KV placement: auto, all or none")->capture_default_str();
-  cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();
-  cmd->add_option("--hybrid", args->hybrid,
-                  "Decode: attend part of the host-tier KV on the CPU while the rest streams (auto or off)")
-      ->capture_default_str();
+  add_placement_flags(*cmd, args->placement);
   cmd->add_option("--dump-logits", args->dump_logits,
                   "Write the logits each token was chosen from: raw float32 [tokens, vocab], little-endian");
+  cmd->add_option("--kv-load", args->kv_load,
+                  "Start from a KV snapshot; the prompt is the whole conversation, only what it lacks is prefilled");
+  cmd->add_option("--kv-save", args->kv_save, "Save the KV (every tier, the ids) to this file after generating");
   cmd->callback([args] { run_generate(*args); });
 }
 

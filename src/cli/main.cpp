@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
   headinfer::cli::add_tokenize_command(app);
   headinfer::cli::add_plan_command(app);
   headinfer::cli::add_bench_command(app);
+#ifdef HEADINFER_WITH_SERVER
+  headinfer::cli::add_serve_command(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -47,6 +47,7 @@
 // prefill chunks, whose many queries the device attends faster, stream every host-tier group.
 // Ring fetches also wait cpu_rows_home, so a prefill fetch of a CPU group sees its decode-step rows.
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -156,6 +157,32 @@ class OffloadKvCache final : public KvCache {
     fill_random_host_blocks(host_runs, store_.dtype(), config_.head_dim, seed);
     store_.set_length(n_positions);
   }
+
+  void truncate(int64_t n) override {
+    settle();
+    store_.set_length(n);  // throws outside 0..capacity
+  }
+
+  DType kv_dtype() const override { return store_.dtype(); }
+  void read_rows(int64_t layer, int64_t kv_head, int which, int64_t n, void* host_dst) override {
+    settle();
+    for_each_run(layer, kv_head, which, n, host_dst, [&](void* block, void* host, size_t bytes, bool device) {
+      if (device) device_.read_to_host(host, block, bytes);
+      else std::memcpy(host, block, bytes);
+    });
+  }
+  void write_rows(int64_t layer, int64_t kv_head, int which, int64_t n, const void* host_src) override {
+    settle();
+    const int64_t g = kv_head / plan_.group_size;
+    if (store_.tier(layer, g) == Tier::Host) store_.reserve(layer, g, n);
+    for_each_run(layer, kv_head, which, n, const_cast<void*>(host_src),
+                 [&](void* block, void* host, size_t bytes, bool device) {
+                   if (device) device_.write_from_host(block, host, bytes);
+                   else std::memcpy(block, host, bytes);
+                 });
+  }
+  size_t bytes_device() const override { return store_.bytes_gpu(); }
+  size_t bytes_host() const override { return store_.bytes_host(); }
 
   void attend(int64_t layer, const LayerAttention& a) override {
     const int64_t n_new = a.q.rows;
@@ -366,6 +393,39 @@ class OffloadKvCache final : public KvCache {
     char* k = static_cast<char*>(base);
     char* v = k + static_cast<size_t>(G) * block;
     store_and_attend_heads(device_.ops(), config_, layer, g * G, G, a, k, v, head_stride, store_.dtype());
+  }
+
+  // Waits for every op and copy in flight and forgets what the ring slots hold, so the next visit
+  // of every streamed group fetches its rows from home again (truncation, snapshot writes).
+  void settle() {
+    transfer_->compute_stream().synchronize();
+    drain();
+    for (Slot& s : slots_) s.visit = -1;
+  }
+
+  // Calls fn(block rows, host rows, bytes, on_device) for each contiguous run of rows [0, n) of
+  // head kv_head's K or V, host rows advancing from `host`: one run for a resident block, one per
+  // slab for a host-tier one.
+  template <class Fn>
+  void for_each_run(int64_t layer, int64_t kv_head, int which, int64_t n, void* host, Fn&& fn) {
+    if (layer < 0 || layer >= config_.n_layers || kv_head < 0 || kv_head >= config_.n_kv_heads || which < 0 ||
+        which > 1)
+      throw Error("KV rows: head block out of range");
+    if (n < 0 || n > store_.capacity())
+      throw Error("KV rows: " + std::to_string(n) + " outside 0.." + std::to_string(store_.capacity()));
+    const size_t rb = row_bytes();
+    char* dst = static_cast<char*>(host);
+    if (store_.tier(layer, kv_head / plan_.group_size) == Tier::Gpu) {
+      fn(which == 0 ? store_.k_block(layer, kv_head) : store_.v_block(layer, kv_head), dst,
+         static_cast<size_t>(n) * rb, true);
+      return;
+    }
+    const int64_t S = store_.slab_positions();
+    for (int64_t pos = 0; pos < n; pos += S) {
+      const int64_t rows = std::min(S, n - pos);
+      fn(store_.host_row(layer, kv_head, which, pos), dst + static_cast<size_t>(pos) * rb,
+         static_cast<size_t>(rows) * rb, false);
+    }
   }
 
   // Waits for every copy in flight (teardown, reset): outside the token loop.

@@ -44,6 +44,21 @@ class SimpleKvCache final : public KvCache {
       }
   }
 
+  void truncate(int64_t n) override {
+    if (n < 0 || n > capacity_)
+      throw Error("KV truncate to " + std::to_string(n) + " positions: KV cache holds " + std::to_string(capacity_));
+    // Nothing to drop: attention reads only rows [0, pos0 + T), and the next chunk overwrites from n.
+  }
+  DType kv_dtype() const override { return DType::F32; }
+  void read_rows(int64_t layer, int64_t kv_head, int which, int64_t n, void* host_dst) override {
+    device_.read_to_host(host_dst, block(layer, kv_head, which), rows_bytes(n));
+  }
+  void write_rows(int64_t layer, int64_t kv_head, int which, int64_t n, const void* host_src) override {
+    device_.write_from_host(block(layer, kv_head, which), host_src, rows_bytes(n));
+  }
+  size_t bytes_device() const override { return 2 * k_blocks_.size() * rows_bytes(capacity_); }
+  size_t bytes_host() const override { return 0; }
+
   void attend(int64_t layer, const LayerAttention& a) override {
     const int64_t n_new = a.q.rows;
     if (a.pos0 + n_new > capacity_)
@@ -58,6 +73,17 @@ class SimpleKvCache final : public KvCache {
   }
 
  private:
+  size_t rows_bytes(int64_t n) const {
+    if (n < 0 || n > capacity_) throw Error("KV rows: " + std::to_string(n) + " outside 0.." + std::to_string(capacity_));
+    return static_cast<size_t>(n) * static_cast<size_t>(config_.head_dim) * sizeof(float);
+  }
+  void* block(int64_t layer, int64_t kv_head, int which) {
+    if (layer < 0 || layer >= config_.n_layers || kv_head < 0 || kv_head >= config_.n_kv_heads)
+      throw Error("KV rows: head block out of range");
+    const size_t b = static_cast<size_t>(layer * config_.n_kv_heads + kv_head);
+    return which == 0 ? k_blocks_[b].data() : v_blocks_[b].data();
+  }
+
   Device& device_;
   const ModelConfig config_;
   const int64_t capacity_;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "headinfer/error.h"
+#include "headinfer/kv_snapshot.h"
 
 namespace headinfer {
 namespace {
@@ -50,7 +51,9 @@ Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions
       model_(checkpoint, device, workspace_sizes(options_)),
       kv_(make_planned_kv_cache(device, checkpoint.config(), options_.context, options_.chunk, model_.weight_bytes(),
                                 options_.kv)),
-      logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {
+      logits_(static_cast<size_t>(checkpoint.config().vocab_size)),
+      model_id_(model_identity(checkpoint)) {
+  ids_.reserve(static_cast<size_t>(options_.context));  // nothing allocates in the token loop
   const Plan* plan = kv_cache_plan(*kv_);
   graphs_ = options_.step_graphs && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;
 }
@@ -71,6 +74,7 @@ void Engine::step(int32_t id) {
     }
     if (recorded && device.end_graph()) {
       ++n_past_;
+      ids_.push_back(id);
       return;
     }
     graphs_ = false;  // the recording failed: run this step, and the next ones, without graphs
@@ -79,6 +83,7 @@ void Engine::step(int32_t id) {
   }
   model_.forward(ids, n_past_, *kv_);
   ++n_past_;
+  ids_.push_back(id);
 }
 
 std::span<const float> Engine::decode(int32_t id) {
@@ -119,6 +124,7 @@ std::span<const float> Engine::prefill(std::span<const int32_t> ids,
     else
       model_.forward(chunk_ids, n_past_, *kv_);
     n_past_ += n;
+    ids_.insert(ids_.end(), ids.begin() + done, ids.begin() + done + n);
     if (progress) progress(done + n, total);
   }
   return logits_;
@@ -126,7 +132,29 @@ std::span<const float> Engine::prefill(std::span<const int32_t> ids,
 
 void Engine::reset() {
   n_past_ = 0;
+  ids_.clear();
   kv_->reset();
+}
+
+void Engine::truncate(int64_t n) {
+  if (n < 0 || n > n_past_)
+    throw Error("KV truncate to " + std::to_string(n) + " positions: " + std::to_string(n_past_) + " are held");
+  if (n == n_past_) return;
+  kv_->truncate(n);
+  n_past_ = n;
+  ids_.resize(static_cast<size_t>(std::min<int64_t>(n, static_cast<int64_t>(ids_.size()))));
+}
+
+int64_t Engine::keep_common_prefix(std::span<const int32_t> ids) {
+  if (static_cast<int64_t>(ids_.size()) != n_past_) {  // positions without ids (a random fill)
+    reset();
+    return 0;
+  }
+  const size_t limit = std::min(ids_.size(), ids.empty() ? size_t{0} : ids.size() - 1);
+  const size_t common = static_cast<size_t>(
+      std::mismatch(ids_.begin(), ids_.begin() + static_cast<std::ptrdiff_t>(limit), ids.begin()).first - ids_.begin());
+  truncate(static_cast<int64_t>(common));
+  return static_cast<int64_t>(common);
 }
 
 void Engine::fill_random_context(int64_t n_positions, uint64_t seed) {
@@ -134,6 +162,7 @@ void Engine::fill_random_context(int64_t n_positions, uint64_t seed) {
     throw Error("random context of " + std::to_string(n_positions) + " positions: context is " +
                 std::to_string(options_.context) + " (raise --ctx)");
   n_past_ = 0;  // a failed fill leaves an empty context, not a stale one
+  ids_.clear();
   kv_->fill_random(n_positions, seed);
   n_past_ = n_positions;
 }
@@ -147,16 +176,26 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
                         const GenerateCallbacks& callbacks) {
   if (prompt.empty()) throw Error("the prompt is empty: give at least one token");
   const auto n_prompt = static_cast<int64_t>(prompt.size());
-  if (n_prompt > engine.context() - engine.n_past())
+  const int64_t held = options.reuse_prefix ? 0 : engine.n_past();
+  if (n_prompt > engine.context() - held)
     throw Error("prompt of " + std::to_string(n_prompt) + " tokens does not fit the context of " +
                 std::to_string(engine.context()) + " tokens (raise --ctx)");
+  auto check_cancel = [&] {
+    if (callbacks.cancelled && callbacks.cancelled()) throw Cancelled();
+  };
+  check_cancel();
   const std::vector<int64_t>& eos = options.eos_ids.empty() ? engine.config().eos_token_ids : options.eos_ids;
   Sampler sampler(options.sampling);
   GenerateResult result;
   result.prompt_tokens = n_prompt;
 
   auto t0 = std::chrono::steady_clock::now();
-  std::span<const float> logits = engine.prefill(prompt, callbacks.on_prefill_progress);
+  if (options.reuse_prefix) result.reused_tokens = engine.keep_common_prefix(prompt);
+  std::span<const float> logits =
+      engine.prefill(prompt.subspan(static_cast<size_t>(result.reused_tokens)), [&](int64_t done, int64_t total) {
+        if (callbacks.on_prefill_progress) callbacks.on_prefill_progress(done, total);
+        check_cancel();
+      });
   result.prefill_seconds = seconds_since(t0);
   // With nobody looking at the logits, the device picks the token: its argmax when greedy, else a
   // draw on the device (where it samples; else the host samples, as below).
@@ -177,6 +216,7 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
       result.stopped_at_context = true;
       break;
     }
+    check_cancel();
     if (i == 0) t_decode = std::chrono::steady_clock::now();
     if (device_pick && options.sampling.temperature == 0.0f)
       greedy_id = engine.decode_greedy(id);

@@ -26,7 +26,7 @@ std::string trim(std::string_view s) {
   return std::string(s.substr(begin, end - begin + 1));
 }
 
-std::vector<int32_t> llama3(const Tokenizer& tok, const ChatPrompt& prompt) {
+std::vector<int32_t> llama3(const Tokenizer& tok, const ChatPrompt& prompt, const ChatHistory& history) {
   ChatFormat f = ChatFormat::llama3;
   int32_t begin = require_token(tok, "<|begin_of_text|>", f), header_start = require_token(tok, "<|start_header_id|>", f),
           header_end = require_token(tok, "<|end_header_id|>", f), eot = require_token(tok, "<|eot_id|>", f);
@@ -42,13 +42,14 @@ std::vector<int32_t> llama3(const Tokenizer& tok, const ChatPrompt& prompt) {
     ids.push_back(eot);
   };
   if (prompt.system) turn("system", *prompt.system);
+  for (const auto& [user, assistant] : history) turn("user", user), turn("assistant", assistant);
   turn("user", prompt.user);
   header("assistant");
   append(ids, text_ids(tok, "\n\n"));
   return ids;
 }
 
-std::vector<int32_t> chatml(const Tokenizer& tok, const ChatPrompt& prompt) {
+std::vector<int32_t> chatml(const Tokenizer& tok, const ChatPrompt& prompt, const ChatHistory& history) {
   ChatFormat f = ChatFormat::chatml;
   int32_t start = require_token(tok, "<|im_start|>", f), end = require_token(tok, "<|im_end|>", f);
   std::vector<int32_t> ids;
@@ -59,28 +60,51 @@ std::vector<int32_t> chatml(const Tokenizer& tok, const ChatPrompt& prompt) {
     append(ids, text_ids(tok, "\n"));
   };
   if (prompt.system) turn("system", *prompt.system);
+  for (const auto& [user, assistant] : history) turn("user", user), turn("assistant", assistant);
   turn("user", prompt.user);
   ids.push_back(start);
   append(ids, text_ids(tok, "assistant\n"));
   return ids;
 }
 
-std::vector<int32_t> inst(const Tokenizer& tok, const ChatPrompt& prompt) {
+std::vector<int32_t> inst(const Tokenizer& tok, const ChatPrompt& prompt, const ChatHistory& history) {
   std::optional<int32_t> bos = tok.bos_id();
   if (!bos) bos = tok.token_to_id("<s>");
   if (!bos) throw Error("chat format inst needs a BOS token (<s>), which this tokenizer does not have");
-  std::string body = prompt.system ? *prompt.system + "\n\n" + prompt.user : prompt.user;
+  // The system message goes into the first user turn; each answer ends with </s>.
+  std::vector<std::string> users;
+  for (const auto& turn : history) users.push_back(turn.first);
+  users.push_back(prompt.user);
+  if (prompt.system) users[0] = *prompt.system + "\n\n" + users[0];
+  std::optional<int32_t> eos = tok.token_to_id("</s>");
+  if (!history.empty() && !eos) throw Error("chat format inst needs </s> to end earlier answers");
   std::vector<int32_t> ids{*bos};
   auto open = tok.token_to_id("[INST]"), close = tok.token_to_id("[/INST]");
-  if (open && close && tok.is_special(*open)) {
-    // Control-token vocabularies (Mistral v3): [INST] and [/INST] are single special tokens.
-    ids.push_back(*open);
-    append(ids, text_ids(tok, " " + body));
-    ids.push_back(*close);
-  } else {
-    append(ids, text_ids(tok, "[INST] " + body + " [/INST]"));
+  for (size_t i = 0; i < users.size(); ++i) {
+    if (open && close && tok.is_special(*open)) {
+      // Control-token vocabularies (Mistral v3): [INST] and [/INST] are single special tokens.
+      ids.push_back(*open);
+      append(ids, text_ids(tok, " " + users[i]));
+      ids.push_back(*close);
+    } else {
+      append(ids, text_ids(tok, "[INST] " + users[i] + " [/INST]"));
+    }
+    if (i < history.size()) {
+      append(ids, text_ids(tok, " " + history[i].second));
+      ids.push_back(*eos);
+    }
   }
   return ids;
+}
+
+std::vector<int32_t> encode_chat_turns(const Tokenizer& tokenizer, const ChatPrompt& prompt, const ChatHistory& history,
+                                       ChatFormat format) {
+  switch (format) {
+    case ChatFormat::llama3: return llama3(tokenizer, prompt, history);
+    case ChatFormat::chatml: return chatml(tokenizer, prompt, history);
+    case ChatFormat::inst: return inst(tokenizer, prompt, history);
+  }
+  throw Error("unknown chat format");
 }
 
 }  // namespace
@@ -111,12 +135,13 @@ std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& p
 }
 
 std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& prompt, ChatFormat format) {
-  switch (format) {
-    case ChatFormat::llama3: return llama3(tokenizer, prompt);
-    case ChatFormat::chatml: return chatml(tokenizer, prompt);
-    case ChatFormat::inst: return inst(tokenizer, prompt);
-  }
-  throw Error("unknown chat format");
+  return encode_chat_turns(tokenizer, prompt, {}, format);
+}
+
+std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, const ChatPrompt& prompt, const ChatHistory& history) {
+  std::optional<ChatFormat> format = detect_chat_format(tokenizer);
+  if (!format) throw Error("this tokenizer has none of the special tokens of a known chat format");
+  return encode_chat_turns(tokenizer, prompt, history, *format);
 }
 
 }  // namespace headinfer

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, MistralConfig, Phi3Config
 
+from make_reference import greedy, margin  # the shared tiny models' reference loop (scripts/)
+
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.set_num_threads(2)
 
@@ -71,27 +73,6 @@ def randomize(model, seed):
                 p.copy_(u / (p.shape[-1] ** 0.5))
 
 
-def greedy(model, prompt, n_new):
-    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-    past = out.past_key_values
-    logits = [out.logits[0, -1].float()]
-    tokens = []
-    for _ in range(n_new):
-        nxt = int(torch.argmax(logits[-1]))
-        tokens.append(nxt)
-        if len(tokens) == n_new:
-            break
-        out = model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits.append(out.logits[0, -1].float())
-    return tokens, torch.stack(logits).numpy()
-
-
-def margin(logits):
-    top2 = np.sort(logits, axis=-1)[:, -2:]
-    return float((top2[:, 1] - top2[:, 0]).min())
-
-
 def main():
     root = Path(__file__).resolve().parent.parent
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "tests/data/families"
@@ -112,7 +93,7 @@ def main():
                 prompt = case["prompt_ids"]
                 n_new = len(case["greedy_f32"])
                 with torch.no_grad():
-                    tokens, logits = greedy(m, prompt, n_new)
+                    tokens, logits = greedy(m, prompt, n_new, "cpu")
                 if dtype_name == "f32":
                     np.save(f32_dir / f"ref_logits_{len(prompt)}.npy", logits.astype(np.float32))
                     ref["cases"].append({"prompt_ids": prompt, "greedy_f32": tokens, "min_margin_f32": margin(logits)})

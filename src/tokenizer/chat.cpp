@@ -111,7 +111,9 @@ std::vector<int32_t> phi3(const Tokenizer& tok, const ChatPrompt& prompt) {
   std::vector<int32_t> ids;
   auto turn = [&](int32_t role, std::string_view content) {
     ids.push_back(role);
-    append(ids, text_ids(tok, "\n" + std::string(content)));
+    std::string text = "\n";  // (not "\n" + std::string(...): GCC 12 warns a false -Wrestrict there)
+    text += content;
+    append(ids, text_ids(tok, text));
     ids.push_back(end);
     append(ids, text_ids(tok, "\n"));
   };

@@ -53,6 +53,18 @@ SHAPES = {
     "tiny": dict(hidden_size=120, num_hidden_layers=2, num_attention_heads=15, num_key_value_heads=3,
                  head_dim=8, intermediate_size=88, vocab_size=509, rope_theta=10000.0, rms_norm_eps=1e-5,
                  max_position_embeddings=4096),
+    # The shapes of `headinfer bench --shape gemma2-9b / phi3.5-mini` (src/checkpoint/random_model.cpp).
+    # transformers' SDPA attention drops gemma2's attention soft-capping (eager would materialise the
+    # scores at 128K), so that peer times the same shape, not the same arithmetic.
+    "gemma2-9b": dict(model_type="gemma2", hidden_size=3584, num_hidden_layers=42, num_attention_heads=16,
+                      num_key_value_heads=8, head_dim=256, intermediate_size=14336, vocab_size=256000,
+                      query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
+                      final_logit_softcapping=30.0, rms_norm_eps=1e-6, max_position_embeddings=8192,
+                      hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
+    "phi3.5-mini": dict(model_type="phi3", hidden_size=3072, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=32, intermediate_size=8192, vocab_size=32064, rms_norm_eps=1e-5,
+                        max_position_embeddings=131072, original_max_position_embeddings=4096,
+                        rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 48, "long_factor": [1.0] * 48}),
 }
 
 CACHES = ("default", "offloaded", "static-compile")
@@ -112,14 +124,15 @@ def floors(contexts):
 def build_model(shape, device, seed=0):
     """The shape with random weights, built directly in bf16 on the device (an fp32 build of 8B
     would not fit a 24 GiB cap before the cast), SDPA attention as from_pretrained picks it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     torch.manual_seed(seed)
-    cfg = LlamaConfig(**SHAPES[shape])
+    spec = dict(SHAPES[shape])
+    cfg = AutoConfig.for_model(spec.pop("model_type", "llama"), **spec)
     cfg._attn_implementation = "sdpa"  # a bare config would fall back to eager
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            return LlamaForCausalLM(cfg).eval()
+            return AutoModelForCausalLM.from_config(cfg).eval()
     finally:
         torch.set_default_dtype(torch.float32)
 

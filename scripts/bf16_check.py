@@ -69,13 +69,32 @@ RESULT_PREFIX = "[bf16]"
 # ---------------------------------------------------------------------------------------------
 # The tolerance
 
+def soft_capped(config):
+    """gemma2's attention soft-capping, which only transformers' eager attention applies."""
+    return config.get("model_type") == "gemma2" and config.get("attn_logit_softcapping", 50.0) is not None
+
+
 def rounding_count(config):
-    """bf16 roundings on the way from the embedding to the logits, both sides (see the header)."""
+    """bf16 roundings on the way from the embedding to the logits, both sides (see the header).
+
+    The other families (tests/data/families, --tiny) add, on transformers' side: gemma's post-
+    attention and post-feedforward RMSNorms (2 each), its embedding scale (1, the sqrt(hidden)
+    factor itself rounded to bf16), gemma3's q/k norms (4, as qwen3's), and for gemma2 the eager
+    attention it needs for soft-capping (scores, * scale, / cap, tanh, * cap, + mask, P, output: 8
+    in place of SDPA's 2) and the final soft-cap (/ cap, tanh, * cap: 3). headinfer's side is
+    unchanged (soft-capped layers run its fp32 attention kernel, still counted as cuDNN's 3)."""
     layers = int(config["num_hidden_layers"])
-    qk_norm = config.get("model_type") == "qwen3"
-    theirs_layer = 2 + 3 + (4 if qk_norm else 0) + 6 + 2 + 2 + 1 + 1 + 2 + 2 + 1 + 1 + 1 + 1
+    model_type = config.get("model_type")
+    gemma = model_type in ("gemma2", "gemma3_text")
+    qk_norm = model_type in ("qwen3", "gemma3_text")
+    attention = 8 if soft_capped(config) else 2
+    theirs_layer = 2 + 3 + (4 if qk_norm else 0) + 6 + 2 + attention + 1 + 1 + 2 + 2 + 1 + 1 + 1 + 1
+    if gemma:
+        theirs_layer += 2 + 2
     ours_layer = 4 + 2 + 3
-    theirs_final, ours_final = 3, 1
+    final_cap = config.get("final_logit_softcapping", 30.0 if model_type == "gemma2" else None)
+    theirs_final = 3 + (1 if gemma else 0) + (3 if final_cap is not None else 0)
+    ours_final = 1
     return layers * (theirs_layer + ours_layer) + theirs_final + ours_final
 
 
@@ -237,7 +256,7 @@ def check_models(args):
 
     # The derivation assumes fp32 accumulation in transformers' bf16 GEMMs.
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
-    tiny = Path(args.testdata) / "models" / "tiny"
+    tiny = Path(args.tiny) if args.tiny else Path(args.testdata) / "models" / "tiny"
     model_dirs = sorted(d for d in tiny.glob("*-bf16") if d.is_dir())
     if args.models:
         wanted = set(args.models.split(","))
@@ -256,7 +275,8 @@ def check_models(args):
         tol, k = tolerance(config)
         ref_path = tiny / f"{arch}-f32" / "ref.json"
         cases = json.loads(ref_path.read_text())["cases"]
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
+        attn = "eager" if soft_capped(config) else "sdpa"  # SDPA has no soft-capping
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation=attn)
         model.to(args.device).eval()
         for case in cases:
             prompt = [int(i) for i in case["prompt_ids"]]
@@ -439,6 +459,8 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "out"), help="where bf16_check.json goes (default: $OUT)")
     ap.add_argument("-n", type=int, default=16, help="greedy tokens per prompt")
     ap.add_argument("--models", help="only these, comma-separated (llama3 or llama3-bf16)")
+    ap.add_argument("--tiny", help="the folder of <arch>-bf16 / <arch>-f32 checkpoints (default: TESTDATA/models/tiny; "
+                                   "tests/data/families for gemma2, gemma3, phi3, nemo)")
     ap.add_argument("--device", default="cuda", help="cuda (the check), or cpu for a dry run of the plumbing")
     ap.add_argument("--self-test", action="store_true", help="check the comparison on synthetic data; no torch")
     args = ap.parse_args()

@@ -1,6 +1,7 @@
 #pragma once
-// The shared models every placement test runs (each tiny checkpoint, then stories260k) and the
-// seeded random prompts they are fed.
+// The models every placement test runs (each shared tiny checkpoint, stories260k, then the
+// repo's own tiny checkpoints of the other families, tests/data/families) and the seeded random
+// prompts they are fed.
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
@@ -11,11 +12,24 @@
 
 namespace headinfer::test {
 
+// gemma2, gemma3_text, phi3 and an explicit-head_dim mistral, f32 (made by
+// scripts/make_family_models.py; their bf16 twins run the same code paths and stay out of the
+// placement tests to keep them short).
+inline std::vector<std::filesystem::path> family_models() {
+  std::vector<std::filesystem::path> out;
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(HEADINFER_SOURCE_DIR) / "tests" /
+                                                           "data" / "families"))
+    if (e.is_directory() && e.path().filename().string().ends_with("-f32")) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 inline std::vector<std::filesystem::path> all_models() {
   std::vector<std::filesystem::path> out;
   for (const auto& e : std::filesystem::directory_iterator(testdata_dir() / "models" / "tiny")) out.push_back(e.path());
   std::sort(out.begin(), out.end());
   out.push_back(testdata_dir() / "models" / "stories260k");
+  for (const auto& f : family_models()) out.push_back(f);
   return out;
 }
 

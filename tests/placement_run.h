@@ -43,7 +43,7 @@ inline PlacementRun run_placement_on(Device& device, const Checkpoint& ckpt, con
     while (pos < n_prompt) {
       const int64_t n = std::min(model.max_chunk(), n_prompt - pos);
       model.forward(std::span<const int32_t>(prompt).subspan(static_cast<size_t>(pos), static_cast<size_t>(n)), pos,
-                    *cache, logits);
+                    *cache, logits, n_prompt);  // one call for longrope's choice, as Engine::prefill
       pos += n;
     }
     keep();

@@ -51,12 +51,16 @@ struct VecView {
   int64_t n = 0;
 };
 
-// RoPE for one model: the per-pair inverse frequencies [head_dim/2] (fp32, as transformers
-// computes them for the configured scaling) and the factor applied to cos and sin.
+// RoPE for one model: the per-pair inverse frequencies [rotary_dim/2] (fp32, as transformers
+// computes them for the configured scaling) and the factor applied to cos and sin. The first
+// rotary_dim of each head's head_dim dims rotate (rotate-half within them); the rest pass
+// unchanged (phi3's partial rotary). rotary_dim 0 means head_dim.
 struct RopeTable {
   const float* inv_freq = nullptr;
   int64_t head_dim = 0;
   float attention_factor = 1.0f;
+  int64_t rotary_dim = 0;
+  int64_t rotary() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
 };
 
 // One kv head's stored keys and values: K and V [n_keys, head_dim], rows `row_stride` apart.
@@ -91,6 +95,7 @@ struct AttentionArgs {
   int64_t k_pos0 = 0;
   int64_t window = 0;
   float scale = 1.0f;
+  float softcap = 0.0f;  // > 0: scores := tanh(scores * scale / softcap) * softcap (gemma2)
   MatView out;          // F32 [n_queries, n_kv_heads * n_q_heads * head_dim]
   MatView lse;          // F32 [n_queries, n_kv_heads * n_q_heads]: natural log-sum-exp of the scaled
                         //     scores (-inf where a query sees no key of this part)
@@ -150,6 +155,12 @@ class Ops {
                                const MatView& lse_b, int64_t head_dim) = 0;
   // out = silu(gate) * up, elementwise. out may alias gate.
   virtual void silu_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
+  // out = gelu_tanh(gate) * up (torch's gelu approximate='tanh'), elementwise. out may alias gate.
+  virtual void gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
+  // x *= s (gemma's embedding scale); x F32.
+  virtual void scale(const MatView& x, float s) = 0;
+  // x := tanh(x / cap) * cap, elementwise in fp32 (gemma's final logit soft-capping).
+  virtual void softcap(const MatView& x, float cap) = 0;
   // x += y
   virtual void add(const MatView& x, const MatView& y) = 0;
   // Copies a view's rows into another view of the same shape (dtype conversion allowed).

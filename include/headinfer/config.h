@@ -1,6 +1,7 @@
 #pragma once
 // ModelConfig: everything the engine needs from a checkpoint's config.json (and
 // generation_config.json), normalised across transformers 4.x and 5.x key styles.
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -10,7 +11,10 @@
 
 namespace headinfer {
 
-enum class RopeType { Default, Linear, Llama3, Yarn };
+enum class RopeType { Default, Linear, Llama3, Yarn, Longrope };
+
+// The MLP's gate activation: silu (llama family) or the tanh approximation of GELU (gemma).
+enum class Activation { Silu, GeluTanh };
 
 struct RopeConfig {
   RopeType type = RopeType::Default;
@@ -26,10 +30,14 @@ struct RopeConfig {
   double beta_fast = 32.0;
   double beta_slow = 1.0;
   bool truncate = true;
+  // longrope (phi3): per-frequency divisors [rotary_dim / 2]; the short ones while a forward call's
+  // last position + 1 is <= original_max_position_embeddings, the long ones beyond (transformers
+  // picks per call, so KV computed earlier with the short ones stays as it was).
+  std::vector<double> short_factor, long_factor;
 };
 
 struct ModelConfig {
-  std::string model_type;  // llama, mistral, qwen2, qwen3
+  std::string model_type;  // llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3
   int64_t hidden_size = 0;
   int64_t n_layers = 0;
   int64_t n_heads = 0;     // query heads
@@ -43,8 +51,24 @@ struct ModelConfig {
   bool qkv_bias = false;  // attention_bias (llama/mistral) or always (qwen2)
   bool o_bias = false;    // attention_bias on o_proj (llama only)
   bool mlp_bias = false;
-  bool qk_norm = false;   // qwen3: RMSNorm over head_dim on q and k before RoPE
+  bool qk_norm = false;   // qwen3, gemma3: RMSNorm over head_dim on q and k before RoPE
   bool tie_word_embeddings = false;
+  // Gemma: RMSNorm weights act as (1 + w) (folded into an fp32 copy at load), the embedding is
+  // multiplied by sqrt(hidden) (fp32), and attention and MLP outputs pass their own norm before the
+  // residual add (post_attention_layernorm then post-attention, pre/post_feedforward_layernorm).
+  bool norm_plus_one = false;
+  bool sandwich_norms = false;
+  float embedding_scale = 0.0f;  // 0: none
+  Activation activation = Activation::Silu;
+  float attn_softcap = 0.0f;     // scores := tanh(scores / c) * c after scaling; 0: none
+  float final_softcap = 0.0f;    // the same on the logits
+  double query_pre_attn_scalar = 0.0;  // gemma: attention scale is its **-0.5; 0: head_dim**-0.5
+  // Rotary dims per head (phi3 partial_rotary_factor): the first rotary_dim of head_dim rotate.
+  int64_t rotary_dim = 0;
+  // Sliding-window layers' own rope (gemma3 rope_local_base_freq); `rope` is then the global one.
+  bool has_local_rope = false;
+  RopeConfig rope_local;
+  bool fused_qkv = false;  // phi3: qkv_proj and gate_up_proj, split by rows at load
   // Per layer: 0 = full attention, otherwise the window in tokens (a query at position i sees
   // keys j with i - window < j <= i, as transformers' sliding_window mask).
   std::vector<int64_t> layer_window;
@@ -54,6 +78,11 @@ struct ModelConfig {
   int64_t q_dim() const { return n_heads * head_dim; }
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
   int64_t group_size() const { return n_heads / n_kv_heads; }
+  // What q.k is multiplied by, as transformers rounds it (a Python float times an fp32 tensor).
+  float attention_scale() const {
+    const double base = query_pre_attn_scalar > 0.0 ? query_pre_attn_scalar : static_cast<double>(head_dim);
+    return static_cast<float>(std::pow(base, -0.5));
+  }
   // Bytes of K and V per token over all layers for a KV element size (2 for bf16).
   int64_t kv_bytes_per_token(int64_t elem_bytes) const {
     return 2 * n_layers * n_kv_heads * head_dim * elem_bytes;

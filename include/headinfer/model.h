@@ -12,16 +12,21 @@
 
 namespace headinfer {
 
-// transformers' inverse RoPE frequencies [head_dim / 2] for the configured scaling, computed in
-// fp32 the way transformers computes them.
-std::vector<float> rope_inv_freq(const RopeConfig& rope, int64_t head_dim);
+// transformers' inverse RoPE frequencies [rotary_dim / 2] for the configured scaling, computed in
+// fp32 the way transformers computes them (longrope: the short or the long factors).
+std::vector<float> rope_inv_freq(const RopeConfig& rope, int64_t rotary_dim, bool long_factors = false);
 
+// Norm weights of norm_plus_one models are held as their fp32 (1 + w), as transformers computes
+// them before the multiply. Fused checkpoints (phi3) give wq/wk/wv and w_gate/w_up as row ranges
+// of one uploaded qkv_proj / gate_up_proj.
 struct LayerWeights {
   VecView input_norm;                    // [hidden]
   WeightView wq, wk, wv, wo;             // [q_dim, hidden], [kv_dim, hidden] x2, [hidden, q_dim]
   VecView bq, bk, bv, bo;                // biases when the config has them (data == nullptr otherwise)
-  VecView q_norm, k_norm;                // [head_dim] (qwen3)
-  VecView post_attention_norm;           // [hidden]
+  VecView q_norm, k_norm;                // [head_dim] (qwen3, gemma3)
+  VecView attn_out_norm;                 // [hidden] sandwich_norms: gemma's post_attention_layernorm
+  VecView post_attention_norm;           // [hidden] the MLP's input norm (gemma: pre_feedforward_layernorm)
+  VecView mlp_out_norm;                  // [hidden] sandwich_norms: post_feedforward_layernorm
   WeightView w_gate, w_up, w_down;       // [ffn, hidden] x2, [hidden, ffn]
   VecView b_gate, b_up, b_down;          // mlp_bias
 };
@@ -55,10 +60,14 @@ class Model {
 
   // Runs ids (at positions pos0 ..) through the model, storing their K/V in `kv`, and writes the
   // logits of the last token to `logits` (host, [vocab]).
-  void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits);
+  // call_end: the position after the last token of the caller's whole call (a prefill cut into
+  // chunks passes the prompt's end), which picks longrope's short or long factors as transformers
+  // picks them for one call; 0: pos0 + ids.size().
+  void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits,
+               int64_t call_end = 0);
   // The same without reading anything back: the last token's logits stay in device memory, for
   // read_logits() or read_argmax(). Queues device work only (a step graph can record it).
-  void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv);
+  void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int64_t call_end = 0);
   // The logits of the last forward: to the host ([vocab]), or only their argmax (4 bytes).
   void read_logits(std::span<float> logits);
   int32_t read_argmax();
@@ -67,7 +76,8 @@ class Model {
   int32_t read_sample(float temperature, int64_t top_k, float top_p, double uniform);
 
  private:
-  void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, KvCache& kv);
+  void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
+                       KvCache& kv);
   void mlp_block(const LayerWeights& w, int64_t n);
 
   ModelConfig config_;
@@ -76,9 +86,10 @@ class Model {
   std::vector<DeviceBuffer> weight_buffers_;
   size_t weight_bytes_ = 0;
   ModelWeights weights_;
-  std::vector<float> inv_freq_host_;
-  DeviceBuffer inv_freq_;  // F32 [head_dim / 2]
-  RopeTable rope_;
+  // Rope tables, F32 [rotary_dim / 2] each: the model's (global) one, longrope's long-factor one,
+  // the sliding layers' own (gemma3).
+  DeviceBuffer inv_freq_, inv_freq_long_, inv_freq_local_;
+  RopeTable rope_, rope_long_, rope_local_;
 
   // Workspace, F32, row-major with rows = tokens of the chunk:
   DeviceBuffer x_;       // [C, hidden] residual stream

@@ -110,6 +110,8 @@ enum class ChatFormat {
   llama3,  // <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\ntext<|eot_id|>...
   chatml,  // <|im_start|>role\ntext<|im_end|>\n ... <|im_start|>assistant\n  (Qwen)
   inst,    // <s>[INST] system\n\nuser [/INST]  (Mistral; also Llama-2 style vocabularies)
+  gemma,   // <bos><start_of_turn>user\n[system\n\n]text<end_of_turn>\n<start_of_turn>model\n  (Gemma 2/3)
+  phi3,    // [<|system|>\nsystem<|end|>\n]<|user|>\ntext<|end|>\n<|assistant|>\n  (Phi-3/3.5)
 };
 
 struct ChatPrompt {
@@ -122,7 +124,8 @@ using ChatHistory = std::vector<std::pair<std::string, std::string>>;
 const char* to_string(ChatFormat format);
 
 // Picks the format from the tokenizer's special tokens: <|start_header_id|> -> llama3,
-// <|im_start|> -> chatml, [INST] or a <s>/</s> SentencePiece vocabulary -> inst.
+// <|im_start|> -> chatml, <start_of_turn>/<end_of_turn> -> gemma, <|user|>/<|assistant|>/<|end|>
+// -> phi3, [INST] or a <s>/</s> SentencePiece vocabulary -> inst.
 std::optional<ChatFormat> detect_chat_format(const Tokenizer& tokenizer);
 
 // The prompt ids for one user turn, ending where the assistant's reply starts. Throws

@@ -54,15 +54,23 @@ std::vector<TensorSpec> tensor_specs(const ModelConfig& c) {
   auto linear = [&](const std::string& name, int64_t out, int64_t in) {
     specs.push_back({name, {out, in}, 1.0f / std::sqrt(static_cast<float>(in)), 0.0f});
   };
-  auto norm = [&](const std::string& name, int64_t n) { specs.push_back({name, {n}, 0.05f, 1.0f}); };
+  // Norm weights near the identity: 1 + w for llama-style, w around 0 for (1 + w) norms (gemma).
+  const float norm_offset = c.norm_plus_one ? 0.0f : 1.0f;
+  auto norm = [&](const std::string& name, int64_t n) { specs.push_back({name, {n}, 0.05f, norm_offset}); };
   auto bias = [&](const std::string& name, int64_t n) { specs.push_back({name, {n}, 0.02f, 0.0f}); };
-  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, 1.0f, 0.0f});
+  // Gemma multiplies the embedding by sqrt(hidden): scale it down so activations keep unit size.
+  const float embed_scale = c.embedding_scale > 0.0f ? 1.0f / c.embedding_scale : 1.0f;
+  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, embed_scale, 0.0f});
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     norm(p + "input_layernorm.weight", c.hidden_size);
-    linear(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
-    linear(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
-    linear(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    if (c.fused_qkv) {
+      linear(p + "self_attn.qkv_proj.weight", c.q_dim() + 2 * c.kv_dim(), c.hidden_size);
+    } else {
+      linear(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
+      linear(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
+      linear(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    }
     linear(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
     if (c.qkv_bias) {
       bias(p + "self_attn.q_proj.bias", c.q_dim());
@@ -75,8 +83,16 @@ std::vector<TensorSpec> tensor_specs(const ModelConfig& c) {
       norm(p + "self_attn.k_norm.weight", c.head_dim);
     }
     norm(p + "post_attention_layernorm.weight", c.hidden_size);
-    linear(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
-    linear(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    if (c.sandwich_norms) {
+      norm(p + "pre_feedforward_layernorm.weight", c.hidden_size);
+      norm(p + "post_feedforward_layernorm.weight", c.hidden_size);
+    }
+    if (c.fused_qkv) {
+      linear(p + "mlp.gate_up_proj.weight", 2 * c.intermediate_size, c.hidden_size);
+    } else {
+      linear(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
+      linear(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    }
     linear(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
     if (c.mlp_bias) {
       bias(p + "mlp.gate_proj.bias", c.intermediate_size);
@@ -106,7 +122,7 @@ void fill(uint8_t* dst, DType dtype, int64_t begin, int64_t end, uint64_t stream
 }  // namespace
 
 std::vector<std::string> builtin_shape_names() {
-  return {"tiny", "llama3-8b", "llama3.2-1b", "qwen2.5-7b", "mistral-7b"};
+  return {"tiny", "llama3-8b", "llama3.2-1b", "qwen2.5-7b", "mistral-7b", "gemma2-9b", "phi3.5-mini"};
 }
 
 json builtin_shape_config(const std::string& shape) {
@@ -143,6 +159,37 @@ json builtin_shape_config(const std::string& shape) {
   if (shape == "mistral-7b") {
     json c = llama_like("mistral", 4096, 32, 32, 8, 14336, 32000, 10000.0);
     c["sliding_window"] = nullptr;
+    return c;
+  }
+  // Gemma 2 9B's shape (hidden 3584, 42 layers, 16 heads / 8 kv of 256 dims, ffn 14336, vocab 256000,
+  // sliding window 4096 on every other layer, softcaps 50 / 30, max context 8192).
+  if (shape == "gemma2-9b") {
+    json c = llama_like("gemma2", 3584, 42, 16, 8, 14336, 256000, 10000.0);
+    c.erase("hidden_act");
+    c["hidden_activation"] = "gelu_pytorch_tanh";
+    c["head_dim"] = 256;
+    c["query_pre_attn_scalar"] = 256;
+    c["sliding_window"] = 4096;
+    c["attn_logit_softcapping"] = 50.0;
+    c["final_logit_softcapping"] = 30.0;
+    c["max_position_embeddings"] = 8192;
+    c["rms_norm_eps"] = 1e-6;
+    c["tie_word_embeddings"] = true;
+    c["bos_token_id"] = 2;
+    c["eos_token_id"] = 1;
+    return c;
+  }
+  // Phi-3.5-mini's shape (hidden 3072, 32 layers, 32 heads = kv heads of 96 dims, ffn 8192, vocab
+  // 32064, longrope from 4096 to 131072). Its 48 short/long factors are set to 1 here: the shape
+  // is for timing and placement, not for the model's numbers.
+  if (shape == "phi3.5-mini") {
+    json c = llama_like("phi3", 3072, 32, 32, 32, 8192, 32064, 10000.0);
+    c["original_max_position_embeddings"] = 4096;
+    c["rope_scaling"] = {{"type", "longrope"},
+                         {"short_factor", std::vector<double>(48, 1.0)},
+                         {"long_factor", std::vector<double>(48, 1.0)}};
+    c["bos_token_id"] = 1;
+    c["eos_token_id"] = 32000;
     return c;
   }
   std::string names;

@@ -360,7 +360,8 @@ class OffloadKvCache final : public KvCache {
         args.q_pos0 = a.pos0;
         args.k_pos0 = 0;
         args.window = config_.layer_window[static_cast<size_t>(layer)];
-        args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
+        args.scale = config_.attention_scale();  // transformers: head_dim (or query_pre_attn_scalar) ** -0.5
+        args.softcap = config_.attn_softcap;
         args.out = MatView{out_host_ + h * gs * d, DType::F32, 1, gs * d, config_.q_dim()};
         args.lse = MatView{lse_host_ + h * gs, DType::F32, 1, gs, config_.n_heads};
       }

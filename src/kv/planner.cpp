@@ -116,25 +116,29 @@ std::string format_bytes(int64_t bytes) {
 
 int64_t estimate_weight_bytes(const ModelConfig& c, int64_t elem) {
   const int64_t h = c.hidden_size;
-  int64_t per_layer = 2 * h                                    // input and post-attention norms
-                      + c.q_dim() * h + 2 * c.kv_dim() * h     // q, k, v
+  int64_t per_layer = c.q_dim() * h + 2 * c.kv_dim() * h       // q, k, v
                       + h * c.q_dim()                          // o
                       + 3 * c.intermediate_size * h;           // gate, up, down
+  int64_t norms = (c.sandwich_norms ? 4 : 2) * h;              // input, post-attention (gemma: 2 more)
   if (c.qkv_bias) per_layer += c.q_dim() + 2 * c.kv_dim();
   if (c.o_bias) per_layer += h;
-  if (c.qk_norm) per_layer += 2 * c.head_dim;
+  if (c.qk_norm) norms += 2 * c.head_dim;
   if (c.mlp_bias) per_layer += 2 * c.intermediate_size + h;
-  const int64_t params = c.vocab_size * h * (c.tie_word_embeddings ? 1 : 2) + h + c.n_layers * per_layer;
-  return params * elem;
+  const int64_t params = c.vocab_size * h * (c.tie_word_embeddings ? 1 : 2) + c.n_layers * per_layer;
+  // (1 + w) norms are held as fp32 (Model folds the 1 in at load).
+  return params * elem + (h + c.n_layers * norms) * (c.norm_plus_one ? 4 : elem);
 }
 
 int64_t estimate_activation_bytes(const ModelConfig& c, int64_t context, int64_t chunk, int64_t mlp_chunk) {
   // Mirrors Model's workspace: x, xn, proj [C, hidden]; q, attn [C, q_dim]; k, v [C, kv_dim];
-  // lse [C, n_heads]; gate, up [M, ffn]; logits [vocab]; rope table [head_dim / 2]. All fp32; and
-  // the int32 argmax of the logits (4 bytes, counted as one float).
+  // lse [C, n_heads]; gate, up [M, ffn]; logits [vocab]; rope tables [rotary_dim / 2] (longrope's
+  // long one and gemma3's local one besides). All fp32; and the int32 argmax of the logits (4 bytes,
+  // counted as one float).
   const int64_t C = std::min(chunk, context), M = std::min(mlp_chunk, C);
+  const int64_t rotary = c.rotary_dim > 0 ? c.rotary_dim : c.head_dim;
+  const int64_t rope_tables = 1 + (c.rope.type == RopeType::Longrope ? 1 : 0) + (c.has_local_rope ? 1 : 0);
   const int64_t floats = 3 * C * c.hidden_size + 2 * C * c.q_dim() + 2 * C * c.kv_dim() + C * c.n_heads +
-                         2 * M * c.intermediate_size + c.vocab_size + c.head_dim / 2 + 1;
+                         2 * M * c.intermediate_size + c.vocab_size + rope_tables * (rotary / 2) + 1;
   return floats * 4;
 }
 

@@ -116,7 +116,8 @@ void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, 
   args.q_pos0 = a.pos0;
   args.k_pos0 = 0;
   args.window = config.layer_window[static_cast<size_t>(layer)];
-  args.scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // transformers: head_dim**-0.5
+  args.scale = config.attention_scale();  // transformers: head_dim (or query_pre_attn_scalar) ** -0.5
+  args.softcap = config.attn_softcap;
   args.out = a.out.slice_cols(h0 * gs * d, n_heads * gs * d);
   args.lse = a.lse.slice_cols(h0 * gs, n_heads * gs);
   ops.attention(args);

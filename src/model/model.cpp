@@ -38,16 +38,41 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
     const void* p = upload(name, {n});
     return VecView{p, dtype_of(name), n};
   };
+  // A norm weight; norm_plus_one models hold (1 + w) in fp32, as transformers' (1.0 + w.float()).
+  auto norm = [&](const std::string& name, int64_t n) {
+    if (!c.norm_plus_one) return vec(name, n);
+    const std::vector<int64_t> shape{n};
+    const TensorView& t = ckpt.require(name, shape);
+    std::vector<float> w(static_cast<size_t>(n));
+    convert_to_f32(t.dtype, t.data, w.data(), w.size());
+    for (float& x : w) x = 1.0f + x;
+    weight_buffers_.emplace_back(device_, w.size() * sizeof(float), "weights");
+    device_.write_from_host(weight_buffers_.back().data(), w.data(), w.size() * sizeof(float));
+    weight_bytes_ += w.size() * sizeof(float);
+    return VecView{weight_buffers_.back().data(), DType::F32, n};
+  };
+  // Rows [row0, row0 + rows) of a weight (the parts of a fused projection).
+  auto rows_of = [](const WeightView& w, int64_t row0, int64_t rows) {
+    const auto e = static_cast<int64_t>(dtype_size(w.dtype));
+    return WeightView{static_cast<const char*>(w.data) + row0 * w.in_features * e, w.dtype, rows, w.in_features};
+  };
 
   weights_.embed = weight("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
   weights_.layers.resize(static_cast<size_t>(c.n_layers));
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
-    w.input_norm = vec(p + "input_layernorm.weight", c.hidden_size);
-    w.wq = weight(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
-    w.wk = weight(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
-    w.wv = weight(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    w.input_norm = norm(p + "input_layernorm.weight", c.hidden_size);
+    if (c.fused_qkv) {  // phi3: q, k, v rows of one qkv_proj
+      const WeightView qkv = weight(p + "self_attn.qkv_proj.weight", c.q_dim() + 2 * c.kv_dim(), c.hidden_size);
+      w.wq = rows_of(qkv, 0, c.q_dim());
+      w.wk = rows_of(qkv, c.q_dim(), c.kv_dim());
+      w.wv = rows_of(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
+    } else {
+      w.wq = weight(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
+      w.wk = weight(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
+      w.wv = weight(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+    }
     w.wo = weight(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
     if (c.qkv_bias) {
       w.bq = vec(p + "self_attn.q_proj.bias", c.q_dim());
@@ -56,12 +81,24 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
     }
     if (c.o_bias) w.bo = vec(p + "self_attn.o_proj.bias", c.hidden_size);
     if (c.qk_norm) {
-      w.q_norm = vec(p + "self_attn.q_norm.weight", c.head_dim);
-      w.k_norm = vec(p + "self_attn.k_norm.weight", c.head_dim);
+      w.q_norm = norm(p + "self_attn.q_norm.weight", c.head_dim);
+      w.k_norm = norm(p + "self_attn.k_norm.weight", c.head_dim);
     }
-    w.post_attention_norm = vec(p + "post_attention_layernorm.weight", c.hidden_size);
-    w.w_gate = weight(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
-    w.w_up = weight(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    if (c.sandwich_norms) {
+      w.attn_out_norm = norm(p + "post_attention_layernorm.weight", c.hidden_size);
+      w.post_attention_norm = norm(p + "pre_feedforward_layernorm.weight", c.hidden_size);
+      w.mlp_out_norm = norm(p + "post_feedforward_layernorm.weight", c.hidden_size);
+    } else {
+      w.post_attention_norm = norm(p + "post_attention_layernorm.weight", c.hidden_size);
+    }
+    if (c.fused_qkv) {  // phi3: gate rows first, then up (transformers' chunk(2))
+      const WeightView gate_up = weight(p + "mlp.gate_up_proj.weight", 2 * c.intermediate_size, c.hidden_size);
+      w.w_gate = rows_of(gate_up, 0, c.intermediate_size);
+      w.w_up = rows_of(gate_up, c.intermediate_size, c.intermediate_size);
+    } else {
+      w.w_gate = weight(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
+      w.w_up = weight(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+    }
     w.w_down = weight(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
     if (c.mlp_bias) {
       w.b_gate = vec(p + "mlp.gate_proj.bias", c.intermediate_size);
@@ -69,13 +106,18 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
       w.b_down = vec(p + "mlp.down_proj.bias", c.hidden_size);
     }
   }
-  weights_.final_norm = vec("model.norm.weight", c.hidden_size);
+  weights_.final_norm = norm("model.norm.weight", c.hidden_size);
   weights_.lm_head = c.tie_word_embeddings ? weights_.embed : weight("lm_head.weight", c.vocab_size, c.hidden_size);
 
-  inv_freq_host_ = rope_inv_freq(c.rope, c.head_dim);
-  inv_freq_ = DeviceBuffer(device_, inv_freq_host_.size() * sizeof(float), "rope table");
-  device_.write_from_host(inv_freq_.data(), inv_freq_host_.data(), inv_freq_host_.size() * sizeof(float));
-  rope_ = RopeTable{inv_freq_.as<float>(), c.head_dim, static_cast<float>(c.rope.attention_factor)};
+  auto rope_table = [&](const RopeConfig& rc, bool long_factors, DeviceBuffer& buf) {
+    const std::vector<float> inv = rope_inv_freq(rc, c.rotary_dim, long_factors);
+    buf = DeviceBuffer(device_, inv.size() * sizeof(float), "rope table");
+    device_.write_from_host(buf.data(), inv.data(), inv.size() * sizeof(float));
+    return RopeTable{buf.as<float>(), c.head_dim, static_cast<float>(rc.attention_factor), c.rotary_dim};
+  };
+  rope_ = rope_table(c.rope, false, inv_freq_);
+  if (c.rope.type == RopeType::Longrope) rope_long_ = rope_table(c.rope, true, inv_freq_long_);
+  if (c.has_local_rope) rope_local_ = rope_table(c.rope_local, false, inv_freq_local_);
 
   const auto C = static_cast<size_t>(sizes_.max_chunk);
   const auto M = static_cast<size_t>(std::min(sizes_.max_mlp_chunk, sizes_.max_chunk));
@@ -109,9 +151,10 @@ OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& c, const ForwardWorkspa
   return ws;
 }
 
-void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits) {
+void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits,
+                    int64_t call_end) {
   if (static_cast<int64_t>(logits.size()) != config_.vocab_size) throw Error("forward: logits span has the wrong size");
-  forward(ids, pos0, kv);
+  forward(ids, pos0, kv, call_end);
   read_logits(logits);
 }
 
@@ -135,19 +178,26 @@ int32_t Model::read_sample(float temperature, int64_t top_k, float top_p, double
   return id;
 }
 
-void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv) {
+void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int64_t call_end) {
   const ModelConfig& c = config_;
   const auto n = static_cast<int64_t>(ids.size());
   if (n < 1 || n > sizes_.max_chunk)
     throw Error("forward: chunk of " + std::to_string(n) + " tokens (1.." + std::to_string(sizes_.max_chunk) + ")");
   Ops& ops = device_.ops();
   const float eps = static_cast<float>(c.rms_norm_eps);
+  // transformers' longrope: the long factors when the call's max position + 1 passes the original
+  // context, for every token of that call (earlier KV keeps the rotation it was stored with).
+  if (call_end < pos0 + n) call_end = pos0 + n;
+  const bool use_long = c.rope.type == RopeType::Longrope && call_end > c.rope.original_max_position_embeddings;
+  const RopeTable& global_rope = use_long ? rope_long_ : rope_;
 
   ops.embedding(ids, weights_.embed, mat(x_, n, c.hidden_size));
+  if (c.embedding_scale != 0.0f) ops.scale(mat(x_, n, c.hidden_size), c.embedding_scale);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    const bool local = c.has_local_rope && c.layer_window[static_cast<size_t>(l)] > 0;
     ops.rms_norm(mat(x_, n, c.hidden_size), w.input_norm, eps, mat(xn_, n, c.hidden_size));
-    attention_block(w, l, n, pos0, kv);
+    attention_block(w, l, n, pos0, local ? rope_local_ : global_rope, kv);
     ops.rms_norm(mat(x_, n, c.hidden_size), w.post_attention_norm, eps, mat(xn_, n, c.hidden_size));
     mlp_block(w, n);
   }
@@ -156,9 +206,11 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv) {
   const MatView last_normed = mat(xn_, 1, c.hidden_size);
   ops.rms_norm(last, weights_.final_norm, eps, last_normed);
   ops.linear(last_normed, weights_.lm_head, nullptr, mat(logits_, 1, c.vocab_size));
+  if (c.final_softcap > 0.0f) ops.softcap(mat(logits_, 1, c.vocab_size), c.final_softcap);
 }
 
-void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, KvCache& kv) {
+void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
+                            KvCache& kv) {
   const ModelConfig& c = config_;
   Ops& ops = device_.ops();
   const MatView xn = mat(xn_, n, c.hidden_size);
@@ -173,14 +225,15 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
     ops.rms_norm(qh, w.q_norm, eps, qh);
     ops.rms_norm(kh, w.k_norm, eps, kh);
   }
-  ops.rope(q, c.n_heads, rope_, pos0);
-  ops.rope(k, c.n_kv_heads, rope_, pos0);
+  ops.rope(q, c.n_heads, rope, pos0);
+  ops.rope(k, c.n_kv_heads, rope, pos0);
 
   LayerAttention a{q, k, v, pos0, mat(attn_, n, c.q_dim()), mat(lse_, n, c.n_heads)};
   kv.attend(layer, a);
 
   const MatView proj = mat(proj_, n, c.hidden_size);
   ops.linear(a.out, w.wo, bias(w.bo), proj);
+  if (c.sandwich_norms) ops.rms_norm(proj, w.attn_out_norm, static_cast<float>(c.rms_norm_eps), proj);
   ops.add(mat(x_, n, c.hidden_size), proj);
 }
 
@@ -196,9 +249,14 @@ void Model::mlp_block(const LayerWeights& w, int64_t n) {
     const MatView gate = mat(gate_, m, c.intermediate_size), up = mat(up_, m, c.intermediate_size);
     const LinearOut gate_up[] = {{&w.w_gate, bias(w.b_gate), gate}, {&w.w_up, bias(w.b_up), up}};
     ops.linear_multi(xn, gate_up);
-    ops.silu_mul(gate, up, gate);
+    if (c.activation == Activation::GeluTanh) {
+      ops.gelu_tanh_mul(gate, up, gate);
+    } else {
+      ops.silu_mul(gate, up, gate);
+    }
     const MatView down = mat(proj_, n, c.hidden_size).slice_rows(r0, m);
     ops.linear(gate, w.w_down, bias(w.b_down), down);
+    if (c.sandwich_norms) ops.rms_norm(down, w.mlp_out_norm, static_cast<float>(c.rms_norm_eps), down);
     ops.add(mat(x_, n, c.hidden_size).slice_rows(r0, m), down);
   }
 }

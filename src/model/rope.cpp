@@ -22,7 +22,7 @@ std::vector<float> pos_freqs(double base, int64_t dim) {
 
 }  // namespace
 
-std::vector<float> rope_inv_freq(const RopeConfig& rope, int64_t dim) {
+std::vector<float> rope_inv_freq(const RopeConfig& rope, int64_t dim, bool long_factors) {
   const std::vector<float> base_pow = pos_freqs(rope.theta, dim);
   std::vector<float> inv(base_pow.size());
   for (size_t i = 0; i < inv.size(); ++i) inv[i] = 1.0f / base_pow[i];
@@ -49,6 +49,12 @@ std::vector<float> rope_inv_freq(const RopeConfig& rope, int64_t dim) {
         }
         f = scaled;
       }
+      break;
+    }
+    case RopeType::Longrope: {
+      // 1 / (ext_factors * base ** (arange(0, dim, 2) / dim)), the factors an fp32 tensor.
+      const std::vector<double>& ext = long_factors ? rope.long_factor : rope.short_factor;
+      for (size_t i = 0; i < inv.size(); ++i) inv[i] = 1.0f / (static_cast<float>(ext[i]) * base_pow[i]);
       break;
     }
     case RopeType::Yarn: {

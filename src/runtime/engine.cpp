@@ -114,15 +114,16 @@ std::span<const float> Engine::prefill(std::span<const int32_t> ids,
     throw Error("context full: " + std::to_string(n_past_ + total) + " tokens needed, context is " +
                 std::to_string(options_.context) + " (raise --ctx)");
   const int64_t chunk = model_.max_chunk();
+  const int64_t end = n_past_ + total;  // the whole prefill is one call for longrope's choice
   for (int64_t done = 0; done < total; done += chunk) {
     const int64_t n = std::min(chunk, total - done);
     // Only the last chunk's logits are read back: earlier chunks queue their work without a host
     // round trip, so the device never waits for the host between chunks.
     const auto chunk_ids = ids.subspan(static_cast<size_t>(done), static_cast<size_t>(n));
     if (done + n == total)
-      model_.forward(chunk_ids, n_past_, *kv_, logits_);
+      model_.forward(chunk_ids, n_past_, *kv_, logits_, end);
     else
-      model_.forward(chunk_ids, n_past_, *kv_);
+      model_.forward(chunk_ids, n_past_, *kv_, end);
     n_past_ += n;
     ids_.insert(ids_.end(), ids.begin() + done, ids.begin() + done + n);
     if (progress) progress(done + n, total);

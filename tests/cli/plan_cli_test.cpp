@@ -126,6 +126,24 @@ TEST_F(PlanCli, DeviceAutoOnACpuBuildIsTheCpu) {
 }
 #endif
 
+// Issue 14: the new families' shapes plan at 128K and 1M under a 24 GiB cap (bf16 KV, a host with
+// 1 TiB). KV per token: gemma2-9b 2 * 42 layers * 8 kv heads * 256 * 2 B = 336 KiB (every layer
+// keeps the whole context: sliding-window layers are not trimmed to their window yet);
+// phi3.5-mini 2 * 32 * 32 * 96 * 2 B = 384 KiB.
+TEST_F(PlanCli, BuiltinFamilyShapesAt128KAnd1M) {
+  for (const auto& [shape, per_token] : {std::pair{"gemma2-9b", int64_t{336} << 10}, std::pair{"phi3.5-mini", int64_t{384} << 10}})
+    for (const std::string ctx : {"128K", "1M"}) {
+      const CliResult r = plan("--shape " + std::string(shape) + " --ctx " + ctx +
+                               " --gpu-mem 24GiB --host-mem 1TiB --hybrid off --link-gbps 50 --device cpu -t 1 "
+                               "--kv-dtype bf16 --json");
+      ASSERT_EQ(r.status, 0) << shape << " " << ctx << ": " << r.err;
+      const nlohmann::json j = nlohmann::json::parse(r.out);
+      EXPECT_TRUE(j["fits"].get<bool>()) << shape << " " << ctx;
+      EXPECT_EQ(j["kv_bytes_per_token"], per_token) << shape;
+      EXPECT_LE(j["gpu_bytes_total"].get<int64_t>(), int64_t{24} << 30) << shape << " " << ctx;
+    }
+}
+
 // Issue 6's question on its own numbers: 1M tokens of llama3-8b (128 KiB per token of bf16 KV)
 // under a 24 GiB cap on a host with 128 GiB.
 TEST_F(PlanCli, BuiltinShapeLlama3At1M) {

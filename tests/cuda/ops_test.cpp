@@ -244,6 +244,65 @@ TEST_F(CudaTest, SiluMulAddCopy) {
   }
 }
 
+// Gemma's elementwise ops. gelu_tanh: the same fp32 sequence on both sides but tanhf vs std::tanh
+// (a few ulp, times a slope <= 1 and |g|/2), so 8u of |g u| covers it. scale is one exact-rounded
+// multiply (bit-identical); softcap differs by tanh's few ulp times cap.
+TEST_F(CudaTest, GeluTanhMulScaleSoftcap) {
+  const int64_t rows = 97, cols = 1500, stride = 1503;
+  auto gate = random_floats(rows * stride, -8.0f, 8.0f), up = random_floats(rows * stride);
+  auto d_gate = upload(gate), d_up = upload(up);
+  std::vector<double> tol(gate.size());
+  for (size_t i = 0; i < gate.size(); ++i) tol[i] = 8 * kF32Eps * std::fabs(gate[i] * up[i]) + 1e-30;
+  gpu_->ops().gelu_tanh_mul(view(d_gate.data(), rows, cols, stride), view(d_up.data(), rows, cols, stride),
+                            view(d_gate.data(), rows, cols, stride));
+  cpu_->ops().gelu_tanh_mul(view(gate.data(), rows, cols, stride), view(up.data(), rows, cols, stride),
+                            view(gate.data(), rows, cols, stride));
+  for (int64_t r = 0; r < rows; ++r)  // the stride padding is untouched on both sides
+    for (int64_t c = cols; c < stride; ++c) tol[r * stride + c] = 0.0;
+  expect_within(download(d_gate, gate.size()), gate, tol, "gelu_tanh_mul");
+
+  auto x = random_floats(rows * stride, -100.0f, 100.0f);
+  auto d_x = upload(x);
+  gpu_->ops().scale(view(d_x.data(), rows, cols, stride), 45.254833f);
+  cpu_->ops().scale(view(x.data(), rows, cols, stride), 45.254833f);
+  expect_within(download(d_x, x.size()), x, 0.0, 0.0, "scale");
+
+  for (float cap : {30.0f, 2.0f}) {
+    auto l = random_floats(rows * stride, -200.0f, 200.0f);
+    auto d_l = upload(l);
+    gpu_->ops().softcap(view(d_l.data(), rows, cols, stride), cap);
+    cpu_->ops().softcap(view(l.data(), rows, cols, stride), cap);
+    expect_within(download(d_l, l.size()), l, 4 * kF32Eps * cap, 0.0, "softcap " + std::to_string(cap));
+  }
+}
+
+// Partial rotary (phi3): only the first rotary_dim dims of each head turn; the rest are untouched,
+// bit for bit. Tolerance as in Rope.
+TEST_F(CudaTest, RopePartialRotary) {
+  const int64_t head_dim = 96, rotary = 48, rows = 17, n_heads = 3, cols = n_heads * head_dim;
+  std::vector<float> inv_freq(rotary / 2);
+  for (int64_t i = 0; i < rotary / 2; ++i) inv_freq[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * i / rotary));
+  auto x = random_floats(rows * cols);
+  auto d_x = upload(x);
+  auto d_f = upload(inv_freq);
+  gpu_->ops().rope(view(d_x.data(), rows, cols, cols), n_heads, RopeTable{d_f.as<float>(), head_dim, 1.19f, rotary},
+                   4000);
+  std::vector<float> ref = x;
+  cpu_->ops().rope(view(ref.data(), rows, cols, cols), n_heads, RopeTable{inv_freq.data(), head_dim, 1.19f, rotary},
+                   4000);
+  std::vector<double> tol(ref.size(), 0.0);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t h = 0; h < n_heads; ++h)
+      for (int64_t i = 0; i < rotary / 2; ++i) {
+        const int64_t a = t * cols + h * head_dim + i, b = a + rotary / 2;
+        tol[a] = tol[b] = 8 * kF32Eps * 1.19 * (std::fabs(x[a]) + std::fabs(x[b]));
+      }
+  expect_within(download(d_x, x.size()), ref, tol, "rope partial rotary");
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t h = 0; h < n_heads; ++h)
+      for (int64_t i = rotary; i < head_dim; ++i) EXPECT_EQ(ref[t * cols + h * head_dim + i], x[t * cols + h * head_dim + i]);
+}
+
 // q/k/v and gate/up in one launch give each output exactly what its own linear() gives.
 TEST_F(CudaTest, LinearMultiEqualsSeparateLinears) {
   for (DType dt : {DType::BF16, DType::F16, DType::F32})

@@ -21,6 +21,7 @@
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
 #include "headinfer/random_model.h"
+#include "greedy_run.h"
 #include "npy.h"
 #include "engine_options.h"
 #include "testdata.h"
@@ -41,27 +42,8 @@ json read_json(const fs::path& p) {
 fs::path tiny_dir(const std::string& name) { return test::testdata_dir() / "models" / "tiny" / name; }
 json shared_reference(const std::string& arch) { return read_json(tiny_dir(arch + "-f32") / "ref.json"); }
 
-struct RunResult {
-  std::vector<int32_t> tokens;
-  std::vector<std::vector<float>> logits;
-};
-
-RunResult run_greedy(const fs::path& model_dir, const std::vector<int32_t>& prompt, int64_t n_new, int64_t chunk = 0) {
-  auto ckpt = Checkpoint::open(model_dir);
-  auto device = make_cpu_device({});
-  EngineOptions eo;
-  eo.context = static_cast<int64_t>(prompt.size()) + n_new;
-  eo.chunk = chunk;
-  Engine engine(*ckpt, *device, eo);
-  GenerateOptions go;
-  go.max_new_tokens = n_new;
-  go.ignore_eos = true;
-  RunResult r;
-  GenerateCallbacks cb;
-  cb.on_logits = [&](std::span<const float> l) { r.logits.emplace_back(l.begin(), l.end()); };
-  r.tokens = generate(engine, prompt, go, cb).tokens;
-  return r;
-}
+using RunResult = test::GreedyRun;
+using test::run_greedy;
 
 std::vector<std::string> tiny_archs() {
   return {"llama2", "llama3", "mistral", "mistral_swa", "qwen2", "qwen2_yarn", "qwen3"};
@@ -78,19 +60,8 @@ TEST_P(TinyModel, F32GreedyAndLogitsMatchTransformers) {
     const auto want = c["greedy_f32"].get<std::vector<int32_t>>();
     const RunResult r = run_greedy(tiny_dir(arch + "-f32"), prompt, static_cast<int64_t>(want.size()));
     EXPECT_EQ(r.tokens, want) << arch << " prompt of " << prompt.size();
-    const test::NpyArray logits =
-        test::read_npy_f32(tiny_dir(arch + "-f32") / ("ref_logits_" + std::to_string(prompt.size()) + ".npy"));
-    ASSERT_EQ(logits.shape[0], static_cast<int64_t>(r.logits.size()));
-    const int64_t vocab = logits.shape[1];
-    for (size_t step = 0; step < r.logits.size(); ++step) {
-      const float* ref_row = logits.data.data() + step * vocab;
-      float scale = 0.0f, err = 0.0f;
-      for (int64_t i = 0; i < vocab; ++i) {
-        scale = std::max(scale, std::fabs(ref_row[i]));
-        err = std::max(err, std::fabs(r.logits[step][i] - ref_row[i]));
-      }
-      EXPECT_LE(err, kLogitRtol * scale) << arch << "/" << prompt.size() << " step " << step;
-    }
+    test::expect_logits_near(r, tiny_dir(arch + "-f32") / ("ref_logits_" + std::to_string(prompt.size()) + ".npy"),
+                             kLogitRtol, arch + "/" + std::to_string(prompt.size()));
   }
 }
 

@@ -334,9 +334,14 @@ TEST(Planner, EverySharedConfigLoadsAndPlans) {
 
 TEST(Planner, EstimatesMatchWhatTheModelAllocates) {
   HEADINFER_REQUIRE_TESTDATA();
-  for (const char* name : {"llama3-f32", "qwen2-bf16", "qwen3-f32", "mistral_swa-bf16"}) {
-    SCOPED_TRACE(name);
-    auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / "tiny" / name);
+  namespace fs = std::filesystem;
+  const fs::path tiny = test::testdata_dir() / "models" / "tiny";
+  const fs::path families = fs::path(HEADINFER_SOURCE_DIR) / "tests" / "data" / "families";
+  for (const fs::path& dir : {tiny / "llama3-f32", tiny / "qwen2-bf16", tiny / "qwen3-f32", tiny / "mistral_swa-bf16",
+                              families / "gemma2-bf16", families / "gemma3-f32", families / "phi3-bf16",
+                              families / "nemo-f32"}) {
+    SCOPED_TRACE(dir.filename().string());
+    auto ckpt = Checkpoint::open(dir);
     const ModelConfig& c = ckpt->config();
     auto device = make_cpu_device({1, 0});
     Model model(*ckpt, *device, {97, 512});

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numbers>
 #include <vector>
 
 #include "headinfer/error.h"
@@ -88,7 +89,7 @@ void CpuOps::linear(const MatView& x, const WeightView& w, const VecView* bias, 
 
 void CpuOps::rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) {
   require_f32(x, "rope");
-  const int64_t half = rope.head_dim / 2;
+  const int64_t half = rope.rotary() / 2;  // dims past rotary() are left as they are
   pool_.parallel_for(x.rows, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> cbuf;
     float* cs = scratch(cbuf, 2 * half);
@@ -151,6 +152,7 @@ void CpuOps::attention_one_head(const AttentionArgs& a) {
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = j0; j < j1; ++j) {
         scores[j] = dot_f32(q, kv_row(a.kv.k, j), d) * a.scale;
+        if (a.softcap > 0.0f) scores[j] = std::tanh(scores[j] / a.softcap) * a.softcap;
         m = std::max(m, scores[j]);
       }
       float sum = 0.0f;
@@ -203,6 +205,44 @@ void CpuOps::silu_mul(const MatView& gate, const MatView& up, const MatView& out
       const float* u = up.row<float>(t);
       float* o = out.row<float>(t);
       for (int64_t i = 0; i < gate.cols; ++i) o[i] = g[i] * (1.0f / (1.0f + std::exp(-g[i]))) * u[i];  // silu(g) = g * sigmoid(g)
+    }
+  });
+}
+
+static float gelu_tanh(float x) {
+  // torch's gelu(approximate='tanh'): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in fp32.
+  const float beta = static_cast<float>(std::numbers::sqrt2 * std::numbers::inv_sqrtpi), kappa = 0.044715f;
+  const float inner = beta * (x + kappa * (x * x * x));
+  return 0.5f * x * (1.0f + std::tanh(inner));
+}
+
+void CpuOps::gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) {
+  pool_.parallel_for(gate.rows, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* g = gate.row<float>(t);
+      const float* u = up.row<float>(t);
+      float* o = out.row<float>(t);
+      for (int64_t i = 0; i < gate.cols; ++i) o[i] = gelu_tanh(g[i]) * u[i];
+    }
+  });
+}
+
+void CpuOps::scale(const MatView& x, float s) {
+  require_f32(x, "scale");
+  pool_.parallel_for(x.rows, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      float* xr = x.row<float>(t);
+      for (int64_t i = 0; i < x.cols; ++i) xr[i] *= s;
+    }
+  });
+}
+
+void CpuOps::softcap(const MatView& x, float cap) {
+  require_f32(x, "softcap");
+  pool_.parallel_for(x.rows, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      float* xr = x.row<float>(t);
+      for (int64_t i = 0; i < x.cols; ++i) xr[i] = std::tanh(xr[i] / cap) * cap;
     }
   });
 }

@@ -182,7 +182,7 @@ struct HostAttention::Impl {
       j.pages = pages.empty() ? HostKvPages{} : pages[static_cast<size_t>(i)];
       j.head = hk::Head{static_cast<const float*>(a.q.data), a.q.row_stride, a.kv.k, a.kv.v, a.kv.row_stride,
                         kv_elem(a.kv.dtype), a.n_keys, a.q.rows, a.n_q_heads, a.head_dim, a.q_pos0, a.k_pos0,
-                        a.window, a.scale};
+                        a.window, a.scale, a.softcap};
       const int64_t last_q = a.q_pos0 + a.q.rows - 1;
       const int64_t hi = std::min(a.n_keys, last_q - a.k_pos0 + 1);
       const int64_t lo = a.window > 0 ? std::max<int64_t>(0, a.q_pos0 - a.window + 1 - a.k_pos0) : 0;

@@ -38,6 +38,7 @@ struct Head {
   int64_t k_pos0 = 0;
   int64_t window = 0;
   float scale = 1.0f;
+  float softcap = 0.0f;  // > 0: scores := tanh(scores / softcap) * softcap after scaling
 };
 
 // Per-thread fp32 scratch (owned by the dispatcher, sized at construction).

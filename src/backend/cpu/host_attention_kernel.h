@@ -23,6 +23,7 @@
 //    all heads, then state = state * exp(m_old - m_new) + acc_tile (one fused step per tile).
 // Sums inside a tile start from zero and are added to the running state once per tile, which is
 // the summation depth the test derives its tolerance from.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -253,8 +254,8 @@ struct Tile {
 
   // The online softmax of one query's heads over the tile: sc holds raw dots for [ja, jb);
   // leaves p_hj there (0 outside [ja, jb)), alpha_h = exp(m_old - m_new), and updates m and l.
-  static void softmax(float* sc, int64_t nqh, int64_t ja, int64_t jb, float scale, float* alpha, float* st,
-                      int64_t sf, int64_t dp) {
+  static void softmax(float* sc, int64_t nqh, int64_t ja, int64_t jb, float scale, float softcap, float* alpha,
+                      float* st, int64_t sf, int64_t dp) {
     const R scale_vec = V::set1(scale);
     for (int64_t h = 0; h < nqh; ++h) {
       float* s = sc + h * kTileKeys;
@@ -267,7 +268,14 @@ struct Tile {
         mx = V::max(mx, x);
       }
       float* m = st + h * sf + dp;
-      const float m_tile = V::hmax(mx);
+      float m_tile = V::hmax(mx);
+      if (softcap > 0.0f) {  // gemma2: scalar tanh, as the reference op computes it
+        m_tile = kNegInf;
+        for (int64_t j = ja; j < jb; ++j) {
+          s[j] = std::tanh(s[j] / softcap) * softcap;
+          m_tile = s[j] > m_tile ? s[j] : m_tile;
+        }
+      }
       const float m_new = *m > m_tile ? *m : m_tile;
       alpha[h] = *m == kNegInf ? 0.0f : exp_poly_scalar(*m - m_new);
       const R m_vec = V::set1(m_new);
@@ -296,7 +304,7 @@ struct Tile {
       if (a >= b) continue;
       float* st = states + t * nqh * sf;
       scores(s.q + t * nqh * dp, nqh, k, ld, a - t0, b - t0, dp, s.scores);
-      softmax(s.scores, nqh, a - t0, b - t0, hd.scale, s.alpha, st, sf, dp);
+      softmax(s.scores, nqh, a - t0, b - t0, hd.scale, hd.softcap, s.alpha, st, sf, dp);
       accumulate(s.scores, nqh, v, ld, a - t0, b - t0, dp, s.alpha, st, sf);
     }
   }

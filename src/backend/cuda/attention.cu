@@ -5,7 +5,8 @@
 //   - a chunk of queries against 16-bit KV: cuDNN's fused SDPA on the tensor cores
 //     (attention_cudnn.cpp), when this build has cuDNN and it can express the call's mask;
 //   - everything else, f32 KV above all (f32 checkpoints keep fp32 attention so their greedy ids
-//     match the CPU reference): the fp32 CUDA-core kernel below.
+//     match the CPU reference), and every soft-capped call (gemma2; neither the decode kernel nor
+//     cuDNN takes a softcap): the fp32 CUDA-core kernel below.
 //
 // The CUDA-core kernel: one warp per task (query row t, q head h); the WARPS warps of a block are
 // adjacent tasks, which share the kv head, so each 32-key tile of K and V is staged once in shared
@@ -37,6 +38,7 @@ struct AttnParams {
   int64_t n_queries, n_q_heads, n_keys;
   int64_t q_pos0, k_pos0, window;
   float scale;
+  float softcap;      // > 0: s := tanh(s / softcap) * softcap after scaling
   float* out;         // F32 [n_queries, n_q_heads * D], rows out_ld apart (n_splits == 1)
   int64_t out_ld;
   float* lse;         // F32 [n_queries, n_q_heads], rows lse_ld apart (n_splits == 1)
@@ -113,6 +115,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttnParams p) {
 #pragma unroll 8
       for (int d = 0; d < D; ++d) dot += q_s[warp * D + d] * k_s[lane * kKStride + d];
       s = dot * p.scale;
+      if (p.softcap > 0.0f) s = __fmul_rn(tanhf(__fdiv_rn(s, p.softcap)), p.softcap);  // as the CPU reference
     }
     const float m_new = fmaxf(m, warp_max(s));
     const float corr = expf(m - m_new);  // m = -inf on the first visible tile: corr = 0
@@ -222,17 +225,17 @@ void CudaOps::attention(const AttentionArgs& a) {
   if (a.q.rows * a.n_q_heads == 0) return;
   // The decode kernel and cuDNN take all the kv heads in one launch; whether they accept a call
   // depends only on things every head shares, so grouping never changes which path a head takes.
-  if (attention_decode(a, sm_count_, attn_partials_, stream_)) return;
+  if (a.softcap == 0.0f && attention_decode(a, sm_count_, attn_partials_, stream_)) return;
   // cuDNN tiles queries by 64 or more rows and does not split keys: a few rows against a long
   // context would leave most SMs idle, so short chunks stay on the split-KV CUDA-core kernel.
-  if (a.q.rows >= kCudnnMinQueries && cudnn_.run(a, attn_partials_)) return;
+  if (a.softcap == 0.0f && a.q.rows >= kCudnnMinQueries && cudnn_.run(a, attn_partials_)) return;
   for (int64_t i = 0; i < a.n_kv_heads; ++i) attention_core(a.head(i));
 }
 
 void CudaOps::attention_core(const AttentionArgs& a) {
   const int64_t n_tasks = a.q.rows * a.n_q_heads;
   AttnParams p{static_cast<const float*>(a.q.data), a.q.row_stride, a.kv.k, a.kv.v, a.kv.row_stride,
-               a.q.rows, a.n_q_heads, a.n_keys, a.q_pos0, a.k_pos0, a.window, a.scale,
+               a.q.rows, a.n_q_heads, a.n_keys, a.q_pos0, a.k_pos0, a.window, a.scale, a.softcap,
                static_cast<float*>(a.out.data), a.out.row_stride, static_cast<float*>(a.lse.data),
                a.lse.row_stride, nullptr, std::max<int64_t>(a.n_keys, 1)};
   const int64_t blocks = (n_tasks + kWarps - 1) / kWarps;

@@ -60,6 +60,9 @@ class CudaOps final : public Ops {
   void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b, const MatView& lse_b,
                        int64_t head_dim) override;
   void silu_mul(const MatView& gate, const MatView& up, const MatView& out) override;
+  void gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) override;
+  void scale(const MatView& x, float s) override;
+  void softcap(const MatView& x, float cap) override;
   void add(const MatView& x, const MatView& y) override;
   void copy(const MatView& src, const MatView& dst) override;
   void copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) override;

@@ -35,6 +35,32 @@ __global__ void silu_mul_kernel(const float* gate, int64_t gate_stride, const fl
   }
 }
 
+// torch's gelu(approximate='tanh') in fp32, as the CPU reference: tanhf, not the fast intrinsic.
+__global__ void gelu_tanh_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride,
+                                     float* out, int64_t out_stride, int64_t rows, int64_t cols, float beta) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float g = gate[r * gate_stride + c];
+    const float inner = __fmul_rn(beta, __fadd_rn(g, __fmul_rn(0.044715f, __fmul_rn(__fmul_rn(g, g), g))));
+    out[r * out_stride + c] = __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, tanhf(inner))), up[r * up_stride + c]);
+  }
+}
+
+// x := x * s (scale) or tanh(x / cap) * cap (softcap), per element.
+__global__ void scale_kernel(float* x, int64_t x_stride, int64_t rows, int64_t cols, float s) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) x[r * x_stride + c] = __fmul_rn(x[r * x_stride + c], s);
+}
+
+__global__ void softcap_kernel(float* x, int64_t x_stride, int64_t rows, int64_t cols, float cap) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+    x[r * x_stride + c] = __fmul_rn(tanhf(__fdiv_rn(x[r * x_stride + c], cap)), cap);
+}
+
 __global__ void add_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, int64_t rows, int64_t cols) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
@@ -105,6 +131,32 @@ void CudaOps::silu_mul(const MatView& gate, const MatView& up, const MatView& ou
   silu_mul_kernel<<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
       static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
       static_cast<float*>(out.data), out.row_stride, gate.rows, gate.cols);
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) {
+  require_f32(gate, "gelu_tanh_mul");
+  if (gate.rows == 0 || gate.cols == 0) return;
+  const float beta = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi), as torch's kBeta
+  gelu_tanh_mul_kernel<<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
+      static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+      static_cast<float*>(out.data), out.row_stride, gate.rows, gate.cols, beta);
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::scale(const MatView& x, float s) {
+  require_f32(x, "scale");
+  if (x.rows == 0 || x.cols == 0) return;
+  scale_kernel<<<row_grid(x.rows, x.cols), kThreads, 0, stream_>>>(static_cast<float*>(x.data), x.row_stride, x.rows,
+                                                                   x.cols, s);
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::softcap(const MatView& x, float cap) {
+  require_f32(x, "softcap");
+  if (x.rows == 0 || x.cols == 0) return;
+  softcap_kernel<<<row_grid(x.rows, x.cols), kThreads, 0, stream_>>>(static_cast<float*>(x.data), x.row_stride,
+                                                                     x.rows, x.cols, cap);
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 

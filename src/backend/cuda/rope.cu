@@ -9,10 +9,11 @@ namespace {
 
 constexpr int kThreads = 128;
 
-// One thread per (row, head, pair i): rotates (v[i], v[i + half]).
+// One thread per (row, head, pair i): rotates (v[i], v[i + half]), half = rotary_dim / 2; dims past
+// rotary_dim (phi3's partial rotary) stay as they are.
 __global__ void rope_kernel(float* x, int64_t x_stride, int64_t rows, int64_t n_heads, int64_t head_dim,
-                            const float* inv_freq, float attention_factor, int64_t pos0) {
-  const int64_t half = head_dim / 2;
+                            int64_t rotary_dim, const float* inv_freq, float attention_factor, int64_t pos0) {
+  const int64_t half = rotary_dim / 2;
   const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (idx >= rows * n_heads * half) return;
   const int64_t i = idx % half;
@@ -31,11 +32,13 @@ __global__ void rope_kernel(float* x, int64_t x_stride, int64_t rows, int64_t n_
 
 void CudaOps::rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) {
   if (x.dtype != DType::F32) throw Error("cuda backend: rope needs F32 activations");
-  if (rope.head_dim % 2 != 0 || n_heads * rope.head_dim > x.cols) throw Error("cuda backend: rope shape mismatch");
-  const int64_t n = x.rows * n_heads * (rope.head_dim / 2);
+  const int64_t rotary = rope.rotary();
+  if (rotary % 2 != 0 || rotary > rope.head_dim || n_heads * rope.head_dim > x.cols)
+    throw Error("cuda backend: rope shape mismatch");
+  const int64_t n = x.rows * n_heads * (rotary / 2);
   if (n == 0) return;
   rope_kernel<<<grid_1d(n, kThreads), kThreads, 0, stream_>>>(static_cast<float*>(x.data), x.row_stride, x.rows,
-                                                               n_heads, rope.head_dim, rope.inv_freq,
+                                                               n_heads, rope.head_dim, rotary, rope.inv_freq,
                                                                rope.attention_factor, pos0);
   HEADINFER_CUDA_CHECK_LAUNCH();
 }

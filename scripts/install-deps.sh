@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages headinfer builds against (Debian 12). Idempotent.
 set -euo pipefail
-pkgs=(cmake g++ make nlohmann-json3-dev libcli11-dev libgtest-dev libonig-dev pkg-config)
+pkgs=(cmake g++ make nlohmann-json3-dev libcli11-dev libgtest-dev libonig-dev pkg-config python3-dev python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -141,6 +141,9 @@ struct KvPlacementOptions {
   int64_t kv_group = 0;   // 0: the planner picks
   int64_t ops_scratch_bytes = 0;  // the device ops' scratch (Ops::workspace_bytes): the pre-load
                                   // check counts it with the activations
+  // Weights on the device that it did not allocate (a face's tensors used in place): planned as
+  // weights against gpu_mem, absent from device.bytes_in_use().
+  int64_t weights_in_place_bytes = 0;
   int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
   int64_t host_slab_positions = 0;  // positions per host-tier slab; 0: the planner picks (tests use small ones)
   HybridMode hybrid = HybridMode::Off;  // attend some host-tier groups on the CPU in decode

@@ -35,6 +35,12 @@ EngineOptions with_device_facts(const Checkpoint& checkpoint, Device& device, En
   return o;
 }
 
+// The placement options once the model is loaded: weights it uses in place count as weights.
+KvPlacementOptions with_loaded_model(KvPlacementOptions kv, const Model& model) {
+  kv.weights_in_place_bytes = static_cast<int64_t>(model.weights_in_place_bytes());
+  return kv;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -45,7 +51,7 @@ Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions
     : options_(checked_placement(checkpoint, with_device_facts(checkpoint, device, options))),
       model_(checkpoint, device, workspace_sizes(options)),
       kv_(make_planned_kv_cache(device, checkpoint.config(), options.context, options.chunk, model_.weight_bytes(),
-                                options_.kv)),
+                                with_loaded_model(options_.kv, model_))),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {
   const Plan* plan = kv_cache_plan(*kv_);
   graphs_ = options_.step_graphs && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;

@@ -108,7 +108,12 @@ def resolve_generate_args(model, input_ids, attention_mask, max_length, max_new_
     if max_new_tokens is not None:  # as transformers: max_new_tokens wins over max_length
         new = _positive_int(max_new_tokens, "max_new_tokens", 1)
     else:
-        limit = _positive_int(max_length if max_length is not None else d.max_length, "max_length", 1)
+        if max_length is None and d.max_length is None:  # transformers: 20 new tokens, within the positions
+            limit = n_prompt + 20
+            if model._checkpoint.max_position_embeddings > 0:
+                limit = min(limit, model._checkpoint.max_position_embeddings)
+        else:
+            limit = _positive_int(max_length if max_length is not None else d.max_length, "max_length", 1)
         if n_prompt >= limit:
             raise ValueError(f"Input length of input_ids is {n_prompt}, but `max_length` is set to {limit}. "
                              "Increase `max_length` or, better yet, set `max_new_tokens`.")

@@ -48,8 +48,9 @@ def _parse_options(options: dict) -> _core.Options:
 
 @dataclass
 class _GenerationDefaults:
-    """transformers' GenerationConfig defaults, overridden by the model's generation config."""
-    max_length: int = 20
+    """transformers' GenerationConfig defaults, overridden by the model's generation config.
+    max_length None: transformers' default, 20 new tokens (up to max_position_embeddings)."""
+    max_length: Optional[int] = None
     do_sample: bool = False
     temperature: float = 1.0
     top_k: Optional[int] = 50

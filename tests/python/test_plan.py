@@ -28,9 +28,9 @@ def cli_plan(*args):
 
 
 @pytest.mark.parametrize("ctx, options, flags", [
-    (4096, {"gpu_mem": "1GiB", "hybrid": "off"}, ["--gpu-mem", "1GiB", "--hybrid", "off"]),
-    ("128K", {"gpu_mem": "40MiB", "offload": "auto", "kv_group": 1, "chunk": 64},
-     ["--gpu-mem", "40MiB", "--kv-group", "1", "--chunk", "64", "--hybrid", "off"]),
+    (4096, {"gpu_mem": "1GiB", "host_mem": "8GiB"}, ["--gpu-mem", "1GiB", "--host-mem", "8GiB", "--hybrid", "off"]),
+    ("128K", {"gpu_mem": "40MiB", "host_mem": "8GiB", "offload": "auto", "kv_group": 1, "chunk": 64},
+     ["--gpu-mem", "40MiB", "--host-mem", "8GiB", "--kv-group", "1", "--chunk", "64", "--hybrid", "off"]),
     ("1M", {"gpu_mem": "24MiB", "host_mem": "64GiB", "offload": "all"},
      ["--gpu-mem", "24MiB", "--host-mem", "64GiB", "--offload", "all", "--hybrid", "off"]),
 ])
@@ -51,11 +51,11 @@ def test_plan_of_a_config_that_does_not_fit():
 
 def test_model_plan_matches_the_folder_plan():
     folder = model_dir("qwen2-f32")
-    hm = HeadInferModel.from_pretrained(folder, device="cpu", gpu_mem="2MiB", kv_group=1)
+    hm = HeadInferModel.from_pretrained(folder, device="cpu", gpu_mem="40MiB", kv_group=1)
     a = hm.plan("64K")
-    b = headinfer.plan(folder, 65536, device="cpu", gpu_mem="2MiB", kv_group=1)
-    for k in SOURCE_KEYS:
-        a.pop(k), b.pop(k)
+    b = headinfer.plan(folder, 65536, device="cpu", gpu_mem="40MiB", kv_group=1)
+    for k in SOURCE_KEYS | {"host_mem"}:
+        a.pop(k, None), b.pop(k)
     assert a == b and a["fits"] and a["n_streamed_groups"] > 0
 
 

@@ -1,6 +1,8 @@
 """HeadInferModel(transformers model).generate against transformers' own generate, on every
 shared tiny checkpoint and stories260k: greedy ids token for token, logits within the CPU
 tolerance the C++ tests derive; from_pretrained and offloaded placements give the same."""
+import signal
+
 import numpy as np
 import pytest
 
@@ -160,8 +162,13 @@ def test_ctrl_c_stops_cleanly_and_the_model_still_works(torch, transformers):
                 _thread.interrupt_main()
 
     s = InterruptAfter3()
-    with pytest.raises(KeyboardInterrupt):
-        hm.generate(x, max_new_tokens=200, eos_token_id=[], streamer=s)
+    # interrupt_main() does nothing unless Python's own SIGINT handler is installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            hm.generate(x, max_new_tokens=200, eos_token_id=[], streamer=s)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(s.calls) == 4  # stopped at the next token, not after 200
     assert hm.generate(x, max_new_tokens=20, eos_token_id=[]).tolist() == ref.tolist()
 

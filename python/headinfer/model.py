@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -196,6 +197,10 @@ class HeadInferModel:
         context = self._options.ctx if self._options.ctx is not None else a.n_prompt + max(a.max_new_tokens, 1)
         if a.n_prompt > context:
             raise ValueError(f"input_ids has {a.n_prompt} tokens, longer than the context ctx={context}")
+        limit = self._checkpoint.max_position_embeddings
+        if 0 < limit < context:
+            warnings.warn(f"context {context} is beyond the config's max_position_embeddings ({limit})",
+                          stacklevel=2)
         engine = self._engine_for(context)
         if streamer is not None:
             streamer.put(a.prompt_for_streamer)

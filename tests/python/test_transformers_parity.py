@@ -202,3 +202,23 @@ def test_issue_snippet_on_a_local_folder(torch, transformers):
     text = tokenizer.decode(output[0], skip_special_tokens=True)
     assert text.startswith("Once upon a time") and output.shape[1] <= 60
     assert isinstance(headinfer.HeadInferError("x"), RuntimeError)
+
+
+def test_long_prefill_shows_progress_and_matches_the_short_chunks(capsys):
+    pytest.importorskip("tqdm")
+    folder = model_dir("llama3-f32")
+    ids = np.random.default_rng(5).integers(0, 320, (1, 4200))
+    hm = HeadInferModel.from_pretrained(folder, device="cpu")
+    a = hm.generate(ids, max_new_tokens=3, output_logits=True, return_dict_in_generate=True)
+    err = capsys.readouterr().err
+    assert "prefill" in err and "4200/4200" in err
+    b = HeadInferModel.from_pretrained(folder, device="cpu", chunk=97).generate(
+        ids, max_new_tokens=3, output_logits=True, return_dict_in_generate=True)
+    assert a.sequences.tolist() == b.sequences.tolist()
+    assert np.array_equal(np.concatenate(a.logits), np.concatenate(b.logits))
+
+
+def test_context_beyond_the_positions_warns_as_the_cli():
+    hm = HeadInferModel.from_pretrained(model_dir("stories260k"), device="cpu", ctx=3000)  # 2048 positions
+    with pytest.warns(UserWarning, match="max_position_embeddings"):
+        hm.generate(np.array([[1, 403]]), max_new_tokens=2)

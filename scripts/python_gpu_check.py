@@ -126,7 +126,7 @@ def check_8b(args, report):
     ids_file.write_text(",".join(map(str, prompt)))
 
     # 1. The CLI, alone on the card.
-    cmd = [args.bin, "generate", "-m", str(model_dir), "--prompt-ids", ids_file.read_text(), "-n", str(args.new),
+    cmd = [args.bin, "generate", "-m", str(model_dir), "--prompt-ids", f"@{ids_file}", "-n", str(args.new),
            "--ctx", str(ctx), "--gpu-mem", "24GiB", "--device", "cuda", "--ignore-eos", "--json"]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)

@@ -20,6 +20,16 @@ TINY_DIRS = [f"{a}-{d}" for a in ARCHS for d in ("f32", "bf16")]
 LOGIT_RTOL = 1e-5
 
 
+def cli() -> Path:
+    """The headinfer binary of the build this package was imported from (build/python/headinfer)."""
+    import headinfer
+
+    path = Path(headinfer.__file__).resolve().parents[2] / "src" / "cli" / "headinfer"
+    if not path.exists():
+        pytest.skip(f"the CLI is not built beside this package ({path})")
+    return path
+
+
 def require_testdata():
     if not TESTDATA.is_dir():
         pytest.skip(f"shared test data not found at {TESTDATA}")

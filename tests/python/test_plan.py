@@ -1,11 +1,10 @@
 """plan(): the planner's dict, the same numbers as `headinfer plan --json`."""
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import model_dir
+from conftest import cli, model_dir
 
 import headinfer
 from headinfer import HeadInferModel
@@ -13,13 +12,6 @@ from headinfer import HeadInferModel
 # Measured and cached bandwidths say where they came from ("measured", "cached in ..."): the
 # first call measures, the next reads the cache, so those labels may differ; numbers may not.
 SOURCE_KEYS = {"link_gbps_source", "dram_gbps_source"}
-
-
-def cli():
-    path = Path(headinfer.__file__).resolve().parents[2] / "src" / "cli" / "headinfer"
-    if not path.exists():
-        pytest.skip(f"the CLI is not built beside this package ({path})")
-    return path
 
 
 def cli_plan(*args):

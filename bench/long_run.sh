@@ -7,7 +7,7 @@
 #                                        this host's memory (`headinfer plan --json`, bisection over --ctx)
 #   bench/long_run.sh capacity CTX       prefill CTX random tokens of CAP_SHAPE, then decode, under the cap
 #   bench/long_run.sh peers CTX[,CTX..]  transformers default and offloaded caches of CAP_SHAPE under the
-#                                        same cap (bench/peers.py's transformers_peer); out of memory is a result
+#                                        same cap (bench/peers.py's measure); out of memory is a result
 #   bench/long_run.sh e2e1m              prefill E2E_CTX (1M) tokens of E2E_SHAPE (llama3.2-1b) and decode;
 #                                        decode s/token against the link floor: bytes streamed per token
 #                                        over the pinned H2D rate, probed in the same call
@@ -17,7 +17,7 @@
 #
 # Environment (defaults in brackets):
 #   HI        the binary [build-gpu/src/cli/headinfer; built with `BUILD_ONLY=1 bench/run_gpu.sh` if missing]
-#   OUT [./out]  DEVICE [cuda]  GPU_MEM [24GiB; "" = uncapped]  CHUNK [8192]  HYBRID [off]  OFFLOAD [auto]
+#   OUT [./out]  DEVICE [cuda]  GPU_MEM [24GiB; "" = uncapped]  CHUNK [unset: the planner picks; a value passes --chunk]  HYBRID [off]  OFFLOAD [auto]
 #   N_DECODE  decoded tokens [capacity and planmax 8, e2e1m 32, decode4m 16]
 #   TIMEOUT   seconds per bench run [570: the device machine takes at most 600 s per command]
 #   HOST_RESERVE_GIB  host memory left to the OS and the process by planmax/decode4m [8]
@@ -32,7 +32,9 @@ OUT=${OUT:-$ROOT/out}
 HI=${HI:-$ROOT/build-gpu/src/cli/headinfer}
 DEVICE=${DEVICE:-cuda}
 GPU_MEM=${GPU_MEM-24GiB}
-CHUNK=${CHUNK:-8192}
+CHUNK=${CHUNK:-}
+chunk_flag=()  # the defaults unless CHUNK is given: what users run
+[[ -n "$CHUNK" ]] && chunk_flag=(--chunk "$CHUNK")
 HYBRID=${HYBRID:-off}
 OFFLOAD=${OFFLOAD:-auto}
 TIMEOUT=${TIMEOUT:-570}
@@ -99,7 +101,7 @@ print("" if v is None else v)' "$1"
 plan_json() {
   local shape=$1 ctx=$2 host=$3
   "$HI" plan --shape "$shape" --ctx "$ctx" --gpu-mem "${GPU_MEM:-1TiB}" --host-mem "$host" --kv-dtype "$KV_DTYPE" \
-    --hybrid off --link-gbps 1 --device cpu -t 1 --chunk "$CHUNK" --json 2>/dev/null || true
+    --hybrid off --link-gbps 1 --device cpu -t 1 "${chunk_flag[@]}" --json 2>/dev/null || true
 }
 
 # Host memory a plan of SHAPE may count on while bench runs: what is available now, less the
@@ -167,7 +169,7 @@ run_bench() {
   shift 4
   local json=$OUT/long-$name.json log=$OUT/long-$name.log rc=0
   local cmd=("$HI" bench --shape "$shape" --device "$DEVICE" --ctx "$ctx" "${gpu_mem_flag[@]}" --n-decode "$n"
-             --chunk "$CHUNK" --hybrid "$HYBRID" --offload "$OFFLOAD" --json "$@")
+             "${chunk_flag[@]}" --hybrid "$HYBRID" --offload "$OFFLOAD" --json "$@")
   echo "$name: ${cmd[*]#$ROOT/}  (timeout ${TIMEOUT} s)"
   echo "${cmd[*]}" >"$log"
   timeout -k 30 "$TIMEOUT" "${cmd[@]}" >"$json" 2>>"$log" || rc=$?
@@ -214,7 +216,7 @@ EOF
   )
   echo "planmax $shape: largest context whose plan fits --gpu-mem $cap_label and $(host_label "$host") of host" \
     "(MemAvailable less the weights' host copy and ${HOST_RESERVE_GIB} GiB, or HOST_MEM): $lo tokens" \
-    "($((lo / 1024))K; planned at ctx + $n decoded, $KV_DTYPE KV, chunk $CHUNK; first miss: $hi); $detail"
+    "($((lo / 1024))K; planned at ctx + $n decoded, $KV_DTYPE KV, chunk ${CHUNK:-planned}; first miss: $hi); $detail"
   echo "next: bench/long_run.sh capacity $lo"
 }
 
@@ -239,9 +241,11 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import peers  # bench/peers.py: the same peer the results tables use
 shape, cap, n, n_off, sink = sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+model = peers.build_model(shape, "cuda")
 for ctx in map(int, sys.argv[7:]):
     for cache, nd in (("default", n), ("offloaded", n_off)):
-        r = peers.transformers_peer(shape, ctx, cache, nd, cap)
+        # one timed generate() after the first call: these contexts take minutes per call
+        r = peers.measure(model, shape, ctx, cache, cap, nd, 1, "cuda", first_in_process=False)
         with open(sink, "a") as f:
             f.write(json.dumps(r) + "\n")
         peak = r.get("gpu_peak_bytes")
@@ -250,7 +254,7 @@ for ctx in map(int, sys.argv[7:]):
             print(f"peers: {r['system']}, {cap:g} GiB cap, ctx {ctx}: {r['error']} (GPU peak {peak})", flush=True)
         else:
             print(f"peers: {r['system']}, {cap:g} GiB cap, ctx {ctx}: prefill {r['prefill_seconds']:.1f} s, "
-                  f"decode {r['decode_seconds_per_token']:.4f} s/token (mean of {nd}), GPU peak {peak}", flush=True)
+                  f"decode {r['decode_seconds_per_token']:.4f} s/token (median of {nd}), GPU peak {peak}", flush=True)
 EOF
   if [[ $rc -ne 0 ]]; then
     echo "peers: stopped (exit $rc$( [[ $rc -eq 124 ]] && echo ", timed out after $TIMEOUT s")): $(tail -2 "$OUT/long-peers.log")"
@@ -265,7 +269,7 @@ probe_link() {
   local shape=$1 ctx=$2 cache=$OUT/long-link-probe-cache
   rm -rf "$cache"
   XDG_CACHE_HOME=$cache "$HI" plan --shape "$shape" --ctx "$ctx" --gpu-mem "${GPU_MEM:-1TiB}" \
-    --device "$DEVICE" --hybrid off --chunk "$CHUNK" --json >"$OUT/long-link-probe.json" 2>"$OUT/long-link-probe.log" || true
+    --device "$DEVICE" --hybrid off "${chunk_flag[@]}" --json >"$OUT/long-link-probe.json" 2>"$OUT/long-link-probe.log" || true
   PROBE_GBPS=$(json_field link_gbps <"$OUT/long-link-probe.json")
   [[ -n "$PROBE_GBPS" ]] || die "link probe failed: $(tail -2 "$OUT/long-link-probe.log")"
   PROBE_SOURCE="headinfer plan's probe of $(json_field device <"$OUT/long-link-probe.json"), 256 MiB"

@@ -42,7 +42,7 @@ K (rounding_count below; L layers):
 
 transformers runs its own greedy loop (one forward over the prompt, then one per token with its
 KV cache), not generate(): generate() stops at the checkpoint's eos and, with a pad id, masks
-prompt tokens equal to it (the shared ref.json was made that way, see tests/foundation/model_test.cpp).
+prompt tokens equal to it (the first version of the shared ref.json was made that way).
 
 usage: bf16_check.py --bin build-gpu/src/cli/headinfer --testdata DIR --out DIR [-n 16]
        bf16_check.py --self-test        (no GPU, no torch: the comparison logic on synthetic data)

@@ -83,6 +83,10 @@ struct AttentionArgs {
   int64_t n_q_heads = 0;  // GQA: query heads per kv head
   int64_t n_kv_heads = 1;
   int64_t kv_head_stride = 0;  // elements from one kv head's K (and V) to the next's
+  // kv heads of the whole layer (the model's), which a backend may size its work split by; never
+  // the call's n_kv_heads, so a head computes the same however heads are grouped into calls.
+  // 0: n_kv_heads.
+  int64_t layer_kv_heads = 0;
   int64_t q_pos0 = 0;
   int64_t k_pos0 = 0;
   int64_t window = 0;
@@ -100,6 +104,7 @@ struct AttentionArgs {
     a.lse = lse.slice_cols(i * n_q_heads, n_q_heads);
     a.kv.k = static_cast<const char*>(kv.k) + i * kv_head_stride * e;
     a.kv.v = static_cast<const char*>(kv.v) + i * kv_head_stride * e;
+    a.layer_kv_heads = layer_kv_heads > 0 ? layer_kv_heads : n_kv_heads;
     a.n_kv_heads = 1;
     return a;
   }

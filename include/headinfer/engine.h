@@ -18,8 +18,10 @@ namespace headinfer {
 
 struct EngineOptions {
   int64_t context = 0;      // positions the KV store holds (required, > 0)
-  int64_t chunk = 512;      // prefill tokens per forward call
-  int64_t mlp_chunk = 512;  // MLP rows at once
+  // Prefill tokens per forward call and MLP rows at once; 0: the planner chooses them for the
+  // device's memory cap and the context (make_plan). Engine::options() holds the chosen values.
+  int64_t chunk = 0;
+  int64_t mlp_chunk = 0;
   KvPlacementOptions kv;    // where head blocks live (offload mode, caps, group size)
   // Decode steps as one device graph where the device has them and every head block is resident
   // (streamed and hybrid steps use copy streams and host tasks, which a graph does not record).
@@ -32,6 +34,8 @@ class Engine {
 
   const ModelConfig& config() const { return model_.config(); }
   int64_t context() const { return options_.context; }
+  // The options as resolved: chunk and mlp_chunk as chosen, the KV dtype as the device keeps it.
+  const EngineOptions& options() const { return options_; }
   int64_t n_past() const { return n_past_; }
   Model& model() { return model_; }
   const KvCache& kv_cache() const { return *kv_; }

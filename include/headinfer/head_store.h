@@ -9,6 +9,7 @@
 // layer, per head group, the past is present (resident, or prefetched into a ring slot, ahead
 // across layer boundaries), attention runs over it, and the chunk's new K/V go to the home tier.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -139,8 +140,6 @@ struct KvPlacementOptions {
   int64_t gpu_mem = 0;    // the device's byte cap (the budget the device was made with); 0: unlimited
   int64_t host_mem = 0;   // host-tier bytes; 0: detected (MemAvailable)
   int64_t kv_group = 0;   // 0: the planner picks
-  int64_t ops_scratch_bytes = 0;  // the device ops' scratch (Ops::workspace_bytes): the pre-load
-                                  // check counts it with the activations
   // Weights on the device that it did not allocate (a face's tensors used in place): planned as
   // weights against gpu_mem, absent from device.bytes_in_use().
   int64_t weights_in_place_bytes = 0;
@@ -164,9 +163,12 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
 
 // The same plan made before any weight is loaded, with the weights estimated from the config and
 // the checkpoint's dtype: a cap below the weights, a ring that cannot fit or a host too small
-// fails here, in one line, before minutes of loading. Throws Error when it does not fit.
-void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk,
-                        const KvPlacementOptions& options);
+// shows here (Plan::fits, Plan::message), before minutes of loading. chunk / mlp_chunk 0: the
+// planner chooses them (make_plan); `scratch_bytes` gives the device ops' scratch for a chunk and
+// MLP sub-chunk (Ops::workspace_bytes), counted with the activations.
+Plan plan_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk, int64_t mlp_chunk,
+                       const KvPlacementOptions& options,
+                       const std::function<int64_t(int64_t, int64_t)>& scratch_bytes = {});
 
 // The plan an offload cache runs (nullptr for other KvCache implementations).
 const Plan* kv_cache_plan(const KvCache& cache);

@@ -29,7 +29,7 @@ struct PlanRequest {
   std::string kv_dtype;               // "": the device's KV dtype for the weights
   OffloadMode offload = OffloadMode::Auto;
   int64_t kv_group = 0;
-  int64_t chunk = 512;
+  int64_t chunk = 0;                  // 0: the planner chooses
 };
 
 struct PlanReport {

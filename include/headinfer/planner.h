@@ -4,6 +4,7 @@
 // small GPU ring, and account for every byte. It runs before any work, so a placement that cannot
 // fit fails with the numbers and what to change instead of failing half way through a prompt.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,8 +47,12 @@ struct PlannerInput {
   OffloadMode offload = OffloadMode::Auto;
   int64_t kv_group = 0;         // kv heads per group (divides n_kv_heads); 0: the planner picks
   int64_t ring_depth = 2;       // ring slots: one being attended while the next one is fetched
-  int64_t chunk = 512;          // prefill tokens per forward
-  int64_t mlp_chunk = 512;      // MLP rows at once
+  // Prefill tokens per forward and MLP rows at once; 0: the planner chooses them (choose_chunk).
+  int64_t chunk = 0;
+  int64_t mlp_chunk = 0;
+  // The device ops' scratch for a chunk and MLP sub-chunk (Ops::workspace_bytes), counted with the
+  // activations when activation_bytes < 0; unset: none.
+  std::function<int64_t(int64_t chunk, int64_t mlp_chunk)> scratch_bytes;
   HybridMode hybrid = HybridMode::Off;
   double dram_gbps = 0.0;       // host attention's KV read rate in GB/s (hybrid auto needs it and link_gbps)
   int64_t cpu_groups = -1;      // hybrid auto: exactly this many CPU-attended groups; -1: balanced
@@ -70,6 +75,7 @@ struct Plan {
   int64_t ring_depth = 0;       // slots actually allocated (0 when nothing is streamed)
   int64_t chunk = 0;            // C = min(chunk, context)
   int64_t mlp_chunk = 0;        // min(mlp_chunk, C)
+  std::string chunk_reason;     // why this C (chosen by the planner, or given)
   int64_t kv_elem_bytes = 0;
   // resident[layer * groups_per_layer + group]: 1 = home on the GPU, 0 = home on the host.
   // Resident groups are spread evenly over the layers so every layer has compute to hide the
@@ -123,7 +129,20 @@ struct Plan {
   }
 };
 
+// With input.chunk == 0 the planner chooses the prefill chunk C (and with mlp_chunk == 0 the MLP
+// sub-chunk M), then plans with them: the largest C up to kMaxAutoChunk and the context whose plan
+// fits, where a C above kMinCappedChunk must also keep its activations and scratch within
+// kChunkShareOfFree of what the weights leave under the cap whenever some KV streams (the rest of
+// the GPU memory holds resident KV, which decode reads at device speed rather than link speed).
+// M = min(C, kMaxAutoMlpChunk). Plan::chunk_reason says which bound decided.
 Plan make_plan(const PlannerInput& input);
+
+// Chunks above this gain nothing measurable: at 8K-16K rows the GEMMs run at the tensor cores'
+// rate and a long prefill's chunks are few; their activations only take memory from the KV.
+inline constexpr int64_t kMaxAutoChunk = 16384;
+inline constexpr int64_t kMaxAutoMlpChunk = 4096;
+inline constexpr int64_t kMinCappedChunk = 512;
+inline constexpr int64_t kChunkShareOfFree = 4;  // activations may take 1/4 of the memory the weights leave
 
 // The planner's slab size target: 16 MiB per slab of one group. A 1M-token context of llama3-8b
 // (G = 2, bf16) is then 64 slabs of 16K positions, so a fetch is 64 copies of 4 MiB rows, and a

@@ -40,7 +40,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   bool json = false;
   int threads = 0;
-  int64_t chunk = 512;
+  int64_t chunk = 0;  // 0: the planner chooses
   std::string device = "auto";  // cpu | cuda | auto
   std::string gpu_mem;         // "" = CPU: unlimited; CUDA: the card's free memory
   std::string host_mem;        // "" = detected
@@ -187,6 +187,7 @@ void run_generate(const GenerateArgs& a) {
     std::printf("%s\n", out.dump().c_str());
   } else {
     std::printf("\n");
+    std::fflush(stdout);  // the text ends before the speed line on stderr, also through a pipe
     std::fprintf(stderr, "prompt %lld tokens, prefill %.3f s (%.1f tok/s); %zu tokens generated, %.2f tok/s%s\n",
                  static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
                  r.prefill_seconds > 0 ? static_cast<double>(r.prompt_tokens) / r.prefill_seconds : 0.0,
@@ -215,7 +216,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Do not stop at the end-of-sequence ids");
   cmd->add_flag("--json", args->json, "Print one JSON object with tokens and timings");
   cmd->add_option("-t,--threads", args->threads, "CPU threads (0: all cores)")->capture_default_str();
-  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
+  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (default: the planner chooses for --gpu-mem and the context)");
   cmd->add_option("--device", args->device, "cpu, cuda or auto (cuda when a GPU is present)")->capture_default_str();
   cmd->add_option("--gpu-mem", args->gpu_mem, "Device memory cap: 24GiB (default: CUDA the free memory, CPU unlimited)");
   cmd->add_option("--host-mem", args->host_mem, "Host memory for offloaded KV (default: MemAvailable)");

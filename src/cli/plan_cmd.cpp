@@ -17,6 +17,7 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/dtype.h"
 #include "headinfer/error.h"
+#include "headinfer/model.h"
 #include "headinfer/options.h"
 #include "headinfer/plan_report.h"
 #include "headinfer/planner.h"
@@ -41,7 +42,7 @@ struct PlanArgs {
   std::string kv_dtype;  // "" = from the config's torch_dtype / dtype
   std::string offload = "auto";
   int64_t kv_group = 0;
-  int64_t chunk = 512;
+  int64_t chunk = 0;  // 0: the planner chooses
   bool json = false;
 };
 
@@ -77,7 +78,7 @@ void print_table(const Plan& p, const ModelConfig& c, const TableLabels& l, doub
   t += table_row("resident groups", std::to_string(p.n_resident_groups) + " of " + std::to_string(p.n_groups));
   t += table_row("streamed groups", std::to_string(p.n_streamed_groups));
   t += table_row("ring depth", std::to_string(p.ring_depth) + " slots");
-  t += table_row("prefill chunk C", std::to_string(p.chunk) + " tokens");
+  t += table_row("prefill chunk C", std::to_string(p.chunk) + " tokens (" + p.chunk_reason + ")");
   t += table_row("MLP sub-chunk", std::to_string(p.mlp_chunk) + " rows");
   t += table_row("KV per token", bytes_cell(p.kv_bytes_per_token));
   t += table_row("head block (K+V, full ctx)", bytes_cell(p.head_block_bytes));
@@ -206,7 +207,7 @@ void add_plan_command(CLI::App& app) {
                   "KV element type: bf16, f16, f32 (default: what the device stores for the weights' dtype)");
   cmd->add_option("--offload", args->offload, "auto, all or none")->capture_default_str();
   cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();
-  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens")->capture_default_str();
+  cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (default: the planner chooses for --gpu-mem and the context)");
   cmd->add_flag("--json", args->json, "Print the plan as JSON");
   cmd->callback([args] { run_plan(*args); });
 }

@@ -445,8 +445,9 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   return make_offload_kv_cache(device, std::move(transfer), config, plan, options.host_threads, kv_dtype);
 }
 
-void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk,
-                        const KvPlacementOptions& options) {
+Plan plan_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk, int64_t mlp_chunk,
+                       const KvPlacementOptions& options,
+                       const std::function<int64_t(int64_t, int64_t)>& scratch_bytes) {
   const ModelConfig& config = checkpoint.config();
   const TensorView* embed = checkpoint.find("model.embed_tokens.weight");
   PlannerInput in;
@@ -459,10 +460,14 @@ void check_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t c
   in.offload = options.offload;
   in.kv_group = options.kv_group;
   in.chunk = chunk;
+  in.mlp_chunk = mlp_chunk;
   in.host_slab_positions = options.host_slab_positions;
-  in.activation_bytes = estimate_activation_bytes(config, context, chunk, in.mlp_chunk) + options.ops_scratch_bytes;
-  const Plan plan = make_plan(in);
-  if (!plan.fits) throw Error(plan.message);
+  // Hybrid's new-row staging is counted; which groups the CPU attends is decided once the link and
+  // host read rates are measured (make_planned_kv_cache) and takes no GPU memory.
+  in.hybrid = options.hybrid;
+  in.cpu_groups = std::max<int64_t>(options.cpu_groups, 0);
+  in.scratch_bytes = scratch_bytes;
+  return make_plan(in);
 }
 
 const Plan* kv_cache_plan(const KvCache& cache) {

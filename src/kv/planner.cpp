@@ -1,6 +1,7 @@
 #include "headinfer/planner.h"
 
 #include <algorithm>
+#include <bit>
 #include <cinttypes>
 #include <cstdio>
 #include <fstream>
@@ -150,11 +151,67 @@ int64_t detect_host_memory() {
   return 0;
 }
 
+namespace {
+
+Plan plan_with_chunks(const PlannerInput& in);
+
+int64_t auto_mlp_chunk(const PlannerInput& in, int64_t chunk) {
+  return std::min(chunk, in.mlp_chunk > 0 ? in.mlp_chunk : kMaxAutoMlpChunk);
+}
+
+// Candidates from the largest down: min(kMaxAutoChunk, context), then the powers of two below it.
+Plan choose_chunk(const PlannerInput& in) {
+  const int64_t top = std::min(kMaxAutoChunk, in.context);
+  const bool capped = in.gpu_mem > 0;
+  bool share_bound = false;  // a larger candidate fitted but took more than its share
+  Plan last;
+  for (int64_t c = top; c >= 1;) {
+    PlannerInput t = in;
+    t.chunk = c;
+    t.mlp_chunk = auto_mlp_chunk(in, c);
+    Plan p = plan_with_chunks(t);
+    const int64_t left = in.gpu_mem - p.weight_bytes;  // what the weights leave under the cap
+    const bool within_share = !capped || p.n_streamed_groups == 0 || c <= kMinCappedChunk ||
+                              p.activation_bytes * kChunkShareOfFree <= left;
+    if (p.fits && within_share) {
+      if (c == top)
+        p.chunk_reason = c == in.context ? "chosen: the whole context in one chunk"
+                                         : "chosen: the largest (" + std::to_string(kMaxAutoChunk) + ")";
+      else if (share_bound)
+        p.chunk_reason = "chosen: the largest whose activations and scratch (" + format_bytes(p.activation_bytes) +
+                         ") stay within 1/" + std::to_string(kChunkShareOfFree) + " of the " + format_bytes(left) +
+                         " the weights leave, the rest holding KV";
+      else
+        p.chunk_reason = "chosen: the largest that fits --gpu-mem";
+      return p;
+    }
+    share_bound = share_bound || p.fits;
+    last = std::move(p);
+    const auto below = static_cast<int64_t>(std::bit_floor(static_cast<uint64_t>(c)));
+    c = below == c ? c / 2 : below;
+  }
+  last.chunk_reason = "nothing fits, even at 1 token per chunk";
+  return last;
+}
+
+}  // namespace
+
 Plan make_plan(const PlannerInput& in) {
-  const ModelConfig& c = in.config;
   if (in.context < 1) throw Error("--ctx must be at least 1 token");
-  if (in.chunk < 1) throw Error("--chunk must be at least 1");
-  if (in.mlp_chunk < 1) throw Error("MLP chunk must be at least 1");
+  if (in.chunk < 0) throw Error("--chunk must be at least 1 (0: the planner chooses)");
+  if (in.mlp_chunk < 0) throw Error("MLP chunk must be at least 1 (0: the planner chooses)");
+  if (in.chunk == 0) return choose_chunk(in);
+  PlannerInput t = in;
+  if (t.mlp_chunk == 0) t.mlp_chunk = auto_mlp_chunk(in, std::min(in.chunk, in.context));
+  Plan p = plan_with_chunks(t);
+  p.chunk_reason = "given (--chunk)";
+  return p;
+}
+
+namespace {
+
+Plan plan_with_chunks(const PlannerInput& in) {
+  const ModelConfig& c = in.config;
   if (in.kv_elem_bytes < 1) throw Error("KV element size must be positive");
   if (in.ring_depth < 1) throw Error("ring depth must be at least 1");
   if (in.gpu_mem < 0 || in.host_mem < 0) throw Error("memory sizes must not be negative");
@@ -176,8 +233,10 @@ Plan make_plan(const PlannerInput& in) {
   p.head_block_bytes = 2 * in.context * c.head_dim * in.kv_elem_bytes;
   p.kv_bytes_total = p.kv_bytes_per_token * in.context;
   p.weight_bytes = in.weight_bytes >= 0 ? in.weight_bytes : estimate_weight_bytes(c, in.weight_elem_bytes);
-  p.activation_bytes = in.activation_bytes >= 0 ? in.activation_bytes
-                                                : estimate_activation_bytes(c, in.context, in.chunk, in.mlp_chunk);
+  p.activation_bytes = in.activation_bytes >= 0
+                           ? in.activation_bytes
+                           : estimate_activation_bytes(c, in.context, in.chunk, in.mlp_chunk) +
+                                 (in.scratch_bytes ? in.scratch_bytes(p.chunk, p.mlp_chunk) : 0);
   if (c.max_position_embeddings > 0 && in.context > c.max_position_embeddings)
     p.warnings.push_back("context " + std::to_string(in.context) + " is beyond the config's max_position_embeddings (" +
                          std::to_string(c.max_position_embeddings) + ")");
@@ -267,5 +326,7 @@ Plan make_plan(const PlannerInput& in) {
   }
   return p;
 }
+
+}  // namespace
 
 }  // namespace headinfer

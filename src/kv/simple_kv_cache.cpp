@@ -85,6 +85,7 @@ void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, 
   args.head_dim = d;
   args.n_q_heads = gs;
   args.n_kv_heads = n_heads;
+  args.layer_kv_heads = config.n_kv_heads;
   args.kv_head_stride = head_stride;
   args.q_pos0 = a.pos0;
   args.k_pos0 = 0;

@@ -13,25 +13,29 @@ ForwardWorkspaceSizes workspace_sizes(const EngineOptions& o) {
   if (o.context < 1) throw Error("context must be at least 1 token");
   if (o.chunk < 1) throw Error("--chunk must be at least 1");
   if (o.mlp_chunk < 1) throw Error("MLP chunk must be at least 1");
-  return {std::min(o.chunk, o.context), o.mlp_chunk};
+  return {std::min(o.chunk, o.context), std::min(o.mlp_chunk, o.chunk)};
 }
 
-// The KV placement is planned before any weight is loaded, so a cap below the weights or a host
-// too small fails at once.
-const EngineOptions& checked_placement(const Checkpoint& checkpoint, const EngineOptions& o) {
-  workspace_sizes(o);
-  check_kv_placement(checkpoint, o.context, o.chunk, o.kv);
-  return o;
-}
-
-// The KV element type the device keeps for this checkpoint, unless the caller chose one, and the
-// device ops' scratch for the pre-load check.
-EngineOptions with_device_facts(const Checkpoint& checkpoint, Device& device, EngineOptions o) {
+// The KV element type the device keeps for this checkpoint (unless the caller chose one), the
+// prefill chunk and MLP sub-chunk (unless given: the planner chooses them for the cap and the
+// context, counting the device ops' scratch), and the pre-load check: the placement is planned
+// before any weight is loaded, so a cap below the weights or a host too small fails at once.
+EngineOptions resolved_options(const Checkpoint& checkpoint, Device& device, EngineOptions o) {
+  if (o.context < 1) throw Error("context must be at least 1 token");
+  if (o.chunk < 0) throw Error("--chunk must be at least 1 (0: the planner chooses)");
+  if (o.mlp_chunk < 0) throw Error("MLP chunk must be at least 1 (0: the planner chooses)");
   const TensorView* embed = checkpoint.find("model.embed_tokens.weight");
   const DType weight_dtype = embed != nullptr ? embed->dtype : DType::F32;
   if (!o.kv.kv_dtype) o.kv.kv_dtype = device.kv_dtype(weight_dtype);
-  o.kv.ops_scratch_bytes = static_cast<int64_t>(
-      device.ops().workspace_bytes(ops_workspace_sizes(checkpoint.config(), workspace_sizes(o), weight_dtype)));
+  const ModelConfig& config = checkpoint.config();
+  auto scratch = [&](int64_t chunk, int64_t mlp_chunk) {
+    return static_cast<int64_t>(device.ops().workspace_bytes(ops_workspace_sizes(config, {chunk, mlp_chunk}, weight_dtype)));
+  };
+  const Plan plan = plan_kv_placement(checkpoint, o.context, o.chunk, o.mlp_chunk, o.kv, scratch);
+  if (!plan.fits) throw Error(plan.message);
+  o.chunk = plan.chunk;
+  o.mlp_chunk = plan.mlp_chunk;
+  workspace_sizes(o);
   return o;
 }
 
@@ -48,9 +52,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options)
-    : options_(checked_placement(checkpoint, with_device_facts(checkpoint, device, options))),
-      model_(checkpoint, device, workspace_sizes(options)),
-      kv_(make_planned_kv_cache(device, checkpoint.config(), options.context, options.chunk, model_.weight_bytes(),
+    : options_(resolved_options(checkpoint, device, options)),
+      model_(checkpoint, device, workspace_sizes(options_)),
+      kv_(make_planned_kv_cache(device, checkpoint.config(), options_.context, options_.chunk, model_.weight_bytes(),
                                 with_loaded_model(options_.kv, model_))),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)) {
   const Plan* plan = kv_cache_plan(*kv_);
@@ -113,7 +117,13 @@ std::span<const float> Engine::prefill(std::span<const int32_t> ids,
   const int64_t chunk = model_.max_chunk();
   for (int64_t done = 0; done < total; done += chunk) {
     const int64_t n = std::min(chunk, total - done);
-    model_.forward(ids.subspan(static_cast<size_t>(done), static_cast<size_t>(n)), n_past_, *kv_, logits_);
+    // Only the last chunk's logits are read back: earlier chunks queue their work without a host
+    // round trip, so the device never waits for the host between chunks.
+    const auto chunk_ids = ids.subspan(static_cast<size_t>(done), static_cast<size_t>(n));
+    if (done + n == total)
+      model_.forward(chunk_ids, n_past_, *kv_, logits_);
+    else
+      model_.forward(chunk_ids, n_past_, *kv_);
     n_past_ += n;
     if (progress) progress(done + n, total);
   }

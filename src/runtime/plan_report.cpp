@@ -4,6 +4,7 @@
 #include "headinfer/bandwidth.h"
 #include "headinfer/dtype.h"
 #include "headinfer/error.h"
+#include "headinfer/model.h"
 #include "headinfer/transfer.h"
 
 namespace headinfer {
@@ -78,6 +79,12 @@ PlanReport plan_placement(const PlanRequest& r) {
   report.link_source = bw.link.source;
   report.dram_source = bw.dram.source;
   if (pi.hybrid == HybridMode::Auto) pi.dram_gbps = bw.dram.gbps;
+  // The activations count the device ops' scratch for each chunk size, as the engine counts them.
+  const DType weight_dtype = weight_dtype_of(dtype_name);
+  pi.scratch_bytes = [&](int64_t chunk, int64_t mlp_chunk) {
+    return static_cast<int64_t>(
+        device->ops().workspace_bytes(ops_workspace_sizes(report.config, {chunk, mlp_chunk}, weight_dtype)));
+  };
   report.plan = make_plan(pi);
   return report;
 }
@@ -102,6 +109,7 @@ nlohmann::json plan_report_json(const PlanReport& r) {
           {"ring_depth", p.ring_depth},
           {"chunk", p.chunk},
           {"mlp_chunk", p.mlp_chunk},
+          {"chunk_reason", p.chunk_reason},
           {"resident", p.resident},
           {"kv_bytes_per_token", p.kv_bytes_per_token},
           {"head_block_bytes", p.head_block_bytes},

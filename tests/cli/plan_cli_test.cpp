@@ -141,6 +141,14 @@ TEST_F(PlanCli, BuiltinShapeLlama3At1M) {
   EXPECT_EQ(j["kv_bytes_gpu"].get<int64_t>() + j["kv_bytes_host"].get<int64_t>(), int64_t{128} << 30);
   EXPECT_LE(j["gpu_bytes_total"].get<int64_t>(), int64_t{24} << 30);
   EXPECT_GT(j["n_resident_groups"].get<int64_t>(), 0);  // the cap's room left by the weights holds KV
+  // The planner chose the prefill chunk (issue 11) and says why; --chunk overrides it.
+  EXPECT_GE(j["chunk"].get<int64_t>(), 512);
+  EXPECT_NE(j["chunk_reason"].get<std::string>().find("chosen"), std::string::npos) << j["chunk_reason"];
+  const CliResult given = plan(base + " --kv-dtype bf16 --chunk 512");
+  ASSERT_EQ(given.status, 0) << given.err;
+  const nlohmann::json g = nlohmann::json::parse(given.out);
+  EXPECT_EQ(g["chunk"], 512);
+  EXPECT_EQ(g["chunk_reason"], "given (--chunk)");
 
   // The CPU device keeps F32 KV: 256 GiB, which 128 GiB of host cannot hold. The plan still prints.
   const CliResult f32 = plan(base);

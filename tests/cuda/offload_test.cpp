@@ -232,12 +232,15 @@ TEST_F(CudaTest, EngineChoosesKvDtypeFromDevice) {
     size_t model_bytes = 0;
     {
       auto device = make_cuda_device({});
-      Model model(*ckpt, *device, {std::min(eo.chunk, eo.context), eo.mlp_chunk});
+      // The planner takes a 64-token context in one chunk (checked below).
+      Model model(*ckpt, *device, {eo.context, eo.context});
       model_bytes = device->bytes_in_use();
     }
     auto device = make_cuda_device({});
     eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
     Engine engine(*ckpt, *device, eo);
+    EXPECT_EQ(engine.options().chunk, eo.context);
+    EXPECT_EQ(engine.options().mlp_chunk, eo.context);
     const size_t elem = std::string(name).ends_with("f32") ? 4 : 2;
     const auto kv_bytes = static_cast<size_t>(c.n_layers * c.n_kv_heads * 2 * eo.context * c.head_dim) * elem;
     EXPECT_EQ(device->bytes_in_use(), model_bytes + kv_bytes) << name;

@@ -177,8 +177,8 @@ TEST(OffloadCache, ClearErrors) {
     Engine engine(*ckpt, *device, eo);
   }, "host-tier KV needs");
 
-  expect_error([&] {  // everything resident does not fit the cap
-    const int64_t cap = fixed_device_bytes(*ckpt, 64, 512) + 100;
+  expect_error([&] {  // everything resident does not fit the cap, even with 1-token chunks
+    const int64_t cap = fixed_device_bytes(*ckpt, 64, 1) + 100;
     auto device = make_cpu_device({1, static_cast<size_t>(cap)});
     EngineOptions eo;
     eo.context = 64;

@@ -171,6 +171,102 @@ TEST(Planner, Llama3_8B) {
   EXPECT_NE(p.message.find("host"), std::string::npos) << p.message;
 }
 
+// The prefill chunk the planner chooses (issue 11) on Llama-3-8B's real config: the whole context
+// when it is short, kMaxAutoChunk when memory is plentiful, the largest that fits a tight cap, and
+// under a cap where KV streams the largest whose activations keep to their share of the memory the
+// weights leave. A given chunk is kept.
+PlannerInput llama3_8b_input(int64_t context, int64_t gpu_mem) {
+  PlannerInput in;
+  in.config = load_model_config(test::testdata_dir() / "configs" / "Meta-Llama-3-8B-Instruct");
+  in.kv_elem_bytes = 2;
+  in.weight_elem_bytes = 2;
+  in.gpu_mem = gpu_mem;
+  in.host_mem = TiB;
+  in.context = context;
+  return in;
+}
+
+TEST(PlannerChunk, ShortContextIsOneChunk) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const Plan p = make_plan(llama3_8b_input(8192 + 32, 0));
+  ASSERT_TRUE(p.fits) << p.message;
+  EXPECT_EQ(p.chunk, 8192 + 32);
+  EXPECT_EQ(p.mlp_chunk, kMaxAutoMlpChunk);
+  EXPECT_NE(p.chunk_reason.find("whole context"), std::string::npos) << p.chunk_reason;
+  const Plan tiny = make_plan(llama3_8b_input(97, 24 * GiB));
+  EXPECT_EQ(tiny.chunk, 97);
+  EXPECT_EQ(tiny.mlp_chunk, 97);
+}
+
+TEST(PlannerChunk, PlentifulMemoryTakesTheLargest) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const int64_t cap : {int64_t{0}, 80 * GiB}) {
+    const Plan p = make_plan(llama3_8b_input(128 * 1024, cap));
+    ASSERT_TRUE(p.fits) << p.message;
+    EXPECT_EQ(p.chunk, 16384);
+    EXPECT_EQ(p.chunk, kMaxAutoChunk);
+    EXPECT_EQ(p.n_streamed_groups, 0);
+  }
+}
+
+TEST(PlannerChunk, TightCapFitsOnly512) {
+  HEADINFER_REQUIRE_TESTDATA();
+  // Every head streamed in groups of 8: the cap holds weights, activations and a two-slot ring.
+  PlannerInput in = llama3_8b_input(128 * 1024, 0);
+  in.offload = OffloadMode::All;
+  in.kv_group = 8;
+  in.chunk = 512;
+  const Plan at512 = make_plan(in);
+  in.chunk = 1024;
+  const Plan at1024 = make_plan(in);
+  ASSERT_GT(at1024.gpu_bytes_total, at512.gpu_bytes_total);
+  in.chunk = 0;
+  in.gpu_mem = at512.gpu_bytes_total;  // exactly what chunk 512 needs
+  Plan p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  EXPECT_EQ(p.chunk, 512);
+  EXPECT_EQ(p.mlp_chunk, 512);
+  EXPECT_NE(p.chunk_reason.find("fits --gpu-mem"), std::string::npos) << p.chunk_reason;
+  in.gpu_mem = at1024.gpu_bytes_total;
+  EXPECT_EQ(make_plan(in).chunk, 1024);
+  in.gpu_mem = at512.gpu_bytes_total - 1;  // below 512's needs: a smaller chunk still fits
+  p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  EXPECT_EQ(p.chunk, 256);
+}
+
+TEST(PlannerChunk, StreamingKeepsActivationsToTheirShare) {
+  HEADINFER_REQUIRE_TESTDATA();
+  PlannerInput in = llama3_8b_input(128 * 1024, 24 * GiB);
+  // The device ops' scratch as the CUDA backend counts it for 16-bit weights: the input cast of
+  // the widest linear (C x ffn bf16) and the fixed cuBLASLt and cuDNN workspaces.
+  in.scratch_bytes = [&](int64_t chunk, int64_t) { return chunk * in.config.intermediate_size * 2 + (33 << 20); };
+  const Plan p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  ASSERT_GT(p.n_streamed_groups, 0);
+  const int64_t left = in.gpu_mem - p.weight_bytes;
+  EXPECT_LE(p.activation_bytes * kChunkShareOfFree, left);
+  // Twice the chunk fits the cap but breaks the share, so it was not taken.
+  in.chunk = p.chunk * 2;
+  const Plan twice = make_plan(in);
+  EXPECT_TRUE(twice.fits) << twice.message;
+  EXPECT_GT(twice.activation_bytes * kChunkShareOfFree, left);
+  EXPECT_EQ(p.chunk, 8192);
+  EXPECT_NE(p.chunk_reason.find("1/4"), std::string::npos) << p.chunk_reason;
+  EXPECT_EQ(twice.chunk_reason, "given (--chunk)");
+}
+
+TEST(PlannerChunk, GivenChunkIsKept) {
+  HEADINFER_REQUIRE_TESTDATA();
+  PlannerInput in = llama3_8b_input(128 * 1024, 24 * GiB);
+  in.chunk = 512;
+  const Plan p = make_plan(in);
+  EXPECT_EQ(p.chunk, 512);
+  EXPECT_EQ(p.mlp_chunk, 512);
+  in.chunk = -1;
+  EXPECT_THROW(make_plan(in), Error);
+}
+
 // Host-tier slabs: the largest power of two of positions whose slab of one group is at most
 // kHostSlabTargetBytes (16 MiB), whatever the context; one slab stops at the context; a given
 // size is kept; a negative one is an error.

@@ -27,7 +27,6 @@ namespace {
 constexpr int kWarps = 4;       // tasks per block
 constexpr int kTile = 32;       // keys per shared-memory tile: one per lane
 constexpr int64_t kMinKeysPerSplit = 512;  // enough tiles per split to hide the combine
-constexpr int64_t kCudnnMinQueries = 16;
 
 struct AttnParams {
   const float* q;     // F32 [n_queries, n_q_heads * D], rows q_ld apart

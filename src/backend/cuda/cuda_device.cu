@@ -3,6 +3,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <optional>
 
 #include "../budgeted_pool.h"
@@ -58,6 +59,11 @@ void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
   // cuDNN SDPA runs only on 16-bit KV (16-bit checkpoints); its forward graphs have asked for a few
   // hundred bytes of workspace, so 1 MiB leaves room without taking much from the KV.
   if (s.weight_dtype != DType::F32) cudnn_.reserve_workspace(kCudnnWorkspaceBytes);
+  // The KV of 16-bit weights is kept in their dtype (CudaDevice::kv_dtype); prefill chunks attend it
+  // through cuDNN, whose kernel is compiled now rather than in the first prefill.
+  if (s.weight_dtype != DType::F32 && s.max_tokens >= kCudnnMinQueries && s.head_dim > 0)
+    cudnn_.warm_up(s.weight_dtype, s.head_dim, std::max<int64_t>(s.max_q_heads, 1),
+                   static_cast<float>(std::pow(static_cast<double>(s.head_dim), -0.5)));  // as the KV caches' scale
 }
 
 namespace {

@@ -34,6 +34,7 @@ class Scratch {
 size_t gemm_workspace_bytes();
 size_t sample_scratch_bytes(int64_t vocab);  // sample.cu
 constexpr size_t kCudnnWorkspaceBytes = size_t{1} << 20;  // cuDNN SDPA's workspace (16-bit weights only)
+constexpr int64_t kCudnnMinQueries = 16;  // attention calls with fewer query rows take the CUDA-core kernels
 size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t max_kv_heads, int64_t head_dim);
 
 class CudaOps final : public Ops {
@@ -72,6 +73,10 @@ class CudaOps final : public Ops {
   }
 
  private:
+  // linear, with x already rounded to w's dtype in `x_cast` ([T, in] contiguous; nullptr: cast here).
+  void linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y, const void* x_cast);
+  // x rounded to `dtype` into the GEMM cast scratch ([T, in] contiguous); returns the scratch.
+  const void* cast_input(const MatView& x, DType dtype);
   // cuBLASLt matmul y = x W^T for one shape: the heuristic's pick, cached by shape, leading
   // dimensions and pointer alignments (the heuristic's answer depends on all of them).
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,

@@ -64,11 +64,22 @@ export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY
 # cuDNN for the SDPA prefill path: the copy PyTorch ships (site-packages/nvidia/cudnn), if any.
 CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)
 [[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
-cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON \
+# HEADINFER_PYTHON_CHECK=1: instead of the CUDA tests, the Python package (issue 12) in its own
+# build folder (position-independent code shares no objects with build-gpu), then
+# scripts/python_gpu_check.py (HEADINFER_PYTHON_CHECK_ARGS: its options, e.g. "--parts bf16").
+BUILD=$ROOT/build-gpu
+PY_ARGS=(-DHEADINFER_PYTHON=OFF)
+TARGETS=(cuda_ops_tests headinfer)
+if [[ "${HEADINFER_PYTHON_CHECK:-}" == 1 ]]; then
+  BUILD=$ROOT/build-gpu-py
+  PY_ARGS=(-DHEADINFER_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)")
+  TARGETS=(headinfer _core)
+fi
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
-  >"$OUT/configure.log" 2>&1 ||
+  "${PY_ARGS[@]}" >"$OUT/configure.log" 2>&1 ||
   { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build "$ROOT/build-gpu" --target cuda_ops_tests headinfer -j "$(nproc)" >"$OUT/build.log" 2>&1 ||
+cmake --build "$BUILD" --target "${TARGETS[@]}" -j "$(nproc)" >"$OUT/build.log" 2>&1 ||
   { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 echo "configure + build: $(( $(date +%s) - start )) s (sm_$ARCH)"
 # scripts/gpu_sanitize.sh builds through here and runs its own tools.
@@ -77,17 +88,19 @@ grep -E "cuDNN SDPA" "$OUT/configure.log" || true
 
 export HEADINFER_TESTDATA=$ROOT/.carry/testdata
 rc=0
-"$ROOT/build-gpu/tests/cuda/cuda_ops_tests" --gtest_output="xml:$OUT/cuda_ops_tests.xml" \
-  --gtest_also_run_disabled_tests "$@" \
-  >"$OUT/cuda_ops_tests.log" 2>&1 || rc=$?
-grep -E "^\[model\]|FAILED|Failure|error" "$OUT/cuda_ops_tests.log" | head -60 || true
-grep -E "^\[bench\]" "$OUT/cuda_ops_tests.log" || true
-grep -E "^\[max-err\]" "$OUT/cuda_ops_tests.log" | sort -t= -k3 -g -r | head -12 || true
-tail -4 "$OUT/cuda_ops_tests.log"
+if [[ "${HEADINFER_PYTHON_CHECK:-}" != 1 ]]; then
+  "$BUILD/tests/cuda/cuda_ops_tests" --gtest_output="xml:$OUT/cuda_ops_tests.xml" \
+    --gtest_also_run_disabled_tests "$@" \
+    >"$OUT/cuda_ops_tests.log" 2>&1 || rc=$?
+  grep -E "^\[model\]|FAILED|Failure|error" "$OUT/cuda_ops_tests.log" | head -60 || true
+  grep -E "^\[bench\]" "$OUT/cuda_ops_tests.log" || true
+  grep -E "^\[max-err\]" "$OUT/cuda_ops_tests.log" | sort -t= -k3 -g -r | head -12 || true
+  tail -4 "$OUT/cuda_ops_tests.log"
+fi
 # bf16 checkpoints against transformers in bf16 on this card (issue 5): one [bf16] line per model/prompt.
 if [[ "${HEADINFER_BF16_CHECK:-}" == 1 ]]; then
   bf16_rc=0
-  python3 "$ROOT/scripts/bf16_check.py" --bin "$ROOT/build-gpu/src/cli/headinfer" --testdata "$HEADINFER_TESTDATA" \
+  python3 "$ROOT/scripts/bf16_check.py" --bin "$BUILD/src/cli/headinfer" --testdata "$HEADINFER_TESTDATA" \
     --out "$OUT" >"$OUT/bf16_check.log" 2>&1 || bf16_rc=$?
   grep -E "^\[bf16\]" "$OUT/bf16_check.log" || true
   if (( bf16_rc != 0 )); then
@@ -95,6 +108,14 @@ if [[ "${HEADINFER_BF16_CHECK:-}" == 1 ]]; then
     echo "bf16_check.py exited $bf16_rc (log: $OUT/bf16_check.log)"
     (( rc != 0 )) || rc=$bf16_rc
   fi
+fi
+if [[ "${HEADINFER_PYTHON_CHECK:-}" == 1 ]]; then
+  py_rc=0
+  PYTHONPATH="$BUILD/python${PYTHONPATH:+:$PYTHONPATH}" python3 "$ROOT/scripts/python_gpu_check.py" \
+    --bin "$BUILD/src/cli/headinfer" --testdata "$HEADINFER_TESTDATA" --out "$OUT" \
+    ${HEADINFER_PYTHON_CHECK_ARGS:-} >"$OUT/python_gpu_check.log" 2>&1 || py_rc=$?
+  grep -E "^\[py-gpu\]" "$OUT/python_gpu_check.log" || tail -20 "$OUT/python_gpu_check.log"
+  (( rc != 0 )) || rc=$py_rc
 fi
 # PyTorch's SDPA on the same card, the peer for the attention benchmark (HEADINFER_BENCH_PEER=1).
 if [[ -n "${HEADINFER_BENCH_PEER:-}" ]]; then

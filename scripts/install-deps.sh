@@ -2,7 +2,8 @@
 # Installs the Debian packages headinfer builds against (Debian 12). Idempotent.
 set -euo pipefail
 # Extra packages may be named as arguments (scripts/fuzz.sh: clang and its libFuzzer runtime).
-pkgs=(cmake g++ make nlohmann-json3-dev libcli11-dev libgtest-dev libonig-dev pkg-config libcpp-httplib-dev "$@")
+pkgs=(cmake g++ make nlohmann-json3-dev libcli11-dev libgtest-dev libonig-dev pkg-config libcpp-httplib-dev python3-dev
+      python3-venv "$@")
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

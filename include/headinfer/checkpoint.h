@@ -24,6 +24,9 @@ struct TensorView {
   const void* data = nullptr;  // points into the mapping; valid while the owning file lives
   size_t nbytes = 0;
   std::string file;            // for error messages
+  // `data` is memory of the device the engine runs on (a face's in-memory tensor already there,
+  // Checkpoint::from_memory): Model uses it in place instead of uploading a copy.
+  bool on_device = false;
 
   int64_t numel() const;
   std::string shape_string() const;  // "[320, 64]"
@@ -71,6 +74,14 @@ class Checkpoint {
   // Every tensor `config` needs, with deterministic random values (uniform in +-1/sqrt(fan_in),
   // norms near 1), held in memory: real shapes for benchmarks, no file and no download.
   static std::unique_ptr<Checkpoint> random(const nlohmann::json& config, DType dtype, uint64_t seed);
+  // A checkpoint over tensors someone else owns (the Python face's state_dict, through DLPack):
+  // `config` and `generation_config` (null when absent) are parsed as config.json and
+  // generation_config.json are; `tensors` carry name, dtype, shape, data, nbytes and on_device
+  // and must outlive the checkpoint and every Model made from it. `origin` names the source in
+  // error messages. Throws Error on a duplicate name, a byte size that disagrees with the shape,
+  // a null pointer, or device memory not aligned to 64 bytes.
+  static std::unique_ptr<Checkpoint> from_memory(const nlohmann::json& config, const nlohmann::json& generation_config,
+                                                 std::vector<TensorView> tensors, const std::string& origin);
   // The tensors in name order (for writing a random checkpoint to disk).
   std::vector<const TensorView*> tensors() const;
 
@@ -90,6 +101,7 @@ class Checkpoint {
   std::vector<std::unique_ptr<TensorView>> owned_views_;
   std::vector<std::unique_ptr<uint8_t[]>> owned_bytes_;
   std::map<std::string, const TensorView*> by_name_;
+  std::vector<TensorView> memory_views_;  // from_memory: views of memory owned by the caller
 };
 
 }  // namespace headinfer

@@ -93,6 +93,9 @@ struct ModelConfig {
 ModelConfig parse_model_config(const nlohmann::json& config, const std::string& origin);
 // Reads DIR/config.json and, when present, DIR/generation_config.json (its eos ids win).
 ModelConfig load_model_config(const std::filesystem::path& path);
+// generation_config.json's fields over a parsed config: its eos ids (checked against the
+// vocabulary) and bos id win. `origin` names it in error messages.
+void apply_generation_config(ModelConfig& config, const nlohmann::json& generation_config, const std::string& origin);
 
 std::string rope_type_name(RopeType t);
 

@@ -140,6 +140,9 @@ struct KvPlacementOptions {
   int64_t gpu_mem = 0;    // the device's byte cap (the budget the device was made with); 0: unlimited
   int64_t host_mem = 0;   // host-tier bytes; 0: detected (MemAvailable)
   int64_t kv_group = 0;   // 0: the planner picks
+  // Weights on the device that it did not allocate (a face's tensors used in place): planned as
+  // weights against gpu_mem, absent from device.bytes_in_use().
+  int64_t weights_in_place_bytes = 0;
   int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
   int64_t host_alloc_fail_after = -1;  // test aid, see TransferOptions
   int64_t host_slab_positions = 0;  // positions per host-tier slab; 0: the planner picks (tests use small ones)

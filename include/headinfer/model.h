@@ -50,12 +50,14 @@ OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& config, const ForwardWo
 
 class Model {
  public:
-  // Checks every tensor the config needs (names and shapes) and copies the weights to `device`.
+  // Checks every tensor the config needs (names and shapes) and copies the weights to `device`
+  // (those already there, TensorView::on_device, are used in place).
   Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes);
 
   const ModelConfig& config() const { return config_; }
   Device& device() const { return device_; }
-  size_t weight_bytes() const { return weight_bytes_; }
+  size_t weight_bytes() const { return weight_bytes_; }  // every weight, copied or used in place
+  size_t weights_in_place_bytes() const { return weights_in_place_bytes_; }  // not allocated through device()
   int64_t max_chunk() const { return sizes_.max_chunk; }
 
   // Runs ids (at positions pos0 ..) through the model, storing their K/V in `kv`, and writes the
@@ -85,6 +87,7 @@ class Model {
   ForwardWorkspaceSizes sizes_;
   std::vector<DeviceBuffer> weight_buffers_;
   size_t weight_bytes_ = 0;
+  size_t weights_in_place_bytes_ = 0;
   ModelWeights weights_;
   // Rope tables, F32 [rotary_dim / 2] each: the model's (global) one, longrope's long-factor one,
   // the sliding layers' own (gemma3).

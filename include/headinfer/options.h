@@ -27,6 +27,9 @@ struct DeviceChoice {
 
 // Throws Error naming --device for an unknown kind, and for cuda on a build or machine without it.
 std::unique_ptr<Device> make_device(const DeviceChoice& choice);
+// The kind make_device(choice) makes, "cpu" or "cuda" (auto resolved; CUDA is GPU 0). Throws as
+// make_device does.
+std::string resolve_device_kind(const DeviceChoice& choice);
 // Whether this build has the CUDA backend.
 bool built_with_cuda();
 

@@ -428,19 +428,20 @@ ModelConfig load_model_config(const std::filesystem::path& path) {
     throw Error(file.string() + ": not found (expected a Hugging Face checkpoint folder)");
   ModelConfig c = parse_model_config(read_json_file(file), file.string());
   const auto gen = dir / "generation_config.json";
-  if (std::filesystem::is_directory(path) && std::filesystem::exists(gen)) {
-    json g = read_json_file(gen);
-    if (g.is_object() && g.contains("eos_token_id") && !g.at("eos_token_id").is_null()) {
-      c.eos_token_ids = parse_token_ids(g.at("eos_token_id"), gen.string(), "eos_token_id");
-      for (int64_t id : c.eos_token_ids)
-        if (id < 0 || id >= c.vocab_size)
-          throw Error(gen.string() + ": field 'eos_token_id' id " + std::to_string(id) +
-                      " is outside the vocabulary");
-    }
-    if (g.is_object() && g.contains("bos_token_id") && g.at("bos_token_id").is_number_integer())
-      c.bos_token_id = g.at("bos_token_id").get<int64_t>();
-  }
+  if (std::filesystem::is_directory(path) && std::filesystem::exists(gen))
+    apply_generation_config(c, read_json_file(gen), gen.string());
   return c;
+}
+
+void apply_generation_config(ModelConfig& c, const json& g, const std::string& origin) {
+  if (g.is_object() && g.contains("eos_token_id") && !g.at("eos_token_id").is_null()) {
+    c.eos_token_ids = parse_token_ids(g.at("eos_token_id"), origin, "eos_token_id");
+    for (int64_t id : c.eos_token_ids)
+      if (id < 0 || id >= c.vocab_size)
+        throw Error(origin + ": field 'eos_token_id' id " + std::to_string(id) + " is outside the vocabulary");
+  }
+  if (g.is_object() && g.contains("bos_token_id") && g.at("bos_token_id").is_number_integer())
+    c.bos_token_id = g.at("bos_token_id").get<int64_t>();
 }
 
 }  // namespace headinfer

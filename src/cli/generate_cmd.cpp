@@ -1,5 +1,6 @@
 // `headinfer generate`: load a checkpoint folder, run a prompt, print the continuation.
 #include <bit>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -105,7 +106,11 @@ void run_generate(const GenerateArgs& a) {
   if (a.prompt_ids.empty() || have_tokenizer_file) tokenizer = Tokenizer::from_model_dir(a.model_dir);
   std::vector<int32_t> prompt;
   if (!a.prompt_ids.empty()) {
-    prompt = parse_id_list(a.prompt_ids, "--prompt-ids");
+    // "@FILE": the ids from a file (a 128K-token prompt is past the kernel's 128 KiB argument limit).
+    const bool from_file = a.prompt_ids[0] == '@';
+    std::string ids = from_file ? read_text_file(a.prompt_ids.substr(1)) : a.prompt_ids;
+    while (from_file && !ids.empty() && std::isspace(static_cast<unsigned char>(ids.back()))) ids.pop_back();
+    prompt = parse_id_list(ids, "--prompt-ids");
   } else {
     const std::string text = a.prompt_text.empty() ? read_text_file(a.prompt_file) : a.prompt_text;
     prompt = a.chat ? encode_chat(*tokenizer, ChatPrompt{a.system.empty() ? std::nullopt : std::optional(a.system), text})
@@ -196,7 +201,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("-m,--model", args->model_dir, "Checkpoint folder (config.json, *.safetensors)")->required();
   cmd->add_option("-p,--prompt", args->prompt_text, "Prompt text (tokenized with the model's tokenizer.json)");
   cmd->add_option("-f,--file", args->prompt_file, "Read the prompt text from a file");
-  cmd->add_option("--prompt-ids", args->prompt_ids, "Prompt as token ids: 1,2,3");
+  cmd->add_option("--prompt-ids", args->prompt_ids, "Prompt as token ids: 1,2,3 (or @FILE holding them)");
   cmd->add_flag("--chat", args->chat, "Wrap the prompt as a user turn in the model's chat format");
   cmd->add_option("--system", args->system, "System message for --chat");
   cmd->add_option("-n,--n-predict", args->n_new, "Tokens to generate")->capture_default_str();

@@ -19,6 +19,7 @@
 #include "headinfer/error.h"
 #include "headinfer/model.h"
 #include "headinfer/options.h"
+#include "headinfer/plan_report.h"
 #include "headinfer/planner.h"
 #include "headinfer/random_model.h"
 #include "headinfer/transfer.h"
@@ -44,20 +45,6 @@ struct PlanArgs {
   int64_t chunk = 0;  // 0: the planner chooses
   bool json = false;
 };
-
-// Element size of a dtype name as config.json or --kv-dtype spell it; 0 when unknown.
-int64_t dtype_bytes(const std::string& name) {
-  if (name == "bfloat16" || name == "bf16" || name == "float16" || name == "f16" || name == "fp16") return 2;
-  if (name == "float32" || name == "f32" || name == "fp32") return 4;
-  return 0;
-}
-
-// The weights' DType for the device's KV choice; unknown (e.g. quantised) names plan as bf16.
-DType weight_dtype_of(const std::string& name) {
-  if (name == "float16" || name == "f16" || name == "fp16") return DType::F16;
-  if (name == "float32" || name == "f32" || name == "fp32") return DType::F32;
-  return DType::BF16;
-}
 
 std::string table_row(const std::string& label, const std::string& value) {
   std::string row = "  " + label;
@@ -141,143 +128,52 @@ void run_plan(const PlanArgs& a) {
   if (a.gpu_mem.empty()) throw Error("give --gpu-mem (for example --gpu-mem 24GiB)");
 
   // The raw config for its dtype key; the parsed one for the shapes.
-  ModelConfig config;
-  std::string source;
-  nlohmann::json j;
+  PlanRequest req;
   if (!a.shape.empty()) {
-    j = builtin_shape_config(a.shape);
-    j["torch_dtype"] = "bfloat16";  // bench's default --dtype for random weights
-    config = parse_model_config(j, "shape " + a.shape);
-    source = "shape " + a.shape + " (bf16 weights)";
+    req.config = builtin_shape_config(a.shape);
+    req.config["torch_dtype"] = "bfloat16";  // bench's default --dtype for random weights
+    req.source = "shape " + a.shape + " (bf16 weights)";
+    req.parsed = parse_model_config(req.config, "shape " + a.shape);
   } else {
     std::filesystem::path config_file;
     if (!a.model_dir.empty()) {
-      config = load_model_config(a.model_dir);
+      req.parsed = load_model_config(a.model_dir);
       config_file = std::filesystem::path(a.model_dir) / "config.json";
-      source = a.model_dir;
+      req.source = a.model_dir;
     } else {
       config_file = a.config_path;
       if (std::filesystem::is_directory(config_file)) config_file /= "config.json";
-      source = config_file.string();
+      req.source = config_file.string();
     }
     std::ifstream in(config_file);
     if (!in) throw Error("cannot read " + config_file.string() + ": check the path");
     try {
-      j = nlohmann::json::parse(in);
+      req.config = nlohmann::json::parse(in);
     } catch (const nlohmann::json::exception& e) {
       throw Error(config_file.string() + ": not valid JSON (" + e.what() + ")");
     }
-    if (a.model_dir.empty()) config = parse_model_config(j, config_file.string());
   }
-
-  std::string dtype_name = "bfloat16";
-  for (const char* key : {"torch_dtype", "dtype"})
-    if (j.contains(key) && j[key].is_string()) dtype_name = j[key].get<std::string>();
-  int64_t weight_elem = dtype_bytes(dtype_name);
-  if (weight_elem == 0) weight_elem = 2;  // unknown (e.g. quantised) names: plan as bf16
-  if (!a.kv_dtype.empty() && dtype_bytes(a.kv_dtype) == 0)
-    throw Error("--kv-dtype: '" + a.kv_dtype + "' is not bf16, f16 or f32");
-
-  PlannerInput pi;
-  pi.config = config;
-  pi.context = parse_count(a.ctx, "--ctx");
-  pi.weight_elem_bytes = weight_elem;
-  pi.gpu_mem = parse_byte_size(a.gpu_mem, "--gpu-mem");
-  pi.host_mem = a.host_mem.empty() ? detect_host_memory() : parse_byte_size(a.host_mem, "--host-mem");
-  if (a.host_mem.empty() && pi.host_mem == 0)
-    throw Error("cannot read the host memory from /proc/meminfo: give --host-mem");
-  pi.offload = parse_offload_mode(a.offload, "--offload");
-  pi.kv_group = a.kv_group;
-  pi.chunk = a.chunk;
-  pi.hybrid = parse_hybrid_mode(a.hybrid, "--hybrid");
-  if (a.link_gbps < 0) throw Error("--link-gbps must be positive");
-  if (a.dram_gbps < 0) throw Error("--dram-gbps must be positive");
-
-  // The device that will run, made only for its name, its KV dtype and its Transfer: with budget 0
-  // (the CPU unlimited, CUDA the card's free memory) nothing is allocated on it but the link probe,
-  // which --gpu-mem must not shrink (the cap is the plan's, the card is empty now).
-  auto device = make_device({a.device, a.threads, 0});
-  TableLabels labels;
-  labels.source = source;
-  labels.device = device->name();
-  if (!a.kv_dtype.empty()) {
-    pi.kv_elem_bytes = dtype_bytes(a.kv_dtype);
-    labels.kv_elem_source = "--kv-dtype";
-  } else {
-    // What the engine stores on this device for these weights (Engine's with_kv_dtype).
-    pi.kv_elem_bytes = static_cast<int64_t>(dtype_size(device->kv_dtype(weight_dtype_of(dtype_name))));
-    labels.kv_elem_source = "the device's KV dtype for " + dtype_name + " weights";
-  }
-  // Without flags: the link of this device's own Transfer (the CPU device's is the copy worker)
-  // and the host attention read rate, each measured once and cached, the link under the device's
-  // name exactly as make_planned_kv_cache keys it (bandwidth.h).
-  auto transfer = device->make_transfer({});
-  const HybridBandwidths bw = resolve_hybrid_bandwidths(*transfer, *device, device->name(), a.link_gbps,
-                                                        pi.hybrid == HybridMode::Auto ? a.dram_gbps : -1.0, 0);
-  pi.link_gbps = bw.link.gbps;
-  labels.link_source = bw.link.source;
-  labels.dram_source = bw.dram.source;
-  if (pi.hybrid == HybridMode::Auto) pi.dram_gbps = bw.dram.gbps;
-  // The activations count the device ops' scratch for each chunk size, as the engine counts them.
-  const DType weight_dtype = weight_dtype_of(dtype_name);
-  pi.scratch_bytes = [&](int64_t chunk, int64_t mlp_chunk) {
-    return static_cast<int64_t>(
-        device->ops().workspace_bytes(ops_workspace_sizes(config, {chunk, mlp_chunk}, weight_dtype)));
-  };
-  const Plan p = make_plan(pi);
+  req.device = {a.device, a.threads, 0};
+  req.context = parse_count(a.ctx, "--ctx");
+  req.gpu_mem = parse_byte_size(a.gpu_mem, "--gpu-mem");
+  req.host_mem = a.host_mem.empty() ? 0 : parse_byte_size(a.host_mem, "--host-mem");
+  req.link_gbps = a.link_gbps;
+  req.dram_gbps = a.dram_gbps;
+  req.hybrid = parse_hybrid_mode(a.hybrid, "--hybrid");
+  req.kv_dtype = a.kv_dtype;
+  req.offload = parse_offload_mode(a.offload, "--offload");
+  req.kv_group = a.kv_group;
+  req.chunk = a.chunk;
+  const PlanReport report = plan_placement(req);
+  const Plan& p = report.plan;
 
   for (const std::string& w : p.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   if (a.json) {
-    nlohmann::json out = {{"fits", p.fits},
-                          {"message", p.message},
-                          {"warnings", p.warnings},
-                          {"source", source},
-                          {"device", labels.device},
-                          {"context", p.context},
-                          {"offload", offload_mode_name(pi.offload)},
-                          {"kv_elem_bytes", p.kv_elem_bytes},
-                          {"kv_elem_source", labels.kv_elem_source},
-                          {"weight_elem_bytes", weight_elem},
-                          {"group_size", p.group_size},
-                          {"groups_per_layer", p.groups_per_layer},
-                          {"n_groups", p.n_groups},
-                          {"n_resident_groups", p.n_resident_groups},
-                          {"n_streamed_groups", p.n_streamed_groups},
-                          {"ring_depth", p.ring_depth},
-                          {"chunk", p.chunk},
-                          {"mlp_chunk", p.mlp_chunk},
-                          {"chunk_reason", p.chunk_reason},
-                          {"resident", p.resident},
-                          {"kv_bytes_per_token", p.kv_bytes_per_token},
-                          {"head_block_bytes", p.head_block_bytes},
-                          {"group_block_bytes", p.group_block_bytes},
-                          {"kv_bytes_total", p.kv_bytes_total},
-                          {"kv_bytes_gpu", p.kv_bytes_gpu},
-                          {"kv_bytes_host", p.kv_bytes_host},
-                          {"host_slab_positions", p.host_slab_positions},
-                          {"host_slab_bytes", p.host_slab_bytes},
-                          {"weight_bytes", p.weight_bytes},
-                          {"activation_bytes", p.activation_bytes},
-                          {"ring_bytes", p.ring_bytes},
-                          {"gpu_bytes_total", p.gpu_bytes_total},
-                          {"gpu_mem", p.gpu_mem},
-                          {"host_mem", p.host_mem},
-                          {"link_bytes_per_token", p.link_bytes_per_token},
-                          {"link_gbps", p.link_gbps},
-                          {"link_gbps_source", labels.link_source},
-                          {"decode_seconds_per_token", p.decode_seconds_per_token},
-                          {"hybrid", hybrid_mode_name(p.hybrid)},
-                          {"n_cpu_groups", p.n_cpu_groups},
-                          {"cpu_attended", p.cpu_attended},
-                          {"dram_gbps", p.dram_gbps},
-                          {"dram_gbps_source", bw.dram.source},
-                          {"cpu_bytes_per_token", p.cpu_bytes_per_token},
-                          {"cpu_seconds_per_token", p.cpu_seconds_per_token},
-                          {"link_seconds_per_token", p.link_seconds_per_token},
-                          {"streaming_seconds_per_token", p.streaming_seconds_per_token}};
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", plan_report_json(report).dump(2).c_str());
   } else {
-    print_table(p, config, labels, p.link_gbps, weight_elem, pi.offload);
+    const TableLabels labels{report.source, report.device, report.kv_elem_source, report.link_source,
+                             report.dram_source};
+    print_table(p, report.config, labels, p.link_gbps, report.weight_elem_bytes, report.offload);
   }
   std::fflush(stdout);
   if (!p.fits) throw Error("does not fit: " + p.message);

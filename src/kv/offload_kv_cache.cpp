@@ -480,7 +480,7 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   const DType kv_dtype = options.kv_dtype.value_or(DType::F32);
   in.kv_elem_bytes = static_cast<int64_t>(dtype_size(kv_dtype));
   in.weight_bytes = weight_bytes;
-  in.activation_bytes = static_cast<int64_t>(device.bytes_in_use()) - weight_bytes;
+  in.activation_bytes = static_cast<int64_t>(device.bytes_in_use()) - (weight_bytes - options.weights_in_place_bytes);
   in.gpu_mem = options.gpu_mem;
   in.host_mem = options.host_mem > 0 ? options.host_mem : detect_host_memory();
   in.offload = options.offload;

@@ -20,10 +20,16 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   const ModelConfig& c = config_;
   if (sizes_.max_chunk < 1 || sizes_.max_mlp_chunk < 1) throw Error("chunk sizes must be positive");
 
-  // Copies one checkpoint tensor to the device after checking its shape.
+  // Copies one checkpoint tensor to the device after checking its shape; a tensor already on the
+  // device (TensorView::on_device) is used in place.
   auto upload = [&](const std::string& name, std::initializer_list<int64_t> shape) -> const void* {
     const std::vector<int64_t> s(shape);
     const TensorView& t = ckpt.require(name, s);
+    if (t.on_device) {
+      weight_bytes_ += t.nbytes;
+      weights_in_place_bytes_ += t.nbytes;
+      return t.data;
+    }
     weight_buffers_.emplace_back(device_, t.nbytes, "weights");
     device_.write_from_host(weight_buffers_.back().data(), t.data, t.nbytes);
     weight_bytes_ += t.nbytes;

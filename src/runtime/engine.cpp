@@ -40,6 +40,12 @@ EngineOptions resolved_options(const Checkpoint& checkpoint, Device& device, Eng
   return o;
 }
 
+// The placement options once the model is loaded: weights it uses in place count as weights.
+KvPlacementOptions with_loaded_model(KvPlacementOptions kv, const Model& model) {
+  kv.weights_in_place_bytes = static_cast<int64_t>(model.weights_in_place_bytes());
+  return kv;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -50,7 +56,7 @@ Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions
     : options_(resolved_options(checkpoint, device, options)),
       model_(checkpoint, device, workspace_sizes(options_)),
       kv_(make_planned_kv_cache(device, checkpoint.config(), options_.context, options_.chunk, model_.weight_bytes(),
-                                options_.kv)),
+                                with_loaded_model(options_.kv, model_))),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)),
       model_id_(model_identity(checkpoint)) {
   ids_.reserve(static_cast<size_t>(options_.context));  // nothing allocates in the token loop

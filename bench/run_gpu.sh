@@ -105,7 +105,7 @@ left() {  # seconds left in the stage's budget, at least 1 (timeout 0 would mean
 
 build_headinfer() {  # a timeout (124) leaves the build folder to resume from
   [[ -x "$HI" && "$HI" != "$ROOT/build-gpu/src/cli/headinfer" ]] && return 0
-  cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DHEADINFER_TESTS=OFF \
+  cmake -S "$ROOT" -B "$ROOT/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
     -DHEADINFER_CUDNN_FRONTEND_INCLUDE="${CUDNN_FE:-$ROOT/.carry/cudnn_frontend/include}" >"$STATE/logs/build-hi.log" 2>&1 &&
     timeout "$(left)" cmake --build "$ROOT/build-gpu" --target headinfer -j "$(nproc)" >>"$STATE/logs/build-hi.log" 2>&1

@@ -64,14 +64,14 @@ export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY
 # cuDNN for the SDPA prefill path: the copy PyTorch ships (site-packages/nvidia/cudnn), if any.
 CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)
 [[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
-# HEADINFER_PYTHON_CHECK=1: instead of the CUDA tests, the Python package (issue 12) in its own
-# build folder (position-independent code shares no objects with build-gpu), then
+# HEADINFER_PYTHON_CHECK=1: instead of the CUDA tests, the Python package (issue 12), then
 # scripts/python_gpu_check.py (HEADINFER_PYTHON_CHECK_ARGS: its options, e.g. "--parts bf16").
+# One build folder for all of it (every object is position-independent, so the module shares them
+# with the CLI and the tests): a plain run keeps whatever HEADINFER_PYTHON the folder has.
 BUILD=$ROOT/build-gpu
-PY_ARGS=(-DHEADINFER_PYTHON=OFF)
+PY_ARGS=()
 TARGETS=(cuda_ops_tests headinfer)
 if [[ "${HEADINFER_PYTHON_CHECK:-}" == 1 ]]; then
-  BUILD=$ROOT/build-gpu-py
   PY_ARGS=(-DHEADINFER_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)")
   TARGETS=(headinfer _core)
 fi

@@ -299,12 +299,13 @@ def markdown(doc):
     lines = [f"# Benchmark {doc['date']} on {doc['gpu']}", "",
              f"Commit `{doc['commit']}`. Random weights (shape `{doc['shape']}`; bf16 for headinfer and "
              f"transformers, f16 GGUF for llama.cpp), batch 1, {doc.get('n_decode', 32)} decoded tokens, per "
-             f"../shared/BENCH.md. Command: `{doc['command']}`. Peers in the same call: transformers "
+             f"../shared/BENCH.md. Command: `{doc['command']}`. Peers {doc.get('where', 'in the same call')}: transformers "
              f"{v.get('transformers', '?')} (PyTorch {v.get('torch', '?')}; generate() with "
              f"attention_mask=ones, SDPA), llama.cpp {v.get('llama.cpp', '?')} (llama-batched-bench "
-             f"-npl 1 -fa on -ngl 99).", ""]
+             f"-npl 1 -fa on -ngl 99)." + (f" cuDNN: {doc['cudnn']}." if doc.get("cudnn") else ""), ""]
     if fl:
-        lines += ["Floors measured in the same call: pinned H2D {:.1f} GB/s, device copy {:.0f} GB/s, bf16 GEMM "
+        lines += ["Floors measured " + doc.get("where_floors", "in the same call") + ": pinned H2D {:.1f} GB/s, "
+                  "device copy {:.0f} GB/s, bf16 GEMM "
                   "{:.0f} TFLOP/s; causal SDPA ".format(fl["pinned_h2d_gbps"], fl["device_copy_gbps"],
                                                          fl["bf16_gemm_tflops"])
                   + ", ".join(f"{c}: " + ", ".join(f"{k} {fmt(x, '{:.0f}')}" for k, x in d.items())
@@ -314,7 +315,7 @@ def markdown(doc):
               "prefill of the process, \"warm\" the median of later ones in the same process):", "",
               "| measure | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += [f"| {m} | " + " | ".join(c[k] for k in cols) + " |" for m, c in table]
-    lines += ["", "Issue 11's targets against this call:", "", "| target | bar | measured | | from |",
+    lines += ["", "Issue 11's targets against " + doc.get('where_targets', 'this call') + ":", "", "| target | bar | measured | | from |",
               "|---|---|---:|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in targets(rows, fl, doc["shape"])]
     lines += ["", "Every row:", "",

@@ -192,7 +192,11 @@ class Ops {
   // Sizes the ops' own scratch for the largest calls to come, so the scratch counts against the
   // device budget before the KV cache is planned and never grows (or synchronises) in the token
   // loop. Backends without scratch ignore it.
+  // Each Model reserves once when it is built and releases once when it is gone; the scratch is
+  // given back to the device when the last reservation is released (so a device that outlives its
+  // models holds nothing, and the buffers a live model's step graphs recorded are never freed).
   virtual void reserve_workspace(const OpsWorkspaceSizes& sizes) {}
+  virtual void release_workspace() {}
   // The device bytes reserve_workspace(sizes) takes, known before anything is loaded (the
   // pre-load placement check counts them with the activations).
   virtual size_t workspace_bytes(const OpsWorkspaceSizes& sizes) const { return 0; }

@@ -53,6 +53,9 @@ class Model {
   // Checks every tensor the config needs (names and shapes) and copies the weights to `device`
   // (those already there, TensorView::on_device, are used in place).
   Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes);
+  ~Model();  // releases the ops' workspace the constructor reserved (Ops::release_workspace)
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
 
   const ModelConfig& config() const { return config_; }
   Device& device() const { return device_; }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <string>
 
 #include "headinfer/error.h"
@@ -143,6 +144,14 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   // The ops' scratch (GEMM casts, split-KV partials) is taken now, so device.bytes_in_use() holds
   // it when the KV cache is planned and the token loop never grows it.
   device_.ops().reserve_workspace(ops_workspace_sizes(c, sizes_, weights_.embed.dtype));
+}
+
+Model::~Model() {
+  try {
+    device_.ops().release_workspace();
+  } catch (const std::exception& e) {  // a destructor must not throw (a failed stream sync)
+    std::fprintf(stderr, "warning: releasing the ops' workspace: %s\n", e.what());
+  }
 }
 
 OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& c, const ForwardWorkspaceSizes& sizes, DType weight_dtype) {

@@ -193,6 +193,11 @@ void CudnnSdpa::reserve_workspace(size_t bytes) {
   impl_->workspace_limit = bytes;
 }
 
+void CudnnSdpa::release_workspace() {
+  impl_->workspace.release();
+  impl_->workspace_limit = 0;
+}
+
 void CudnnSdpa::warm_up(DType kv_dtype, int64_t head_dim, int64_t q_heads_per_kv_head, float scale) {
   if (kv_dtype != DType::BF16 && kv_dtype != DType::F16) return;
   if (head_dim % 8 != 0 || head_dim > 256) return;
@@ -215,6 +220,7 @@ CudnnSdpa::~CudnnSdpa() = default;
 bool CudnnSdpa::available() { return false; }
 bool CudnnSdpa::run(const AttentionArgs&, Scratch&) { return false; }
 void CudnnSdpa::reserve_workspace(size_t) {}
+void CudnnSdpa::release_workspace() {}
 void CudnnSdpa::warm_up(DType, int64_t, int64_t, float) {}
 
 #endif

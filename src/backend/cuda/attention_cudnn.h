@@ -31,6 +31,8 @@ class CudnnSdpa {
   // Takes `bytes` of cuDNN workspace now (Ops::reserve_workspace) and from then on declines graphs
   // that need more, so the workspace never grows inside the token loop or past the planned bytes.
   void reserve_workspace(size_t bytes);
+  // Gives the workspace back (CudaOps::release_workspace); graphs stay cached.
+  void release_workspace();
   // Builds a small causal prefill graph for this dtype, head size, GQA ratio and scale now (at
   // start-up), so cuDNN's one-time set-up is not paid inside the first prefill.
   void warm_up(DType kv_dtype, int64_t head_dim, int64_t q_heads_per_kv_head, float scale);

@@ -21,6 +21,12 @@ void throw_cuda_error(cudaError_t e, const char* expr, const char* file, int lin
               std::to_string(line) + ")");
 }
 
+void Scratch::release() {
+  if (buffer_.data() == nullptr) return;
+  HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  buffer_.reset();
+}
+
 void* Scratch::get(size_t bytes) {
   if (bytes <= buffer_.bytes() && buffer_.data() != nullptr) return buffer_.data();
   // Queued kernels may still read the old buffer: let them finish before it is released.
@@ -39,7 +45,27 @@ size_t CudaOps::workspace_bytes(const OpsWorkspaceSizes& s) const {
          sample_scratch_bytes(s.vocab);
 }
 
+void CudaOps::release_workspace() {
+  if (reservations_ > 0 && --reservations_ > 0) return;
+  ids_.release();
+  gemm_cast_.release();
+  gemm_workspace_.release();
+  attn_partials_.release();
+  sample_scratch_.release();
+  cudnn_.release_workspace();
+}
+
 void CudaOps::reserve_workspace(const OpsWorkspaceSizes& s) {
+  ++reservations_;
+  try {
+    reserve_scratch(s);
+  } catch (...) {
+    release_workspace();  // a refused allocation leaves nothing behind but the other models' share
+    throw;
+  }
+}
+
+void CudaOps::reserve_scratch(const OpsWorkspaceSizes& s) {
   const int64_t max_ids = std::max<int64_t>(s.max_tokens, 1);
   ids_.get(static_cast<size_t>(max_ids) * sizeof(int32_t));
   if (max_ids > ids_pinned_capacity_) {

@@ -21,6 +21,8 @@ class Scratch {
  public:
   Scratch(Device& device, cudaStream_t stream, const char* what) : device_(device), stream_(stream), what_(what) {}
   void* get(size_t bytes);
+  // Gives the buffer back (the stream is synchronised first: queued kernels may still use it).
+  void release();
 
  private:
   Device& device_;
@@ -71,6 +73,7 @@ class CudaOps final : public Ops {
   void sample_token(const MatView& x, float temperature, int64_t top_k, float top_p, double uniform,
                     int32_t* out) override;
   void reserve_workspace(const OpsWorkspaceSizes& sizes) override;
+  void release_workspace() override;
   size_t workspace_bytes(const OpsWorkspaceSizes& sizes) const override;
   ~CudaOps() override {
     if (ids_pinned_ != nullptr) cudaFreeHost(ids_pinned_);
@@ -86,6 +89,8 @@ class CudaOps final : public Ops {
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,
                  int64_t n_tokens, int64_t k_in);
   void add_bias(const VecView& bias, const MatView& y);
+  // reserve_workspace's allocations (their count is kept by reserve_workspace).
+  void reserve_scratch(const OpsWorkspaceSizes& s);
   // The decode GEMV (gemm.cu): whether it takes these outputs in one launch, and that launch.
   bool gemv_fits(const MatView& x, std::span<const LinearOut> outs) const;
   void gemv(const MatView& x, std::span<const LinearOut> outs);
@@ -106,6 +111,7 @@ class CudaOps final : public Ops {
   CudnnSdpa cudnn_;         // cuDNN handle and SDPA graphs per shape (prefill on 16-bit KV)
   std::map<std::array<int64_t, 10>, cublasLtMatmulAlgo_t> gemm_algos_;
   bool trace_ = std::getenv("HEADINFER_TRACE") != nullptr;  // time each new GEMM shape's heuristic
+  int64_t reservations_ = 0;  // models alive that reserved the scratch (release_workspace)
 };
 
 }  // namespace headinfer::cuda

@@ -319,7 +319,11 @@ TEST(Planner, EverySharedConfigLoadsAndPlans) {
       in.gpu_mem = 24 * GiB;
       in.host_mem = TiB;
       const Plan p = make_plan(in);
-      EXPECT_EQ(p.kv_bytes_total, c.kv_bytes_per_token(2) * ctx);
+      // Every layer at the whole context, less what the window layers (Mistral-7B-v0.1: all 32,
+      // window 4096) do not keep.
+      EXPECT_EQ(p.kv_bytes_full, c.kv_bytes_per_token(2) * ctx);
+      EXPECT_EQ(p.kv_bytes_total + p.window_saved_bytes, p.kv_bytes_full);
+      EXPECT_EQ(p.window_saved_bytes > 0, c.window(0) > 0);
       EXPECT_EQ(p.kv_bytes_gpu + p.kv_bytes_host, p.kv_bytes_total);
       EXPECT_EQ(p.gpu_bytes_total, p.weight_bytes + p.activation_bytes + p.kv_bytes_gpu + p.ring_bytes);
       if (p.fits) EXPECT_LE(p.gpu_bytes_total, in.gpu_mem);

@@ -62,9 +62,11 @@ std::vector<Placement> placements(const Checkpoint& ckpt, int64_t context) {
     all.kv.copy_jitter_us = g == 1 ? 20 : 0;
     out.push_back(all);
   }
-  const int64_t block = 2 * context * c.head_dim * 4;  // K + V of one head, F32
   const int64_t n_blocks = c.n_layers * c.n_kv_heads;
-  for (auto [resident, cap] : test::resident_caps(fixed_device_bytes(ckpt, context), block, n_blocks, {n_blocks / 2})) {
+  KvPlacementOptions g1;
+  g1.kv_group = 1;
+  for (auto [resident, cap] :
+       test::resident_caps(c, fixed_device_bytes(ckpt, context), context, kChunk, {n_blocks / 2}, g1)) {
     Placement split{"split " + std::to_string(resident) + " resident", {}};
     split.kv.offload = OffloadMode::Auto;
     split.kv.kv_group = 1;

@@ -420,8 +420,11 @@ TEST(PlannerWindow, FullContextGroupsAreResidentFirst) {
   ASSERT_TRUE(p.fits) << p.message;
   EXPECT_EQ(p.n_resident_groups, 10);
   for (int64_t l = 0; l < 42; ++l)
-    for (int64_t g = 0; g < 8; ++g)
-      if (p.is_resident(l, g)) EXPECT_EQ(l % 2, 1) << "layer " << l << " is a window layer";
+    for (int64_t g = 0; g < 8; ++g) {
+      if (p.is_resident(l, g)) {
+        EXPECT_EQ(l % 2, 1) << "layer " << l << " is a window layer";
+      }
+    }
   EXPECT_EQ(p.slot_positions, 131072);
   // Every full group and 20 window groups resident: the ring holds window groups only.
   in.gpu_mem = 168 * full_group + 20 * window_group + 2 * window_group;

@@ -124,8 +124,11 @@ TEST_P(WindowKv, EveryPlacementEqualsTheWholeContextRun) {
       const std::string what = "offload all, G " + std::to_string(group) + ", slabs of " + std::to_string(slab);
       expect_trimmed(c, got.plan, what);
       if (slab > 0) {
-        for (const LayerKv& k : got.plan.layers)
-          if (k.window > 0) EXPECT_EQ(k.host_slabs, (k.window - 1 + chunk + slab - 1) / slab + 1) << what;
+        for (const LayerKv& k : got.plan.layers) {
+          if (k.window > 0) {
+            EXPECT_EQ(k.host_slabs, (k.window - 1 + chunk + slab - 1) / slab + 1) << what;
+          }
+        }
         EXPECT_LT(got.plan.kv_bytes_host, ref.plan.kv_bytes_gpu) << what;
         EXPECT_EQ(got.plan.window_saved_bytes, ref.plan.kv_bytes_gpu - got.plan.kv_bytes_host) << what;
       }

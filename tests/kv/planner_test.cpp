@@ -12,6 +12,7 @@
 #include "headinfer/error.h"
 #include "headinfer/model.h"
 #include "headinfer/planner.h"
+#include "headinfer/random_model.h"
 #include "headinfer/transfer.h"
 #include "testdata.h"
 
@@ -305,21 +306,16 @@ TEST(Planner, HostSlabSize) {
   EXPECT_THROW(make_plan(in), Error);
 }
 
-// Gemma-2-9B's attention shape (its published config: 42 layers alternating a 4096-token window
-// and full attention, 8 kv heads of 256 dims), bf16 KV.
-ModelConfig gemma2_9b_shape() {
-  ModelConfig c;
-  c.model_type = "gemma2";
-  c.hidden_size = 3584;
-  c.n_layers = 42;
-  c.n_heads = 16;
-  c.n_kv_heads = 8;
-  c.head_dim = 256;
-  c.intermediate_size = 14336;
-  c.vocab_size = 256000;
-  c.max_position_embeddings = 8192;
-  for (int64_t l = 0; l < 42; ++l) c.layer_window.push_back(l % 2 == 0 ? 4096 : 0);
-  return c;
+// Gemma-2-9B's shape (the built-in one bench and plan use: 42 layers alternating a 4096-token
+// window and full attention, 8 kv heads of 256 dims), bf16 KV.
+// At 128K tokens in prefill chunks of 2048.
+PlannerInput gemma2_9b_at_128k() {
+  PlannerInput in;
+  in.config = parse_model_config(builtin_shape_config("gemma2-9b"), "shape gemma2-9b");
+  in.context = 131072;
+  in.chunk = 2048;
+  in.kv_elem_bytes = 2;
+  return in;
 }
 
 // layer_kv by hand: a window layer keeps 2 (W - 1) + C rows resident and a ring of
@@ -345,11 +341,7 @@ TEST(PlannerWindow, LayerKvByHand) {
 // Gemma-2-9B at 128K, everything resident: the 21 window layers count at 10238 of 131072
 // positions, so the KV is the 21 global layers' plus 7.8% of them, 53.9% of the all-global figure.
 TEST(PlannerWindow, Gemma2CountsWindowLayersAtTheirWindow) {
-  PlannerInput in;
-  in.config = gemma2_9b_shape();
-  in.context = 131072;
-  in.chunk = 2048;
-  in.kv_elem_bytes = 2;
+  PlannerInput in = gemma2_9b_at_128k();
   const Plan p = make_plan(in);
   ASSERT_TRUE(p.fits) << p.message;
   const int64_t per_position = 2 * 8 * 256 * 2;  // K + V of a layer's 8 heads, bf16
@@ -379,11 +371,7 @@ TEST(PlannerWindow, Gemma2CountsWindowLayersAtTheirWindow) {
 // Offloaded: a window group's host tier is a ring of slabs and it streams only W - 1 positions per
 // decoded token; a ring slot is as large as the largest streamed group's resident block.
 TEST(PlannerWindow, Gemma2OffloadedStreamsTheWindowOnly) {
-  PlannerInput in;
-  in.config = gemma2_9b_shape();
-  in.context = 131072;
-  in.chunk = 2048;
-  in.kv_elem_bytes = 2;
+  PlannerInput in = gemma2_9b_at_128k();
   in.offload = OffloadMode::All;
   in.kv_group = 8;
   in.link_gbps = 50.0;
@@ -405,11 +393,7 @@ TEST(PlannerWindow, Gemma2OffloadedStreamsTheWindowOnly) {
 // spread over their layers; window groups once every full one is resident, and then the ring only
 // needs window-sized slots.
 TEST(PlannerWindow, FullContextGroupsAreResidentFirst) {
-  PlannerInput in;
-  in.config = gemma2_9b_shape();
-  in.context = 131072;
-  in.chunk = 2048;
-  in.kv_elem_bytes = 2;
+  PlannerInput in = gemma2_9b_at_128k();
   in.kv_group = 1;
   in.weight_bytes = 0;
   in.activation_bytes = 0;

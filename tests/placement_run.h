@@ -68,16 +68,48 @@ inline PlacementRun run_placement(const Checkpoint& ckpt, const std::vector<int3
   return r;
 }
 
-// --offload auto caps with G = 1 that leave `resident` head blocks on the device next to a ring of
-// 2 slots (fewer when fewer blocks stream): (resident, --gpu-mem) for each distinct resident >= 1.
-// fixed: the device bytes before any KV; block: one head block's K + V bytes.
-inline std::vector<std::pair<int64_t, int64_t>> resident_caps(int64_t fixed, int64_t block, int64_t n_blocks,
-                                                              std::vector<int64_t> residents) {
+// The smallest --gpu-mem under which --offload auto keeps exactly `resident` groups (G = kv.kv_group)
+// on the device next to its ring, found with the planner itself (a sliding-window layer's groups
+// keep only their window, so group sizes differ); 0 when no cap gives exactly that many. fixed: the
+// device bytes before any KV (weights, activations, tables), as make_planned_kv_cache sees them.
+inline int64_t cap_for_resident(const ModelConfig& c, int64_t fixed, int64_t context, int64_t chunk, int64_t resident,
+                                const KvPlacementOptions& kv) {
+  PlannerInput in;
+  in.config = c;
+  in.context = context;
+  in.chunk = chunk;
+  in.kv_elem_bytes = static_cast<int64_t>(dtype_size(kv.kv_dtype.value_or(DType::F32)));
+  in.weight_bytes = fixed;
+  in.activation_bytes = 0;
+  in.offload = OffloadMode::Auto;
+  in.kv_group = kv.kv_group;
+  in.host_slab_positions = kv.host_slab_positions;
+  in.window_kv = kv.window_kv;
+  in.hybrid = kv.hybrid;
+  in.cpu_groups = 0;  // which groups the CPU attends takes no device memory
+  auto resident_at = [&](int64_t cap) {
+    in.gpu_mem = cap;
+    return make_plan(in).n_resident_groups;
+  };
+  int64_t lo = fixed, hi = fixed + 4 * c.kv_bytes_per_token(in.kv_elem_bytes) * context + (int64_t{1} << 20);
+  while (lo < hi) {  // the resident count grows with the cap
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (resident_at(mid) >= resident) hi = mid;
+    else lo = mid + 1;
+  }
+  return resident_at(lo) == resident ? lo : 0;
+}
+
+// (resident, --gpu-mem) for each distinct resident >= 1 that some cap gives (cap_for_resident).
+inline std::vector<std::pair<int64_t, int64_t>> resident_caps(const ModelConfig& c, int64_t fixed, int64_t context,
+                                                              int64_t chunk, std::vector<int64_t> residents,
+                                                              const KvPlacementOptions& kv) {
   std::sort(residents.begin(), residents.end());
   residents.erase(std::unique(residents.begin(), residents.end()), residents.end());
   std::vector<std::pair<int64_t, int64_t>> caps;
   for (int64_t r : residents)
-    if (r >= 1) caps.emplace_back(r, fixed + (r + std::min<int64_t>(2, n_blocks - r)) * block);
+    if (const int64_t cap = r >= 1 ? cap_for_resident(c, fixed, context, chunk, r, kv) : 0; cap > 0)
+      caps.emplace_back(r, cap);
   return caps;
 }
 

@@ -75,6 +75,16 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   int64_t bos_token_id = -1;  // -1: none
 
+  // Layer l's window (0: full attention).
+  int64_t window(int64_t layer) const {
+    return static_cast<size_t>(layer) < layer_window.size() ? layer_window[static_cast<size_t>(layer)] : 0;
+  }
+  // The first key a chunk of queries starting at `pos` sees in `layer`: pos - window + 1 (not
+  // below 0) in a sliding-window layer, 0 in a full one.
+  int64_t first_visible_key(int64_t layer, int64_t pos) const {
+    const int64_t w = window(layer);
+    return w > 0 && pos - w + 1 > 0 ? pos - w + 1 : 0;
+  }
   int64_t q_dim() const { return n_heads * head_dim; }
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
   int64_t group_size() const { return n_heads / n_kv_heads; }

@@ -64,10 +64,16 @@ class Engine {
   std::span<const int32_t> ids() const { return ids_; }
   // Keeps the longest common prefix of the held ids and `ids`, at most ids.size() - 1 positions
   // (so a prefill of the rest yields the logits after the last id), and forgets the KV beyond it
-  // on every tier without recomputing anything. Returns the positions kept.
+  // on every tier without recomputing anything. Returns the positions kept: 0 when the prefix is
+  // shorter than min_kept_prefix() (the whole prompt is then recomputed).
   int64_t keep_common_prefix(std::span<const int32_t> ids);
-  // Keeps positions [0, n) (n <= n_past()). Throws Error otherwise.
+  // Keeps positions [0, n) (n <= n_past(), and n == 0 or n >= min_kept_prefix()). Throws Error
+  // otherwise.
   void truncate(int64_t n);
+  // The shortest prefix n > 0 that truncate keeps: a sliding-window layer keeps only its window,
+  // so a cut back to n needs its positions from n - W + 1 on; a shorter one is recomputed from the
+  // start instead (keep_common_prefix then keeps nothing). 0 while every layer holds everything.
+  int64_t min_kept_prefix() const;
 
   // KV snapshots (runtime/kv_snapshot.cpp): the held positions of every tier, their ids, the
   // model's identity and the plan, with a header and per-section checksums. save_kv writes a

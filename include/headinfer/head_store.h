@@ -25,12 +25,21 @@ namespace headinfer {
 
 enum class Tier : uint8_t { Gpu, Host };
 
+// A group's K and V on the device, laid out as a resident group: [2][G][rows][head_dim], the G
+// heads' K blocks then their V blocks, row r of each holding position origin + r (a resident
+// group of a window layer slides its origin; a ring slot holds whatever its fetch brought).
+struct DeviceGroup {
+  void* base = nullptr;
+  int64_t rows = 0;
+  int64_t origin = 0;
+};
+
 class HeadStore {
  public:
-  // Resident groups are allocated on `device` here, for the whole context. Host-tier groups start
-  // empty and grow in slabs (reserve) through `transfer`'s host allocator (pinned on CUDA): pinning
-  // is slow, so only what the context reaches is pinned. The plan has already checked that the
-  // whole context fits the host budget.
+  // Resident groups are allocated on `device` here, for the whole context (a window layer's for
+  // its window: Plan::layers). Host-tier groups start empty and grow in slabs (reserve) through
+  // `transfer`'s host allocator (pinned on CUDA): pinning is slow, so only what the context
+  // reaches is pinned. The plan has already checked that the whole context fits the host budget.
   HeadStore(Device& device, Transfer& transfer, const ModelConfig& config, const Plan& plan, DType dtype);
   ~HeadStore();
   HeadStore(const HeadStore&) = delete;
@@ -43,50 +52,68 @@ class HeadStore {
   DType dtype() const { return dtype_; }
   size_t elem_bytes() const { return elem_bytes_; }
   size_t row_bytes() const { return row_bytes_; }  // one position of one head's K (or V)
-  // Bytes from one head's K to the next head's (or to its V) in a device group: capacity rows.
-  size_t block_pitch() const { return block_pitch_; }
+  // The window layer `layer` keeps only (0: it keeps the whole context), and the positions a
+  // resident head block of it holds (a ring slot holding one of its groups uses the same rows).
+  int64_t window(int64_t layer) const { return layers_[static_cast<size_t>(layer)].window; }
+  int64_t layer_rows(int64_t layer) const { return layers_[static_cast<size_t>(layer)].device_rows; }
 
   Tier tier(int64_t layer, int64_t group) const { return groups_[index(layer, group)].tier; }
 
-  // A resident group's storage: [2][G][capacity][head_dim] of dtype: the G heads' K blocks, then
-  // their V blocks. Row r of head j's K is base + (j * capacity + r) * head_dim elements; V adds G
-  // blocks. Ring slots use the same layout, so each head is one contiguous run of its keys.
-  void* group_base(int64_t layer, int64_t group) const;
-  void* k_block(int64_t layer, int64_t kv_head) const;  // resident groups only
+  // A resident group's storage (DeviceGroup's layout; rows = layer_rows(layer)).
+  DeviceGroup resident_group(int64_t layer, int64_t group) const;
+  // Row 0 (position origin) of resident kv head `kv_head`'s K or V block.
+  void* k_block(int64_t layer, int64_t kv_head) const;
   void* v_block(int64_t layer, int64_t kv_head) const;
+  // Makes resident group (layer, group) of a window layer hold a chunk [pos0, end) next to its
+  // visible past [first visible key, pos0): when the chunk would run past the block's end, that
+  // past moves to the front (one copy queued on the device's compute stream) and the origin with
+  // it. Idempotent, and a no-op for layers that keep the whole context. Throws Error when the
+  // past is no longer held (a cut back before it) or the chunk is longer than the block allows.
+  void make_room(int64_t layer, int64_t group, int64_t pos0, int64_t end);
+  // Makes resident group (layer, group) able to take rows [begin, end) (KV snapshots, random
+  // fills, which then write every head of the group): when they do not fit where the block is,
+  // it moves to origin `begin`, forgetting what it held.
+  void rebase(int64_t layer, int64_t group, int64_t begin, int64_t end);
 
   // The host tier, slab-major: slab j of a host-tier group holds positions [j S, j S + rows_j) of
   // its G heads as [2][G][rows_j][head_dim] (rows_j = S, the last slab's capacity - j S), so the
-  // rows [0, n) of the whole group are one 2-D copy of 2G rows per slab. Slabs are only ever added
-  // (reserve), never moved or freed before the store is destroyed: a copy or host task in flight
-  // may read any slab it was queued with.
+  // rows of the whole group are one 2-D copy of 2G rows per slab. A window layer's group keeps a
+  // ring of fewer slabs instead (Plan::layers: slab j in ring slab j mod N, each of S rows), so
+  // only the last N S positions it reached are kept. Slabs are only ever added (reserve), never
+  // moved or freed before the store is destroyed: a copy or host task in flight may read any slab
+  // it was queued with.
   int64_t slab_positions() const { return slab_positions_; }  // S
-  int64_t n_slabs() const { return n_slabs_; }                // slabs of a group at full context
+  int64_t n_slabs() const { return n_slabs_; }                // slabs of the context
   int64_t slab_rows(int64_t slab) const;                      // rows_j
-  // Makes sure host-tier group (layer, group) has slabs covering positions [0, end): allocates the
-  // missing ones (pinning them on CUDA). Call before queueing any copy that touches those rows.
+  // Makes sure host-tier group (layer, group) has slabs for positions [0, end) (a ring: for the
+  // last of them): allocates the missing ones (pinning them on CUDA) and maps a ring's slabs.
+  // Call before queueing any copy that touches those rows.
   void reserve(int64_t layer, int64_t group, int64_t end);
-  int64_t reserved(int64_t layer, int64_t group) const;  // positions its slabs cover
-  // Host-tier head `kv_head`'s K (which 0) or V (1) row at position `pos` (reserved).
+  int64_t reserved(int64_t layer, int64_t group) const;  // positions its slabs reach
+  // The first position group (layer, group) still holds: 0, unless it keeps only a window (a
+  // resident block's origin, the first position of a host ring's oldest slab).
+  int64_t kept_from(int64_t layer, int64_t group) const;
+  // Host-tier head `kv_head`'s K (which 0) or V (1) row at position `pos` (reserved and kept).
   void* host_row(int64_t layer, int64_t kv_head, int which, int64_t pos) const;
   // Its K or V as pages for the host attention: [n_slabs()] pointers, page j = slab j's rows of
-  // that head (nullptr past reserved()). The array itself never moves.
+  // that head (nullptr before reserve reached it; a ring's page j points at ring slab j mod N, so
+  // only the pages of positions still kept are current). The array itself never moves.
   const void* const* host_pages(int64_t layer, int64_t kv_head, int which) const;
 
   // Copies of rows [begin, end) of every head of host-tier group (layer, group) from (to) a device
-  // group laid out as a resident one ([2][G][capacity][head_dim], a ring slot), queued on `stream`:
-  // one 2-D copy of 2G rows per slab the range touches, with the slab's pitch on the host side.
-  // The rows must be reserved.
-  void copy_to_device(Stream& stream, int64_t layer, int64_t group, void* device_group, int64_t begin,
+  // group (a ring slot), queued on `stream`: one 2-D copy of 2G rows per slab the range touches,
+  // with the slab's pitch on the host side. The rows must be reserved and kept, and inside the
+  // device group's [origin, origin + rows).
+  void copy_to_device(Stream& stream, int64_t layer, int64_t group, const DeviceGroup& device_group, int64_t begin,
                       int64_t end) const;
-  void copy_from_device(Stream& stream, int64_t layer, int64_t group, const void* device_group, int64_t begin,
-                        int64_t end) const;
+  void copy_from_device(Stream& stream, int64_t layer, int64_t group, const DeviceGroup& device_group,
+                        int64_t begin, int64_t end) const;
 
   // Positions written so far (the same for every head block). Writers append; reset() forgets
   // (allocated slabs are kept for the next context).
   int64_t length() const { return length_; }
   void set_length(int64_t n);
-  void reset() { length_ = 0; }
+  void reset();
 
   size_t bytes_gpu() const { return bytes_gpu_; }
   size_t bytes_host() const { return bytes_host_; }  // allocated so far
@@ -94,14 +121,24 @@ class HeadStore {
  private:
   struct Group {
     Tier tier = Tier::Gpu;
-    void* base = nullptr;           // resident: [2][G][capacity][head_dim]
-    std::vector<void*> slabs;       // host: [n_slabs], nullptr until reserved
-    int64_t n_reserved = 0;         // host: slabs allocated (a prefix)
-    std::vector<const void*> pages; // host: [2][G][n_slabs]: (K or V, head j, slab) -> that head's rows in the slab
+    int64_t window = 0;              // LayerKv::window of its layer
+    void* base = nullptr;            // resident: [2][G][rows][head_dim], row r = position origin + r
+    int64_t rows = 0;                // resident
+    int64_t origin = 0;              // resident
+    int64_t ring = 0;                // host: physical slabs (n_slabs, or a window layer's ring of fewer)
+    std::vector<void*> slabs;        // host: [ring], nullptr until allocated
+    int64_t n_allocated = 0;         // host: physical slabs allocated (a prefix)
+    int64_t n_mapped = 0;            // host: slabs of the context mapped (a ring: since the last reset)
+    std::vector<const void*> pages;  // host: [2][G][n_slabs]: (K or V, head j, slab) -> that head's rows in it
   };
   void release();
   size_t index(int64_t layer, int64_t group) const { return static_cast<size_t>(layer * groups_per_layer_ + group); }
   const Group& host_group(int64_t layer, int64_t group) const;
+  Group& resident(int64_t layer, int64_t group);
+  const Group& resident(int64_t layer, int64_t group) const;
+  bool is_ring(const Group& grp) const { return grp.ring < n_slabs_; }
+  int64_t physical_rows(const Group& grp, int64_t slab) const;  // rows of the physical slab holding slab `slab`
+  int64_t first_kept(const Group& grp) const;
   template <class Fn>
   void for_each_slab(const Group& grp, int64_t begin, int64_t end, Fn&& fn) const;
 
@@ -114,10 +151,10 @@ class HeadStore {
   const DType dtype_;
   const size_t elem_bytes_;
   const size_t row_bytes_;
-  const size_t block_pitch_;
   const int64_t slab_positions_;
   const int64_t n_slabs_;
-  std::vector<Group> groups_;  // [n_layers * groups_per_layer]
+  const std::vector<LayerKv> layers_;  // [n_layers]: Plan::layers
+  std::vector<Group> groups_;          // [n_layers * groups_per_layer]
   int64_t length_ = 0;
   size_t bytes_gpu_ = 0;
   size_t bytes_host_ = 0;
@@ -146,6 +183,9 @@ struct KvPlacementOptions {
   int copy_jitter_us = 0; // CPU test aid, see CpuTransferOptions
   int64_t host_alloc_fail_after = -1;  // test aid, see TransferOptions
   int64_t host_slab_positions = 0;  // positions per host-tier slab; 0: the planner picks (tests use small ones)
+  // Sliding-window layers keep only their window (Plan::layers); false: every layer keeps the
+  // whole context (the reference window-trimmed runs are checked against).
+  bool window_kv = true;
   HybridMode hybrid = HybridMode::Off;  // attend some host-tier groups on the CPU in decode
   int64_t cpu_groups = -1;  // hybrid auto: force this many CPU-attended groups; -1: balance by bandwidth
   double link_gbps = 0.0;   // hybrid auto: 0 = measured once and cached (bandwidth.h)

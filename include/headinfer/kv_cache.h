@@ -37,29 +37,53 @@ class KvCache {
 
   // Prefix reuse: keeps positions [0, n) and forgets the rest, on every tier, without touching
   // the rows kept (no recomputation); the next chunk starts at n. Throws Error when n is outside
-  // 0..capacity().
+  // 0..capacity(). A sliding-window layer needs only its window, so it may no longer hold the
+  // early positions: the caller checks kept_from first (Engine::truncate).
   virtual void truncate(int64_t n) = 0;
+  // The first position whose K/V layer `layer` still holds: 0 for a layer that keeps the whole
+  // context (unless a snapshot without the early rows was written into it), and for a layer that
+  // keeps only its window, the oldest position it still has (at most the first key the next
+  // chunk sees).
+  virtual int64_t kept_from(int64_t layer) const = 0;
   // KV snapshots (runtime/kv_snapshot.cpp): the element type of the head blocks, and one head's
-  // K (which 0) or V (1) rows [0, n) copied to or from host memory as [n, head_dim] of kv_dtype(),
-  // contiguous, wherever the block lives. Synchronous: they wait for the work in flight first, and
-  // a write leaves no ring slot or staging copy holding stale rows. Not for the token loop.
+  // K (which 0) or V (1) rows [begin, end) copied to or from host memory as [end - begin,
+  // head_dim] of kv_dtype(), contiguous, wherever the block lives. Rows read must be held
+  // (kept_from(layer) <= begin); a write of rows [begin, end) may move a window layer's block,
+  // so write every head of a layer with the same range (kept_from(layer) is then begin at most).
+  // Synchronous: they wait for the work in flight first, and a write leaves no ring slot or
+  // staging copy holding stale rows. Not for the token loop.
   virtual DType kv_dtype() const = 0;
-  virtual void read_rows(int64_t layer, int64_t kv_head, int which, int64_t n, void* host_dst) = 0;
-  virtual void write_rows(int64_t layer, int64_t kv_head, int which, int64_t n, const void* host_src) = 0;
+  virtual void read_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, void* host_dst) = 0;
+  virtual void write_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end,
+                          const void* host_src) = 0;
+  // Decode steps as device graphs: makes every layer's window blocks ready for a chunk of n
+  // positions at pos0 (HeadStore::make_room) before the step is recorded, so a recording never
+  // holds a block's move (attend() makes the same room itself; then it is a no-op).
+  virtual void prepare(int64_t pos0, int64_t n) {}
   // KV bytes held on the device and in host memory (metrics); host bytes are those allocated.
   virtual size_t bytes_device() const = 0;
   virtual size_t bytes_host() const = 0;
 };
 
-// kv heads h0 .. h0 + n_heads - 1, whose K and V blocks ([capacity, head_dim] of `kv_dtype`, rows
-// head_dim apart; head i's K at k_base + i * head_stride elements, its V at v_base + the same) hold
-// positions 0 .. pos0-1: writes the chunk's new rows at pos0 and attends each head's query heads
-// over all its keys, into their columns of args.out / args.lse, with one copy per K/V and one
-// attention call for all the heads. The one place every KV store attends, so every placement runs
-// the same ops (a head's numbers never depend on how heads are grouped: Ops::attention).
+// Where a store keeps kv heads h0 .. h0 + n_heads - 1 of a layer: K and V blocks of rows
+// head_dim elements apart, [rows, head_dim] of `dtype` each, row r holding position origin + r;
+// head i's K at k + i * head_stride elements, its V at v + the same.
+struct HeadBlocks {
+  void* k = nullptr;
+  void* v = nullptr;
+  int64_t head_stride = 0;
+  int64_t origin = 0;
+  DType dtype = DType::F32;
+};
+
+// Writes the chunk's new K/V rows (positions pos0 .. pos0 + T - 1, which the blocks must have room
+// for) and attends each head's query heads over the keys its chunk sees, [first visible key,
+// pos0 + T) (a sliding-window layer's window, the whole past otherwise, which the blocks must
+// hold), into their columns of args.out / args.lse, with one copy per K/V and one attention call
+// for all the heads. The one place every KV store attends, so every placement runs the same ops
+// over the same keys (a head's numbers never depend on how heads are grouped: Ops::attention).
 void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
-                            const LayerAttention& args, void* k_base, void* v_base, int64_t head_stride,
-                            DType kv_dtype);
+                            const LayerAttention& args, const HeadBlocks& blocks);
 
 // Every head block on the device, K and V [capacity, head_dim] per (layer, kv head), F32.
 std::unique_ptr<KvCache> make_simple_kv_cache(Device& device, const ModelConfig& config, int64_t capacity);

@@ -1,14 +1,19 @@
 #pragma once
 // KV snapshots on disk (Engine::save_kv / load_kv) and what they are checked with.
 //
-// File layout (little-endian), version 1:
+// File layout (little-endian), version 2:
 //   [0, 48)   header: magic "HIKVSNAP", u32 version, u32 zero, u64 index_offset, u64 index_bytes,
 //             u64 index_checksum, u64 header_checksum (of bytes [0, 40))
 //   [48, ...) sections: "ids" (int32 [positions]), then one per layer "layer L": for each kv head
-//             h, its K rows then its V rows, [positions, head_dim] of the KV dtype each
-//   index     JSON at index_offset: format, model_id, model shape, kv_dtype, positions, the plan it
-//             was made under, and each section's offset, bytes and checksum (16 hex digits)
+//             h, its K rows then its V rows, [positions - first_L, head_dim] of the KV dtype each:
+//             the rows of positions [first_L, positions), first_L being the first key a chunk at
+//             `positions` sees (0 in a full-attention layer; a sliding-window layer keeps only its
+//             window, so that is all a snapshot holds of it)
+//   index     JSON at index_offset: format, model_id, model shape, kv_dtype, positions,
+//             layer_first ([n_layers] first_L), the plan it was made under, and each section's
+//             offset, bytes and checksum (16 hex digits)
 // The index goes last because its checksums are known only once the sections are written.
+// Version 1 files (every layer from position 0, no layer_first) are read too.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -18,7 +23,7 @@
 namespace headinfer {
 
 inline constexpr char kKvSnapshotMagic[8] = {'H', 'I', 'K', 'V', 'S', 'N', 'A', 'P'};
-inline constexpr uint32_t kKvSnapshotVersion = 1;
+inline constexpr uint32_t kKvSnapshotVersion = 2;
 inline constexpr size_t kKvSnapshotHeaderBytes = 48;
 
 // A 64-bit checksum of `bytes` bytes (four multiply-rotate lanes over 8-byte words, then the

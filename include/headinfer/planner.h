@@ -58,7 +58,30 @@ struct PlannerInput {
   int64_t cpu_groups = -1;      // hybrid auto: exactly this many CPU-attended groups; -1: balanced
   // Positions per slab of the host tier (see Plan::host_slab_positions); 0: the planner picks.
   int64_t host_slab_positions = 0;
+  // Sliding-window layers keep only their window (LayerKv); false: every layer keeps the whole
+  // context (the reference the window-trimmed runs are checked against).
+  bool window_kv = true;
 };
+
+// What the head blocks of one layer hold. A full-attention layer keeps every position of the
+// context on every tier. A sliding-window layer (window W) whose chunks have at most C queries
+// reads, for a chunk at p0, only the keys [p0 - W + 1, p0 + C), so it keeps:
+//  - resident: a block of 2 (W - 1) + C rows holding positions [origin, origin + rows). When a
+//    chunk would run past its end, the chunk's visible past (W - 1 rows) moves to the front, one
+//    device copy that never overlaps itself; a decode step pays it once every W steps or so. A
+//    ring slot holding the layer's group uses the same rows, so both attend one layout.
+//  - host tier: a ring of N = ceil((W - 1 + C) / S) + 1 slabs of S positions (slab j of the
+//    context lives in ring slab j mod N), so the slabs a chunk reads and writes are distinct and
+//    positions stay absolute (the host attention reads them as pages).
+// A window layer whose block would not be smaller than the context keeps the whole context
+// (window 0 here).
+struct LayerKv {
+  int64_t window = 0;       // > 0: the layer keeps only its window; 0: the whole context
+  int64_t device_rows = 0;  // positions a resident head block (and a ring slot) holds
+  int64_t host_slabs = 0;   // host-tier slabs of a head block: the context's, or a ring of fewer
+};
+// The LayerKv of a layer with `window` (0: full attention) for a context, chunk C and slab size S.
+LayerKv layer_kv(int64_t window, int64_t context, int64_t chunk, int64_t slab_positions, bool window_kv);
 
 struct Plan {
   bool fits = false;
@@ -95,14 +118,23 @@ struct Plan {
   // two near kHostSlabTargetBytes per slab of a group, so a fetch is a few large copies.
   int64_t host_slab_positions = 0;  // S
   int64_t host_slab_bytes = 0;      // one full slab of one group: 2 G S head_dim KV elements
+  // Sliding-window layers keep only their window: layers[l] is what layer l's head blocks hold.
+  // kv_bytes_total (= kv_bytes_gpu + kv_bytes_host) counts each group at what it keeps;
+  // kv_bytes_full is every layer at the whole context, and window_saved_bytes the difference.
+  std::vector<LayerKv> layers;      // [n_layers]
+  int64_t n_window_layers = 0;      // layers that keep only their window
+  int64_t kv_bytes_full = 0;
+  int64_t window_saved_bytes = 0;
   int64_t weight_bytes = 0;
   int64_t activation_bytes = 0;
-  int64_t ring_bytes = 0;           // ring_depth slots of one group at full context (+ hybrid new-row staging)
+  int64_t ring_bytes = 0;           // ring_depth slots of one group, each as large as the largest streamed
+                                    // group's resident block (+ hybrid new-row staging)
+  int64_t slot_positions = 0;       // rows of one head in a ring slot
   int64_t gpu_bytes_total = 0;      // weights + activations + resident KV + ring
   int64_t gpu_mem = 0;              // the cap (0: unlimited)
   int64_t host_mem = 0;             // the host memory it was planned against (0: unlimited)
-  // Decode at full context: every streamed group's past crosses the link once per token, and
-  // each token's new K/V of streamed groups goes back.
+  // Decode at full context: every streamed group's past (a window layer's: W - 1 positions)
+  // crosses the link once per token, and each token's new K/V of streamed groups goes back.
   int64_t link_bytes_per_token = 0;
   double link_gbps = 0.0;
   double decode_seconds_per_token = 0.0;  // max(link time, CPU time) of this plan (0 when link_gbps is 0)

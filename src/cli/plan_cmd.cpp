@@ -82,7 +82,18 @@ void print_table(const Plan& p, const ModelConfig& c, const TableLabels& l, doub
   t += table_row("MLP sub-chunk", std::to_string(p.mlp_chunk) + " rows");
   t += table_row("KV per token", bytes_cell(p.kv_bytes_per_token));
   t += table_row("head block (K+V, full ctx)", bytes_cell(p.head_block_bytes));
+  if (p.n_window_layers > 0) {
+    // The window every trimmed layer keeps, and what one of their resident blocks holds.
+    int64_t w = 0, rows = 0;
+    for (const LayerKv& k : p.layers)
+      if (k.window > 0) w = k.window, rows = k.device_rows;
+    t += table_row("window layers", std::to_string(p.n_window_layers) + " of " + std::to_string(c.n_layers) +
+                                         " keep their window of " + std::to_string(w) + " (" + std::to_string(rows) +
+                                         " positions per resident head block)");
+  }
   t += table_row("KV total", bytes_cell(p.kv_bytes_total));
+  t += table_row("KV the window saves", bytes_cell(p.window_saved_bytes) + " of " + format_bytes(p.kv_bytes_full) +
+                                            " (every layer at the whole context)");
   t += table_row("KV on GPU (resident)", bytes_cell(p.kv_bytes_gpu));
   t += table_row("KV on host", bytes_cell(p.kv_bytes_host));
   if (p.n_streamed_groups > 0)

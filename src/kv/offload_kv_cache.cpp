@@ -13,10 +13,17 @@
 // to the next layer or to the next forward's first layers (the ring is prefetched across layer
 // and chunk boundaries). Per visit:
 //
-//   h2d:     wait slot_free[s]  -> copy home rows [0, past) into slot s (per slab) -> record slot_ready[s]
+//   h2d:     wait slot_free[s]  -> copy home rows [lo, past) into slot s (per slab) -> record slot_ready[s]
 //   compute: wait slot_ready[s] -> write the chunk's K/V into slot rows [pos0, pos0 + T)
-//            -> attention over rows [0, pos0 + T) -> record slot_attended[s]
+//            -> attention over rows [lo, pos0 + T) -> record slot_attended[s]
 //   d2h:     wait slot_attended[s] -> copy slot rows [pos0, pos0 + T) home (per slab) -> record slot_free[s]
+//
+// lo is the first key the chunk sees: 0 in a full-attention layer, pos0 - W + 1 in a sliding-window
+// layer, whose group then crosses the link only for its window. A slot holds position lo in its
+// row 0, with the rows of the layer's resident blocks (HeadStore::layer_rows), so a streamed head
+// is attended with the same strides as a resident one. A window layer's resident blocks slide
+// (HeadStore::make_room) and its host-tier blocks are rings of slabs; both keep positions
+// absolute, so RoPE and the attention mask never see the trimming.
 //
 // slot_free orders both the reuse of a slot and every read of home rows after their write-back
 // (d2h is in order, and a visit's prefetch waits for the slot_free recorded after the write-back
@@ -97,10 +104,11 @@ class OffloadKvCache final : public KvCache {
       d2h_ = transfer_->make_copy_stream("kv write-back");
     }
     if (hybrid_) setup_hybrid(host_threads);
-    // Ring slot s: [2][G][capacity][head_dim] of the KV dtype, the layout of a resident group, so each
-    // head is one contiguous run (the device attends it as a resident one); fetches and write-backs
-    // are one 2-D copy per host slab, slab pitch on the host side and block_pitch here.
-    const size_t slot_bytes = 2 * static_cast<size_t>(plan.group_size) * store_.block_pitch();
+    // Ring slot s: [2][G][rows][head_dim] of the KV dtype, rows the resident blocks' of the layer
+    // whose group it holds (a DeviceGroup), so each head is one contiguous run (the device attends
+    // it as a resident one); sized for the largest streamed layer's. Fetches and write-backs are one
+    // 2-D copy per host slab, slab pitch on the host side and the layer's rows here.
+    const size_t slot_bytes = 2 * static_cast<size_t>(plan.group_size * plan.slot_positions) * store_.row_bytes();
     for (int64_t s = 0; s < depth_; ++s) {
       Slot slot;
       slot.buffer = DeviceBuffer(device, slot_bytes, "KV ring slot");
@@ -124,6 +132,7 @@ class OffloadKvCache final : public KvCache {
   void reset() override {
     drain();
     store_.reset();
+    std::fill(written_from_.begin(), written_from_.end(), 0);
     for (Sequence& seq : seqs_) seq.visit = 0;
     for (Slot& s : slots_) s.visit = -1;
   }
@@ -136,23 +145,29 @@ class OffloadKvCache final : public KvCache {
     std::vector<RandomKvBlock> host_runs;  // each host-tier head's rows, one run per slab
     std::vector<char> staging;  // host [64 MiB] staging for resident groups only
     const int64_t S = store_.slab_positions();
-    for (int64_t l = 0; l < config_.n_layers; ++l)
+    for (int64_t l = 0; l < config_.n_layers; ++l) {
+      // A window layer holds (and needs) only the positions the next chunk sees.
+      const int64_t first = store_.window(l) > 0 ? config_.first_visible_key(l, n_positions) : 0;
       for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
         const int64_t g = h / plan_.group_size;
         if (store_.tier(l, g) == Tier::Host) {
           store_.reserve(l, g, n_positions);
           for (int which = 0; which < 2; ++which)
-            for (int64_t pos = 0; pos < n_positions; pos += S)
+            for (int64_t pos = first; pos < n_positions; pos = (pos / S + 1) * S)
               host_runs.push_back({store_.host_row(l, h, which, pos), l, h, which, pos,
-                                   std::min(S, n_positions - pos)});
+                                   std::min((pos / S + 1) * S, n_positions) - pos});
           continue;
         }
+        store_.rebase(l, g, first, n_positions);
+        const int64_t origin = store_.resident_group(l, g).origin;
         for (int which = 0; which < 2; ++which) {
-          const RandomKvBlock b{which == 0 ? store_.k_block(l, h) : store_.v_block(l, h), l, h, which};
+          char* block = static_cast<char*>(which == 0 ? store_.k_block(l, h) : store_.v_block(l, h));
+          const RandomKvBlock b{block + static_cast<size_t>(first - origin) * store_.row_bytes(), l, h, which, first};
           if (staging.empty()) staging.resize(size_t{64} << 20);
-          fill_random_device_block(device_, b, store_.dtype(), n_positions, config_.head_dim, seed, staging);
+          fill_random_device_block(device_, b, store_.dtype(), n_positions - first, config_.head_dim, seed, staging);
         }
       }
+    }
     // The host tier is written in place, all runs at once, so every core works on it.
     fill_random_host_blocks(host_runs, store_.dtype(), config_.head_dim, seed);
     store_.set_length(n_positions);
@@ -162,24 +177,38 @@ class OffloadKvCache final : public KvCache {
     settle();
     store_.set_length(n);  // throws outside 0..capacity
   }
+  int64_t kept_from(int64_t layer) const override {
+    if (layer < 0 || layer >= config_.n_layers) throw Error("offload KV: layer out of range");
+    int64_t first = written_from_[static_cast<size_t>(layer)];
+    for (int64_t g = 0; g < plan_.groups_per_layer; ++g) first = std::max(first, store_.kept_from(layer, g));
+    return first;
+  }
 
   DType kv_dtype() const override { return store_.dtype(); }
-  void read_rows(int64_t layer, int64_t kv_head, int which, int64_t n, void* host_dst) override {
+  void read_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, void* host_dst) override {
     settle();
-    for_each_run(layer, kv_head, which, n, host_dst, [&](void* block, void* host, size_t bytes, bool device) {
+    for_each_run(layer, kv_head, which, begin, end, host_dst, [&](void* block, void* host, size_t bytes, bool device) {
       if (device) device_.read_to_host(host, block, bytes);
       else std::memcpy(host, block, bytes);
     });
   }
-  void write_rows(int64_t layer, int64_t kv_head, int which, int64_t n, const void* host_src) override {
+  void write_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end,
+                  const void* host_src) override {
     settle();
+    check_rows(layer, kv_head, which, begin, end);
     const int64_t g = kv_head / plan_.group_size;
-    if (store_.tier(layer, g) == Tier::Host) store_.reserve(layer, g, n);
-    for_each_run(layer, kv_head, which, n, const_cast<void*>(host_src),
+    if (store_.tier(layer, g) == Tier::Host) store_.reserve(layer, g, end);
+    else store_.rebase(layer, g, begin, end);
+    for_each_run(layer, kv_head, which, begin, end, const_cast<void*>(host_src),
                  [&](void* block, void* host, size_t bytes, bool device) {
                    if (device) device_.write_from_host(block, host, bytes);
                    else std::memcpy(block, host, bytes);
                  });
+    auto& from = written_from_[static_cast<size_t>(layer)];
+    from = std::max(from, begin);  // the rows before a snapshot's first were never written
+  }
+  void prepare(int64_t pos0, int64_t n) override {
+    for (int64_t l = 0; l < config_.n_layers; ++l) make_room(l, pos0, n);
   }
   size_t bytes_device() const override { return store_.bytes_gpu(); }
   size_t bytes_host() const override { return store_.bytes_host(); }
@@ -190,8 +219,9 @@ class OffloadKvCache final : public KvCache {
       throw Error("context full: " + std::to_string(a.pos0 + n_new) + " positions needed, KV cache holds " +
                   std::to_string(store_.capacity()) + " (raise --ctx)");
     if (layer < 0 || layer >= config_.n_layers) throw Error("offload KV: layer out of range");
-    // Slabs for the chunk's rows, before any copy that touches them is queued.
-    for (int64_t g = 0; g < plan_.groups_per_layer; ++g) store_.reserve(layer, g, a.pos0 + n_new);
+    // Slabs for the chunk's rows, before any copy that touches them is queued; window blocks slid
+    // to take the chunk.
+    make_room(layer, a.pos0, n_new);
     const int seq = hybrid_ && n_new == 1 ? 1 : 0;
     const bool host_part = seq == 1 && !cpu_groups_[static_cast<size_t>(layer)].empty();
     if (host_part) start_host_attention(layer, a);
@@ -199,7 +229,7 @@ class OffloadKvCache final : public KvCache {
       if (host_part && plan_.is_cpu_attended(layer, g)) continue;
       const int64_t streamed_index = seqs_[seq].index_of[static_cast<size_t>(layer * plan_.groups_per_layer + g)];
       if (streamed_index < 0)
-        attend_group(layer, g, store_.group_base(layer, g), a);
+        attend_group(layer, g, store_.resident_group(layer, g), a);
       else
         attend_streamed(seq, layer, g, streamed_index, a);
     }
@@ -215,7 +245,7 @@ class OffloadKvCache final : public KvCache {
     std::unique_ptr<Event> free;      // d2h: this slot's new rows are home; the slot may be refilled
     int64_t visit = -1;               // the visit whose fetch was issued into this slot
     int seq = 0;                      // ... of this sequence
-    int64_t rows = 0;                 // rows that fetch brought
+    int64_t lo = 0, hi = 0;           // the positions that fetch brought (lo in row 0)
   };
   // One layer's host task: its arguments stay untouched until the task has run.
   struct HostJob {
@@ -232,23 +262,26 @@ class OffloadKvCache final : public KvCache {
     int64_t visit = 0;                               // the next visit
   };
 
-  size_t row_bytes() const { return static_cast<size_t>(config_.head_dim) * store_.elem_bytes(); }
+  size_t row_bytes() const { return store_.row_bytes(); }
 
-  // Issues the fetch of visit `visit` of sequence `seq` with its group's first `rows` positions.
-  void fetch(int seq, int64_t visit, int64_t rows) {
+  // Issues the fetch of visit `visit` of sequence `seq` with the past a chunk at `past_end` sees:
+  // positions [first visible key, past_end) of its group.
+  void fetch(int seq, int64_t visit, int64_t past_end) {
     const Sequence& S = seqs_[seq];
     const auto n = static_cast<int64_t>(S.order.size());
     Slot& slot = slots_[static_cast<size_t>(visit % S.depth)];
     const auto& [l, g] = S.order[static_cast<size_t>(visit % n)];
-    // Rows [0, rows) were written (so reserved) before; reserving here only guards the invariant.
-    store_.reserve(l, g, rows);
+    const int64_t lo = config_.first_visible_key(l, past_end);
+    // The rows were written (so reserved) before; reserving here only guards the invariant.
+    store_.reserve(l, g, past_end);
     h2d_->wait(*slot.free);
     if (hybrid_) h2d_->wait(*cpu_rows_home_);
-    store_.copy_to_device(*h2d_, l, g, slot.buffer.data(), 0, rows);
+    store_.copy_to_device(*h2d_, l, g, {slot.buffer.data(), store_.layer_rows(l), lo}, lo, past_end);
     h2d_->record(*slot.ready);
     slot.visit = visit;
     slot.seq = seq;
-    slot.rows = rows;
+    slot.lo = lo;
+    slot.hi = past_end;
   }
 
   void attend_streamed(int seq, int64_t layer, int64_t g, int64_t streamed_index, const LayerAttention& a) {
@@ -259,19 +292,22 @@ class OffloadKvCache final : public KvCache {
     if (S.visit % n != streamed_index) S.visit += (streamed_index - S.visit % n + n) % n;
     const int64_t visit = S.visit;
     Slot& slot = slots_[static_cast<size_t>(visit % S.depth)];
-    if (slot.visit != visit || slot.seq != seq || slot.rows < a.pos0) fetch(seq, visit, a.pos0);
+    if (slot.visit != visit || slot.seq != seq || slot.lo != config_.first_visible_key(layer, a.pos0) ||
+        slot.hi < a.pos0)
+      fetch(seq, visit, a.pos0);
 
+    const DeviceGroup in_slot{slot.buffer.data(), store_.layer_rows(layer), slot.lo};
     Stream& compute = transfer_->compute_stream();
     compute.wait(*slot.ready);
-    attend_group(layer, g, slot.buffer.data(), a);
+    attend_group(layer, g, in_slot, a);
     compute.record(*slot.attended);
 
     d2h_->wait(*slot.attended);
-    store_.copy_from_device(*d2h_, layer, g, slot.buffer.data(), a.pos0, a.pos0 + a.q.rows);  // may straddle slabs
+    store_.copy_from_device(*d2h_, layer, g, in_slot, a.pos0, a.pos0 + a.q.rows);  // may straddle slabs
     d2h_->record(*slot.free);
 
     // Prefetch the visit that will next use this slot: later in this forward it needs the past
-    // [0, pos0); in the next forward (which starts at pos0 + T) it also needs this chunk's rows.
+    // of a chunk at pos0; in the next forward (which starts at pos0 + T), of a chunk there.
     const int64_t ahead = visit + S.depth;
     const bool next_forward = (visit % n) + S.depth >= n;
     fetch(seq, ahead, next_forward ? a.pos0 + a.q.rows : a.pos0);
@@ -359,7 +395,7 @@ class OffloadKvCache final : public KvCache {
         args.n_q_heads = gs;
         args.q_pos0 = a.pos0;
         args.k_pos0 = 0;
-        args.window = config_.layer_window[static_cast<size_t>(layer)];
+        args.window = config_.window(layer);
         args.scale = config_.attention_scale();  // transformers: head_dim (or query_pre_attn_scalar) ** -0.5
         args.softcap = config_.attn_softcap;
         args.out = MatView{out_host_ + h * gs * d, DType::F32, 1, gs * d, config_.q_dim()};
@@ -384,16 +420,28 @@ class OffloadKvCache final : public KvCache {
                                      std::span<const HostKvPages>(job->pages.data(), n));
   }
 
-  // Appends the chunk's K/V of group g to the group storage at `base` ([2][G][capacity][head_dim]
+  // Window blocks of `layer` ready for a chunk of n positions at pos0 (slabs reserved, resident
+  // blocks slid), before any copy that touches those rows is queued.
+  void make_room(int64_t layer, int64_t pos0, int64_t n) {
+    if (store_.window(layer) > 0 && n > plan_.chunk)
+      throw Error("offload KV: a chunk of " + std::to_string(n) + " tokens, but the window layers were planned for " +
+                  "chunks of at most " + std::to_string(plan_.chunk));
+    for (int64_t g = 0; g < plan_.groups_per_layer; ++g) {
+      store_.reserve(layer, g, pos0 + n);
+      store_.make_room(layer, g, pos0, pos0 + n);
+    }
+  }
+
+  // Appends the chunk's K/V of group g to the device group `dg` (resident blocks or a ring slot,
   // of the store's dtype; the copy rounds the F32 activations to it) and attends its G heads over
-  // rows [0, pos0 + T) in one call.
-  void attend_group(int64_t layer, int64_t g, void* base, const LayerAttention& a) {
+  // the keys the chunk sees in one call.
+  void attend_group(int64_t layer, int64_t g, const DeviceGroup& dg, const LayerAttention& a) {
     const int64_t G = plan_.group_size;
-    const size_t block = store_.block_pitch();
-    const auto head_stride = static_cast<int64_t>(block / store_.elem_bytes());
-    char* k = static_cast<char*>(base);
-    char* v = k + static_cast<size_t>(G) * block;
-    store_and_attend_heads(device_.ops(), config_, layer, g * G, G, a, k, v, head_stride, store_.dtype());
+    const size_t block = static_cast<size_t>(dg.rows) * store_.row_bytes();
+    char* k = static_cast<char*>(dg.base);
+    store_and_attend_heads(device_.ops(), config_, layer, g * G, G, a,
+                           HeadBlocks{k, k + static_cast<size_t>(G) * block, dg.rows * config_.head_dim, dg.origin,
+                                      store_.dtype()});
   }
 
   // Waits for every op and copy in flight and forgets what the ring slots hold, so the next visit
@@ -404,27 +452,39 @@ class OffloadKvCache final : public KvCache {
     for (Slot& s : slots_) s.visit = -1;
   }
 
-  // Calls fn(block rows, host rows, bytes, on_device) for each contiguous run of rows [0, n) of
-  // head kv_head's K or V, host rows advancing from `host`: one run for a resident block, one per
-  // slab for a host-tier one.
-  template <class Fn>
-  void for_each_run(int64_t layer, int64_t kv_head, int which, int64_t n, void* host, Fn&& fn) {
+  void check_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end) const {
     if (layer < 0 || layer >= config_.n_layers || kv_head < 0 || kv_head >= config_.n_kv_heads || which < 0 ||
         which > 1)
       throw Error("KV rows: head block out of range");
-    if (n < 0 || n > store_.capacity())
-      throw Error("KV rows: " + std::to_string(n) + " outside 0.." + std::to_string(store_.capacity()));
-    const size_t rb = row_bytes();
+    if (begin < 0 || begin > end || end > store_.capacity())
+      throw Error("KV rows " + std::to_string(begin) + ".." + std::to_string(end) + " outside 0.." +
+                  std::to_string(store_.capacity()));
+  }
+
+  // Calls fn(block rows, host rows, bytes, on_device) for each contiguous run of rows [begin, end)
+  // of head kv_head's K or V, host rows advancing from `host`: one run for a resident block, one
+  // per slab for a host-tier one.
+  template <class Fn>
+  void for_each_run(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, void* host, Fn&& fn) {
+    check_rows(layer, kv_head, which, begin, end);
+    if (begin == end) return;
+    const size_t rb = store_.row_bytes();
     char* dst = static_cast<char*>(host);
-    if (store_.tier(layer, kv_head / plan_.group_size) == Tier::Gpu) {
-      fn(which == 0 ? store_.k_block(layer, kv_head) : store_.v_block(layer, kv_head), dst,
-         static_cast<size_t>(n) * rb, true);
+    const int64_t g = kv_head / plan_.group_size;
+    if (store_.tier(layer, g) == Tier::Gpu) {
+      const DeviceGroup dg = store_.resident_group(layer, g);
+      if (begin < dg.origin || end - dg.origin > dg.rows)
+        throw Error("KV rows " + std::to_string(begin) + ".." + std::to_string(end) + " of layer " +
+                    std::to_string(layer) + " are not held (it keeps positions " + std::to_string(dg.origin) + ".." +
+                    std::to_string(dg.origin + dg.rows) + ")");
+      char* block = static_cast<char*>(which == 0 ? store_.k_block(layer, kv_head) : store_.v_block(layer, kv_head));
+      fn(block + static_cast<size_t>(begin - dg.origin) * rb, dst, static_cast<size_t>(end - begin) * rb, true);
       return;
     }
     const int64_t S = store_.slab_positions();
-    for (int64_t pos = 0; pos < n; pos += S) {
-      const int64_t rows = std::min(S, n - pos);
-      fn(store_.host_row(layer, kv_head, which, pos), dst + static_cast<size_t>(pos) * rb,
+    for (int64_t pos = begin; pos < end; pos = (pos / S + 1) * S) {
+      const int64_t rows = std::min((pos / S + 1) * S, end) - pos;
+      fn(store_.host_row(layer, kv_head, which, pos), dst + static_cast<size_t>(pos - begin) * rb,
          static_cast<size_t>(rows) * rb, false);
     }
   }
@@ -460,6 +520,9 @@ class OffloadKvCache final : public KvCache {
   float* q_host_ = nullptr;                            // host F32 [1][q_dim]: the decode query
   float* out_host_ = nullptr;                          // host F32 [1][q_dim]: output of the CPU heads' columns
   float* lse_host_ = nullptr;                          // host F32 [1][n_heads]
+  // [n_layers]: the first row written since the last reset when a snapshot wrote rows [begin, end)
+  // (kept_from); 0 otherwise.
+  std::vector<int64_t> written_from_ = std::vector<int64_t>(static_cast<size_t>(config_.n_layers), 0);
 };
 
 }  // namespace
@@ -489,6 +552,7 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
   in.hybrid = options.hybrid;
   in.cpu_groups = options.cpu_groups;
   in.host_slab_positions = options.host_slab_positions;
+  in.window_kv = options.window_kv;
   CpuTransferOptions to;
   to.host_budget = static_cast<size_t>(in.host_mem);
   to.copy_jitter_us = options.copy_jitter_us;
@@ -524,6 +588,7 @@ Plan plan_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t ch
   in.chunk = chunk;
   in.mlp_chunk = mlp_chunk;
   in.host_slab_positions = options.host_slab_positions;
+  in.window_kv = options.window_kv;
   // Hybrid's new-row staging is counted; which groups the CPU attends is decided once the link and
   // host read rates are measured (make_planned_kv_cache) and takes no GPU memory.
   in.hybrid = options.hybrid;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "headinfer/error.h"
 
@@ -29,19 +30,30 @@ std::vector<uint8_t> spread(int64_t n, int64_t r) {
   return out;
 }
 
-// Per decoded token at full context, with k of the S host-tier groups attended on the CPU: the
-// link carries the other S - k groups' past and every host-tier group's new row (the CPU groups'
-// rows go home too); the CPU reads k groups' past. Hybrid auto picks the k that minimises the
-// larger of the two times, so the CPU part and the streamed part finish together.
-void plan_hybrid(const PlannerInput& in, Plan& p) {
+// Per decoded token at full context, with k of the host-tier groups attended on the CPU: the
+// link carries the other groups' past (read_bytes: a window layer's group reads its W - 1 past
+// positions, a full one the context) and every host-tier group's new row (the CPU groups' rows go
+// home too); the CPU reads its groups' past. The CPU groups are spread evenly over the host-tier
+// groups in layer order; hybrid auto picks the k that minimises the larger of the two times, so
+// the CPU part and the streamed part finish together.
+void plan_hybrid(const PlannerInput& in, const std::vector<int64_t>& read_bytes, Plan& p) {
   const ModelConfig& c = in.config;
-  const int64_t S = p.n_streamed_groups, gb = p.group_block_bytes;
+  std::vector<int64_t> host_reads;  // [host-tier groups], in group order
+  for (int64_t i = 0; i < p.n_groups; ++i)
+    if (p.resident[static_cast<size_t>(i)] == 0) host_reads.push_back(read_bytes[static_cast<size_t>(i)]);
+  const auto S = static_cast<int64_t>(host_reads.size());
   const int64_t row_bytes = 2 * p.group_size * c.head_dim * in.kv_elem_bytes;
-  auto link_bytes = [&](int64_t k) { return (S - k) * gb + S * row_bytes; };
+  // (link bytes, CPU bytes) per token with k CPU groups.
+  auto split = [&](int64_t k) {
+    const std::vector<uint8_t> pick = spread(S, k);
+    std::pair<int64_t, int64_t> bytes{S * row_bytes, 0};
+    for (size_t i = 0; i < host_reads.size(); ++i) (pick[i] != 0 ? bytes.second : bytes.first) += host_reads[i];
+    return bytes;
+  };
   auto seconds = [](int64_t bytes, double gbps) { return gbps > 0 ? static_cast<double>(bytes) / (gbps * 1e9) : 0.0; };
   p.hybrid = in.hybrid;
   p.dram_gbps = in.dram_gbps;
-  p.streaming_seconds_per_token = seconds(link_bytes(0), in.link_gbps);
+  p.streaming_seconds_per_token = seconds(split(0).first, in.link_gbps);
   int64_t k = 0;
   if (in.hybrid == HybridMode::Auto) {
     if (in.cpu_groups > S)
@@ -54,7 +66,8 @@ void plan_hybrid(const PlannerInput& in, Plan& p) {
         throw Error("--hybrid auto needs the link and host read bandwidths (measured, or --link-gbps and --dram-gbps)");
       double best = 1e300;
       for (int64_t cand = 0; cand <= S; ++cand) {
-        const double t = std::max(seconds(link_bytes(cand), in.link_gbps), seconds(cand * gb, in.dram_gbps));
+        const auto [link, cpu] = split(cand);
+        const double t = std::max(seconds(link, in.link_gbps), seconds(cpu, in.dram_gbps));
         if (t < best) {
           best = t;
           k = cand;
@@ -67,8 +80,7 @@ void plan_hybrid(const PlannerInput& in, Plan& p) {
   const std::vector<uint8_t> pick = spread(S, k);
   for (int64_t i = 0, host = 0; i < p.n_groups; ++i)
     if (p.resident[static_cast<size_t>(i)] == 0) p.cpu_attended[static_cast<size_t>(i)] = pick[static_cast<size_t>(host++)];
-  p.link_bytes_per_token = link_bytes(k);
-  p.cpu_bytes_per_token = k * gb;
+  std::tie(p.link_bytes_per_token, p.cpu_bytes_per_token) = split(k);
   p.link_seconds_per_token = seconds(p.link_bytes_per_token, in.link_gbps);
   p.cpu_seconds_per_token = seconds(p.cpu_bytes_per_token, in.dram_gbps);
   p.decode_seconds_per_token = std::max(p.link_seconds_per_token, p.cpu_seconds_per_token);
@@ -112,6 +124,17 @@ std::string format_bytes(int64_t bytes) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.2f %s", v, kUnits[u]);
   return buf;
+}
+
+LayerKv layer_kv(int64_t window, int64_t context, int64_t chunk, int64_t slab_positions, bool window_kv) {
+  if (context < 1 || chunk < 1 || slab_positions < 1) throw Error("layer KV: context, chunk and slab must be positive");
+  const int64_t n_slabs = (context + slab_positions - 1) / slab_positions;
+  const LayerKv whole{0, context, n_slabs};
+  // 2 (W - 1) + C < context, written so that no term overflows.
+  if (!window_kv || window <= 0 || window - 1 >= context || chunk >= context - 2 * (window - 1)) return whole;
+  const int64_t rows = 2 * (window - 1) + chunk;
+  const int64_t ring = (window - 1 + chunk + slab_positions - 1) / slab_positions + 1;
+  return {window, rows, std::min(ring, n_slabs)};
 }
 
 int64_t estimate_weight_bytes(const ModelConfig& c, int64_t elem) {
@@ -249,24 +272,91 @@ Plan plan_with_chunks(const PlannerInput& in) {
   const int64_t fixed = p.weight_bytes + p.activation_bytes;
   const int64_t free_bytes = capped ? in.gpu_mem - fixed : INT64_MAX;
 
+  // What every layer keeps, whatever the group size: resident blocks and ring slots hold
+  // device_rows positions per head. The slab size S depends on the group size and matters only
+  // for the host tier's rings, so the layers are computed again with it below.
+  const int64_t d = c.head_dim, e = in.kv_elem_bytes;
+  auto window_of = [&](int64_t l) {
+    return static_cast<size_t>(l) < c.layer_window.size() ? c.layer_window[static_cast<size_t>(l)] : int64_t{0};
+  };
+  int64_t all_resident = 0, max_rows = 0;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerKv k = layer_kv(window_of(l), in.context, p.chunk, 1, in.window_kv);
+    all_resident += 2 * c.n_kv_heads * d * e * k.device_rows;
+    max_rows = std::max(max_rows, k.device_rows);
+  }
+
   // Group size first (it sets the transfer unit and the ring), then how many groups stay resident.
-  const bool all_fit = !capped || p.kv_bytes_total <= free_bytes;
+  const bool all_fit = !capped || all_resident <= free_bytes;
   int64_t g = in.kv_group;
   if (g == 0) {
     const bool streams = in.offload == OffloadMode::All || (in.offload == OffloadMode::Auto && !all_fit);
-    g = (streams && capped) ? pick_group_size(c.n_kv_heads, p.head_block_bytes, in.ring_depth, free_bytes)
+    g = (streams && capped) ? pick_group_size(c.n_kv_heads, 2 * max_rows * d * e, in.ring_depth, free_bytes)
                             : c.n_kv_heads;
   }
   p.group_size = g;
   p.groups_per_layer = c.n_kv_heads / g;
   p.n_groups = c.n_layers * p.groups_per_layer;
   p.group_block_bytes = g * p.head_block_bytes;
-  const int64_t gb = p.group_block_bytes, n = p.n_groups;
+  const int64_t n = p.n_groups, gpl = p.groups_per_layer;
+  const int64_t position_bytes = 2 * g * d * e;  // one position of a group's K and V
+  // Slab size: the largest power of two of positions whose group slab fits the target (at least 1).
+  int64_t slab = in.host_slab_positions;
+  if (slab == 0) {
+    slab = 1;
+    while (slab * 2 * position_bytes <= kHostSlabTargetBytes) slab *= 2;
+  }
+  p.host_slab_positions = slab;
+  p.host_slab_bytes = std::min(slab, in.context) * position_bytes;
+  const int64_t n_slabs = (in.context + slab - 1) / slab;
+  p.layers.clear();
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    p.layers.push_back(layer_kv(window_of(l), in.context, p.chunk, slab, in.window_kv));
+    if (p.layers.back().window > 0) ++p.n_window_layers;
+  }
+  // Per group (layer-major): bytes resident, bytes on the host tier, past read per decoded token.
+  std::vector<int64_t> device_bytes(static_cast<size_t>(n)), host_bytes(static_cast<size_t>(n)),
+      read_bytes(static_cast<size_t>(n));
+  std::vector<int64_t> full_groups, window_groups;  // group indices of each kind
+  for (int64_t i = 0; i < n; ++i) {
+    const LayerKv& k = p.layers[static_cast<size_t>(i / gpl)];
+    device_bytes[static_cast<size_t>(i)] = position_bytes * k.device_rows;
+    host_bytes[static_cast<size_t>(i)] = position_bytes * (k.host_slabs < n_slabs ? k.host_slabs * slab : in.context);
+    read_bytes[static_cast<size_t>(i)] = k.window > 0 ? position_bytes * (k.window - 1) : p.group_block_bytes;
+    (k.window > 0 ? window_groups : full_groups).push_back(i);
+  }
+  p.kv_bytes_full = p.kv_bytes_total;
   // Hybrid decode converts the CPU groups' new rows on the device before they go home: at most one
   // layer's K and V rows, kept next to the ring (it exists only while some group streams).
-  const int64_t hybrid_staging = in.hybrid == HybridMode::Auto ? 2 * c.n_kv_heads * c.head_dim * in.kv_elem_bytes : 0;
-  auto ring_for = [&](int64_t resident) {
-    return n > resident ? std::min(in.ring_depth, n - resident) * gb + hybrid_staging : 0;
+  const int64_t hybrid_staging = in.hybrid == HybridMode::Auto ? 2 * c.n_kv_heads * d * e : 0;
+  // r resident groups: full-context groups first, spread evenly over their layers, then window
+  // groups, spread evenly. A resident byte of a full group saves a streamed byte per decoded
+  // token; a window group's block keeps 2 (W - 1) + C positions to save W - 1 of them.
+  auto resident_set = [&](int64_t r) {
+    std::vector<uint8_t> set(static_cast<size_t>(n), 0);
+    const auto n_full = static_cast<int64_t>(full_groups.size());
+    const std::vector<uint8_t> full = spread(n_full, std::min(r, n_full));
+    const std::vector<uint8_t> window =
+        spread(static_cast<int64_t>(window_groups.size()), std::max<int64_t>(0, r - n_full));
+    for (size_t i = 0; i < full.size(); ++i) set[static_cast<size_t>(full_groups[i])] = full[i];
+    for (size_t i = 0; i < window.size(); ++i) set[static_cast<size_t>(window_groups[i])] = window[i];
+    return set;
+  };
+  struct Placement {
+    int64_t gpu = 0, host = 0, ring = 0, slot_rows = 0;
+  };
+  auto place = [&](const std::vector<uint8_t>& set, int64_t r) {
+    Placement pl;
+    for (int64_t i = 0; i < n; ++i) {
+      if (set[static_cast<size_t>(i)] != 0) {
+        pl.gpu += device_bytes[static_cast<size_t>(i)];
+      } else {
+        pl.host += host_bytes[static_cast<size_t>(i)];
+        pl.slot_rows = std::max(pl.slot_rows, p.layers[static_cast<size_t>(i / gpl)].device_rows);
+      }
+    }
+    if (n > r) pl.ring = std::min(in.ring_depth, n - r) * position_bytes * pl.slot_rows + hybrid_staging;
+    return pl;
   };
 
   int64_t r = 0;
@@ -277,29 +367,28 @@ Plan plan_with_chunks(const PlannerInput& in) {
       if (!capped || free_bytes < 0) {
         r = capped ? 0 : n;
       } else {
-        r = std::min(n, free_bytes / gb);
-        while (r > 0 && r * gb + ring_for(r) > free_bytes) --r;
+        // The most resident groups that fit next to their ring (which shrinks once every
+        // full-context group is resident, so search from the top).
+        for (r = n; r > 0; --r) {
+          const Placement pl = place(resident_set(r), r);
+          if (pl.gpu + pl.ring <= free_bytes) break;
+        }
       }
       break;
   }
+  p.resident = resident_set(r);
+  const Placement pl = place(p.resident, r);
   p.n_resident_groups = r;
   p.n_streamed_groups = n - r;
   p.ring_depth = std::min(in.ring_depth, n - r);
-  p.ring_bytes = ring_for(r);
-  p.kv_bytes_gpu = r * gb;
-  p.kv_bytes_host = (n - r) * gb;
+  p.ring_bytes = pl.ring;
+  p.slot_positions = pl.slot_rows;
+  p.kv_bytes_gpu = pl.gpu;
+  p.kv_bytes_host = pl.host;
+  p.kv_bytes_total = pl.gpu + pl.host;
+  p.window_saved_bytes = p.kv_bytes_full - p.kv_bytes_total;
   p.gpu_bytes_total = fixed + p.kv_bytes_gpu + p.ring_bytes;
-  p.resident = spread(n, r);
-  // Slab size: the largest power of two of positions whose group slab fits the target (at least 1).
-  const int64_t group_bytes_per_position = 2 * g * c.head_dim * in.kv_elem_bytes;
-  int64_t slab = in.host_slab_positions;
-  if (slab == 0) {
-    slab = 1;
-    while (slab * 2 * group_bytes_per_position <= kHostSlabTargetBytes) slab *= 2;
-  }
-  p.host_slab_positions = slab;
-  p.host_slab_bytes = std::min(slab, in.context) * group_bytes_per_position;
-  plan_hybrid(in, p);
+  plan_hybrid(in, read_bytes, p);
 
   // Fit checks, most basic first, each naming the numbers and the knob.
   const std::string cap = b(in.gpu_mem);
@@ -312,19 +401,25 @@ Plan plan_with_chunks(const PlannerInput& in) {
                 ": raise --gpu-mem or lower --chunk";
   } else if (capped && in.offload == OffloadMode::None && p.gpu_bytes_total > in.gpu_mem) {
     p.message = "--offload none keeps all " + b(p.kv_bytes_total) + " of KV (" + std::to_string(in.context) +
-                " tokens x " + b(p.kv_bytes_per_token) + ") on the GPU, but only " + b(free_bytes) + " of --gpu-mem " +
-                cap + " is left after weights and activations: use --offload auto, raise --gpu-mem or lower --ctx";
+                " tokens" + (p.n_window_layers > 0 ? ", window layers at their window" : "") + ") on the GPU, but only " +
+                b(free_bytes) + " of --gpu-mem " + cap +
+                " is left after weights and activations: use --offload auto, raise --gpu-mem or lower --ctx";
   } else if (capped && p.gpu_bytes_total > in.gpu_mem) {
     p.message = "a ring of " + std::to_string(p.ring_depth) + " slots for a group of " + std::to_string(g) +
-                " kv head(s) at " + std::to_string(in.context) + " tokens needs " + b(p.ring_bytes) + " but only " +
-                b(free_bytes) + " of --gpu-mem " + cap + " is left after weights and activations: raise --gpu-mem, " +
-                "lower --ctx" + (g > 1 ? " or use a smaller --kv-group" : "");
+                " kv head(s) at " + std::to_string(p.slot_positions) + " positions needs " + b(p.ring_bytes) +
+                " but only " + b(free_bytes) + " of --gpu-mem " + cap +
+                " is left after weights and activations: raise --gpu-mem, lower --ctx" +
+                (g > 1 ? " or use a smaller --kv-group" : "");
   } else if (in.host_mem > 0 && p.kv_bytes_host > in.host_mem) {
-    const int64_t host_per_token = p.n_streamed_groups * g * 2 * c.head_dim * in.kv_elem_bytes;
+    int64_t host_per_token = 0;  // the host-tier groups that keep the whole context grow with it
+    for (int64_t i = 0; i < n; ++i)
+      if (p.resident[static_cast<size_t>(i)] == 0 && p.layers[static_cast<size_t>(i / gpl)].window == 0)
+        host_per_token += position_bytes;
     p.message = "host-tier KV needs " + b(p.kv_bytes_host) + " (" + std::to_string(p.n_streamed_groups * g) +
                 " head blocks at " + std::to_string(in.context) + " tokens) but host memory is " + b(in.host_mem) +
-                ": raise --host-mem, raise --gpu-mem to keep more heads resident, or lower --ctx to about " +
-                std::to_string(host_per_token > 0 ? in.host_mem / host_per_token : 0) + " tokens";
+                ": raise --host-mem, raise --gpu-mem to keep more heads resident" +
+                (host_per_token > 0 ? ", or lower --ctx to about " + std::to_string(in.host_mem / host_per_token) + " tokens"
+                                    : std::string());
   } else {
     p.fits = true;
   }

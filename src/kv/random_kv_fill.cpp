@@ -109,13 +109,13 @@ void fill_random_host_blocks(const std::vector<RandomKvBlock>& blocks, DType dty
 void fill_random_device_block(Device& device, const RandomKvBlock& block, DType dtype, int64_t n_rows,
                               int64_t head_dim, uint64_t seed, std::vector<char>& staging) {
   const size_t elem_bytes = dtype_size(dtype);
-  const int64_t total = n_rows * head_dim;
+  const int64_t total = n_rows * head_dim, first = block.row0 * head_dim;
   const auto chunk = std::max<int64_t>(1, static_cast<int64_t>(staging.size() / elem_bytes));
   const uint64_t key = block_key(seed, block);
   for (int64_t begin = 0; begin < total; begin += chunk) {
     const int64_t end = std::min(total, begin + chunk);
     std::vector<Piece> pieces;
-    add_pieces(pieces, staging.data(), elem_bytes, key, begin, end);
+    add_pieces(pieces, staging.data(), elem_bytes, key, first + begin, first + end);
     run_pieces(pieces, dtype);
     device.write_from_host(static_cast<char*>(block.dst) + static_cast<size_t>(begin) * elem_bytes, staging.data(),
                            static_cast<size_t>(end - begin) * elem_bytes);

@@ -26,8 +26,9 @@ struct RandomKvBlock {
 // pieces over every core (the host tier of a 1M-token context is tens of GiB).
 void fill_random_host_blocks(const std::vector<RandomKvBlock>& blocks, DType dtype, int64_t head_dim, uint64_t seed);
 
-// The same values written into device memory, rows [0, n_rows) of a block whose row0 is 0:
-// generated in host chunks of at most `staging_bytes` and copied with Device::write_from_host.
+// The same values written into device memory: rows [0, n_rows) of block.dst, holding positions
+// block.row0 onwards, generated in host chunks of at most staging.size() bytes and copied with
+// Device::write_from_host.
 void fill_random_device_block(Device& device, const RandomKvBlock& block, DType dtype, int64_t n_rows,
                               int64_t head_dim, uint64_t seed, std::vector<char>& staging);
 

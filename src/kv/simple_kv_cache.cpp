@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -26,12 +27,13 @@ class SimpleKvCache final : public KvCache {
   }
 
   int64_t capacity() const override { return capacity_; }
-  void reset() override {}
+  void reset() override { std::fill(written_from_.begin(), written_from_.end(), 0); }
 
   void fill_random(int64_t n_positions, uint64_t seed) override {
     if (n_positions < 0 || n_positions > capacity_)
       throw Error("random KV fill: " + std::to_string(n_positions) + " positions, KV cache holds " +
                   std::to_string(capacity_) + " (raise --ctx)");
+    reset();
     // Every block is device memory: generated on the host in 64 MiB pieces and copied over.
     std::vector<char> staging(size_t{64} << 20);
     for (int64_t l = 0; l < config_.n_layers; ++l)
@@ -49,12 +51,16 @@ class SimpleKvCache final : public KvCache {
       throw Error("KV truncate to " + std::to_string(n) + " positions: KV cache holds " + std::to_string(capacity_));
     // Nothing to drop: attention reads only rows [0, pos0 + T), and the next chunk overwrites from n.
   }
+  int64_t kept_from(int64_t layer) const override { return written_from_.at(static_cast<size_t>(layer)); }
   DType kv_dtype() const override { return DType::F32; }
-  void read_rows(int64_t layer, int64_t kv_head, int which, int64_t n, void* host_dst) override {
-    device_.read_to_host(host_dst, block(layer, kv_head, which), rows_bytes(n));
+  void read_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, void* host_dst) override {
+    device_.read_to_host(host_dst, row(layer, kv_head, which, begin, end), rows_bytes(end - begin));
   }
-  void write_rows(int64_t layer, int64_t kv_head, int which, int64_t n, const void* host_src) override {
-    device_.write_from_host(block(layer, kv_head, which), host_src, rows_bytes(n));
+  void write_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end,
+                  const void* host_src) override {
+    device_.write_from_host(row(layer, kv_head, which, begin, end), host_src, rows_bytes(end - begin));
+    auto& from = written_from_[static_cast<size_t>(layer)];
+    from = std::max(from, begin);  // the rows before a snapshot's first were never written
   }
   size_t bytes_device() const override { return 2 * k_blocks_.size() * rows_bytes(capacity_); }
   size_t bytes_host() const override { return 0; }
@@ -67,8 +73,8 @@ class SimpleKvCache final : public KvCache {
     Ops& ops = device_.ops();
     for (int64_t h = 0; h < config_.n_kv_heads; ++h) {
       const size_t block = static_cast<size_t>(layer * config_.n_kv_heads + h);
-      store_and_attend_heads(ops, config_, layer, h, 1, a, k_blocks_[block].data(), v_blocks_[block].data(), 0,
-                             DType::F32);
+      store_and_attend_heads(ops, config_, layer, h, 1, a,
+                             HeadBlocks{k_blocks_[block].data(), v_blocks_[block].data(), 0, 0, DType::F32});
     }
   }
 
@@ -77,11 +83,15 @@ class SimpleKvCache final : public KvCache {
     if (n < 0 || n > capacity_) throw Error("KV rows: " + std::to_string(n) + " outside 0.." + std::to_string(capacity_));
     return static_cast<size_t>(n) * static_cast<size_t>(config_.head_dim) * sizeof(float);
   }
-  void* block(int64_t layer, int64_t kv_head, int which) {
+  // Row `begin` of a head's K or V block, for rows [begin, end).
+  void* row(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end) {
     if (layer < 0 || layer >= config_.n_layers || kv_head < 0 || kv_head >= config_.n_kv_heads)
       throw Error("KV rows: head block out of range");
+    if (begin < 0 || begin > end || end > capacity_)
+      throw Error("KV rows " + std::to_string(begin) + ".." + std::to_string(end) + " outside 0.." +
+                  std::to_string(capacity_));
     const size_t b = static_cast<size_t>(layer * config_.n_kv_heads + kv_head);
-    return which == 0 ? k_blocks_[b].data() : v_blocks_[b].data();
+    return static_cast<char*>(which == 0 ? k_blocks_[b].data() : v_blocks_[b].data()) + rows_bytes(begin);
   }
 
   Device& device_;
@@ -89,33 +99,38 @@ class SimpleKvCache final : public KvCache {
   const int64_t capacity_;
   std::vector<DeviceBuffer> k_blocks_;
   std::vector<DeviceBuffer> v_blocks_;
+  std::vector<int64_t> written_from_ = std::vector<int64_t>(static_cast<size_t>(config_.n_layers), 0);  // [n_layers]
 };
 
 }  // namespace
 
 void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
-                            const LayerAttention& a, void* k_base, void* v_base, int64_t head_stride,
-                            DType kv_dtype) {
+                            const LayerAttention& a, const HeadBlocks& blocks) {
   const int64_t d = config.head_dim;
   const int64_t gs = config.group_size();
   const int64_t n_new = a.q.rows;
-  const size_t at = static_cast<size_t>(a.pos0 * d) * dtype_size(kv_dtype);
+  const int64_t first = config.first_visible_key(layer, a.pos0);
+  if (first < blocks.origin) throw Error("KV store: the keys a chunk sees start before the rows the store holds");
+  const size_t e = dtype_size(blocks.dtype);
+  auto row = [&](void* base, int64_t pos) { return static_cast<char*>(base) + static_cast<size_t>((pos - blocks.origin) * d) * e; };
   ops.copy_heads(a.k_new.slice_cols(h0 * d, n_heads * d), n_heads,
-                 MatView{static_cast<char*>(k_base) + at, kv_dtype, n_new, d, d}, head_stride);
+                 MatView{row(blocks.k, a.pos0), blocks.dtype, n_new, d, d}, blocks.head_stride);
   ops.copy_heads(a.v_new.slice_cols(h0 * d, n_heads * d), n_heads,
-                 MatView{static_cast<char*>(v_base) + at, kv_dtype, n_new, d, d}, head_stride);
+                 MatView{row(blocks.v, a.pos0), blocks.dtype, n_new, d, d}, blocks.head_stride);
   AttentionArgs args;
   args.q = a.q.slice_cols(h0 * gs * d, n_heads * gs * d);
-  args.kv = KvHeadView{k_base, v_base, kv_dtype, d};
-  args.n_keys = a.pos0 + n_new;
+  // Keys [first, pos0 + T) only: what the chunk sees, the same run whether the store keeps the
+  // whole context or just the window.
+  args.kv = KvHeadView{row(blocks.k, first), row(blocks.v, first), blocks.dtype, d};
+  args.n_keys = a.pos0 + n_new - first;
   args.head_dim = d;
   args.n_q_heads = gs;
   args.n_kv_heads = n_heads;
   args.layer_kv_heads = config.n_kv_heads;
-  args.kv_head_stride = head_stride;
+  args.kv_head_stride = blocks.head_stride;
   args.q_pos0 = a.pos0;
-  args.k_pos0 = 0;
-  args.window = config.layer_window[static_cast<size_t>(layer)];
+  args.k_pos0 = first;
+  args.window = config.window(layer);
   args.scale = config.attention_scale();  // transformers: head_dim (or query_pre_attn_scalar) ** -0.5
   args.softcap = config.attn_softcap;
   args.out = a.out.slice_cols(h0 * gs * d, n_heads * gs * d);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <string>
 
 #include "headinfer/error.h"
@@ -70,6 +71,7 @@ void Engine::step(int32_t id) {
     throw Error("context full: " + std::to_string(n_past_ + 1) + " tokens needed, context is " +
                 std::to_string(options_.context) + " (raise --ctx)");
   Device& device = model_.device();
+  kv_->prepare(n_past_, 1);  // a window block's move is queued here, never recorded in a graph
   if (graphs_ && device.begin_graph()) {
     bool recorded = false;
     try {
@@ -143,10 +145,26 @@ void Engine::reset() {
   kv_->reset();
 }
 
+int64_t Engine::min_kept_prefix() const {
+  const ModelConfig& c = config();
+  int64_t shortest = 0;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int64_t first = kv_->kept_from(l);
+    if (first == 0) continue;
+    // A chunk at n sees keys from n - W + 1 on; a full-attention layer needs them all.
+    shortest = c.window(l) > 0 ? std::max(shortest, first + c.window(l) - 1) : std::numeric_limits<int64_t>::max();
+  }
+  return shortest;
+}
+
 void Engine::truncate(int64_t n) {
   if (n < 0 || n > n_past_)
     throw Error("KV truncate to " + std::to_string(n) + " positions: " + std::to_string(n_past_) + " are held");
   if (n == n_past_) return;
+  if (n > 0 && n < min_kept_prefix())
+    throw Error("KV truncate to " + std::to_string(n) + " positions: the sliding-window layers no longer hold the " +
+                "positions a chunk there sees (the shortest prefix kept is " + std::to_string(min_kept_prefix()) +
+                "); recompute from the start");
   kv_->truncate(n);
   n_past_ = n;
   ids_.resize(static_cast<size_t>(std::min<int64_t>(n, static_cast<int64_t>(ids_.size()))));
@@ -160,6 +178,11 @@ int64_t Engine::keep_common_prefix(std::span<const int32_t> ids) {
   const size_t limit = std::min(ids_.size(), ids.empty() ? size_t{0} : ids.size() - 1);
   const size_t common = static_cast<size_t>(
       std::mismatch(ids_.begin(), ids_.begin() + static_cast<std::ptrdiff_t>(limit), ids.begin()).first - ids_.begin());
+  if (static_cast<int64_t>(common) < min_kept_prefix()) {
+    // A sliding-window layer has dropped the positions a chunk at `common` sees: recompute.
+    reset();
+    return 0;
+  }
   truncate(static_cast<int64_t>(common));
   return static_cast<int64_t>(common);
 }

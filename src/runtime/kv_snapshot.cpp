@@ -78,6 +78,7 @@ class Fd {
 };
 
 struct Header {
+  uint32_t version = 0;
   uint64_t index_offset = 0, index_bytes = 0, index_checksum = 0;
 };
 
@@ -98,13 +99,14 @@ Header decode_header(const char* p, const std::string& path) {
   if (std::memcmp(p, kKvSnapshotMagic, 8) != 0) throw Error(where + "not a headinfer KV snapshot (bad magic)");
   uint32_t version = 0;
   std::memcpy(&version, p + 8, 4);
-  if (version != kKvSnapshotVersion)
-    throw Error(where + "format version " + std::to_string(version) + ", this build reads version " +
+  if (version < 1 || version > kKvSnapshotVersion)
+    throw Error(where + "format version " + std::to_string(version) + ", this build reads versions 1 to " +
                 std::to_string(kKvSnapshotVersion));
   uint64_t self = 0;
   std::memcpy(&self, p + 40, 8);
   if (self != kv_checksum(p, 40)) throw Error(where + "header checksum mismatch (the file is corrupt)");
   Header h;
+  h.version = version;
   std::memcpy(&h.index_offset, p + 16, 8);
   std::memcpy(&h.index_bytes, p + 24, 8);
   std::memcpy(&h.index_checksum, p + 32, 8);
@@ -124,9 +126,16 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Bytes of one head's K (or V) rows [0, positions).
+// Bytes of one head's K (or V) rows, `positions` of them.
 size_t block_bytes(const ModelConfig& c, DType dtype, int64_t positions) {
   return static_cast<size_t>(positions) * static_cast<size_t>(c.head_dim) * dtype_size(dtype);
+}
+
+// Per layer, the first position a snapshot of `positions` holds: the first key a chunk there sees.
+std::vector<int64_t> layer_first(const ModelConfig& c, int64_t positions) {
+  std::vector<int64_t> first(static_cast<size_t>(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l) first[static_cast<size_t>(l)] = c.first_visible_key(l, positions);
+  return first;
 }
 
 }  // namespace
@@ -190,14 +199,20 @@ Engine::SnapshotStats Engine::save_kv(const std::filesystem::path& path) {
     sections.push_back({{"name", "ids"}, {"offset", offset}, {"bytes", ids_bytes},
                         {"checksum", hex64(kv_checksum(ids_.data(), ids_bytes))}});
     offset += ids_bytes;
-    // host [positions, head_dim] of the KV dtype: one head's K or V at a time
-    std::vector<char> staging(block_bytes(c, dtype, n_past_));
+    // host [positions - first, head_dim] of the KV dtype: one head's K or V at a time
+    const std::vector<int64_t> first = layer_first(c, n_past_);
+    std::vector<char> staging;
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const uint64_t begin = offset;
       uint64_t sum = 0;
+      const int64_t from = first[static_cast<size_t>(l)];
+      if (kv_->kept_from(l) > from)
+        throw Error("KV snapshot " + path.string() + ": layer " + std::to_string(l) + " no longer holds position " +
+                    std::to_string(from));
+      staging.resize(block_bytes(c, dtype, n_past_ - from));
       for (int64_t h = 0; h < c.n_kv_heads; ++h)
         for (int which = 0; which < 2; ++which) {
-          kv_->read_rows(l, h, which, n_past_, staging.data());
+          kv_->read_rows(l, h, which, from, n_past_, staging.data());
           sum = kv_checksum(staging.data(), staging.size(), sum);
           fd.write_at(staging.data(), staging.size(), offset);
           offset += staging.size();
@@ -208,11 +223,11 @@ Engine::SnapshotStats Engine::save_kv(const std::filesystem::path& path) {
     const nlohmann::json index = {
         {"format", "headinfer KV snapshot"}, {"model_id", model_id_}, {"model_type", c.model_type},
         {"n_layers", c.n_layers}, {"n_kv_heads", c.n_kv_heads}, {"head_dim", c.head_dim},
-        {"kv_dtype", std::string(dtype_name(dtype))}, {"positions", n_past_}, {"plan", plan_json(*kv_)},
-        {"sections", sections}};
+        {"kv_dtype", std::string(dtype_name(dtype))}, {"positions", n_past_}, {"layer_first", first},
+        {"plan", plan_json(*kv_)}, {"sections", sections}};
     const std::string text = index.dump();
     fd.write_at(text.data(), text.size(), offset);
-    const std::vector<char> header = encode_header({offset, text.size(), kv_checksum(text.data(), text.size())});
+    const std::vector<char> header = encode_header({kKvSnapshotVersion, offset, text.size(), kv_checksum(text.data(), text.size())});
     fd.write_at(header.data(), header.size(), 0);
     stats.bytes = offset + text.size();
     fd.close_synced();
@@ -256,10 +271,12 @@ Engine::SnapshotStats Engine::load_kv(const std::filesystem::path& path) {
   nlohmann::json index;
   int64_t positions = 0;
   std::vector<nlohmann::json> sections;
+  std::vector<int64_t> first;  // [n_layers]: the first position each layer's section holds
   try {
     index = nlohmann::json::parse(text);
     positions = index.at("positions").get<int64_t>();
     sections = index.at("sections").get<std::vector<nlohmann::json>>();
+    if (h.version >= 2) first = index.at("layer_first").get<std::vector<int64_t>>();
     if (index.at("model_id").get<std::string>() != model_id_)
       throw Error(where + "made with another model (identity " + index.at("model_id").get<std::string>() +
                   ", this model is " + model_id_ + ")");
@@ -272,13 +289,19 @@ Engine::SnapshotStats Engine::load_kv(const std::filesystem::path& path) {
   if (positions < 0 || positions > context())
     throw Error(where + std::to_string(positions) + " positions do not fit the context of " +
                 std::to_string(context()) + " (raise --ctx)");
-  const size_t block = block_bytes(c, dtype, positions);
+  if (h.version < 2) first.assign(static_cast<size_t>(c.n_layers), 0);  // version 1: every layer from 0
+  if (first.size() != static_cast<size_t>(c.n_layers)) throw Error(where + "layer_first does not name every layer");
+  for (size_t l = 0; l < first.size(); ++l)
+    if (first[l] < 0 || first[l] > positions ||
+        first[l] > c.first_visible_key(static_cast<int64_t>(l), positions))  // a layer short of what a chunk sees
+      throw Error(where + "layer " + std::to_string(l) + " starts at position " + std::to_string(first[l]) +
+                  ", which does not fit its window at " + std::to_string(positions) + " positions");
   if (sections.size() != static_cast<size_t>(c.n_layers + 1)) throw Error(where + "wrong number of sections");
   // Every section where the layout puts it, inside the file, before anything is read.
   uint64_t offset = kKvSnapshotHeaderBytes;
   for (size_t i = 0; i < sections.size(); ++i) {
     const uint64_t want = i == 0 ? static_cast<uint64_t>(positions) * sizeof(int32_t)
-                                 : 2 * static_cast<uint64_t>(c.n_kv_heads) * block;
+                                 : 2 * static_cast<uint64_t>(c.n_kv_heads) * block_bytes(c, dtype, positions - first[i - 1]);
     if (sections[i].value("offset", uint64_t{0}) != offset || sections[i].value("bytes", uint64_t{0}) != want)
       throw Error(where + "section " + std::to_string(i) + " is not where the layout puts it");
     offset += want;
@@ -297,16 +320,21 @@ Engine::SnapshotStats Engine::load_kv(const std::filesystem::path& path) {
     if (id < 0 || id >= c.vocab_size) throw Error(where + "token id " + std::to_string(id) + " outside the vocabulary");
   reset();  // from here a failure leaves an empty context
   try {
-    std::vector<char> staging(block);  // host [positions, head_dim] of the KV dtype
+    std::vector<char> staging;  // host [positions - first, head_dim] of the KV dtype
     offset = kKvSnapshotHeaderBytes + ids.size() * sizeof(int32_t);
     for (int64_t l = 0; l < c.n_layers; ++l) {
       uint64_t sum = 0;
+      // Only what a chunk at `positions` sees is written (a version 1 file holds more of a window
+      // layer than this engine may keep).
+      const int64_t from = first[static_cast<size_t>(l)], keep = std::max(from, c.first_visible_key(l, positions));
+      const size_t skip = block_bytes(c, dtype, keep - from);
+      staging.resize(block_bytes(c, dtype, positions - from));
       for (int64_t hd = 0; hd < c.n_kv_heads; ++hd)
         for (int which = 0; which < 2; ++which) {
           fd.read_at(staging.data(), staging.size(), offset);
           offset += staging.size();
           sum = kv_checksum(staging.data(), staging.size(), sum);
-          kv_->write_rows(l, hd, which, positions, staging.data());
+          kv_->write_rows(l, hd, which, keep, positions, staging.data() + skip);
         }
       expect_sum(static_cast<size_t>(l) + 1, sum);
     }

@@ -24,6 +24,18 @@ DType weight_dtype_of(const std::string& name) {
   return DType::BF16;
 }
 
+// Per layer: the window it keeps (0: the whole context), and the positions of a resident block.
+std::vector<int64_t> window_list(const Plan& p) {
+  std::vector<int64_t> out;
+  for (const LayerKv& k : p.layers) out.push_back(k.window);
+  return out;
+}
+std::vector<int64_t> device_positions(const Plan& p) {
+  std::vector<int64_t> out;
+  for (const LayerKv& k : p.layers) out.push_back(k.device_rows);
+  return out;
+}
+
 }  // namespace
 
 PlanReport plan_placement(const PlanRequest& r) {
@@ -117,6 +129,12 @@ nlohmann::json plan_report_json(const PlanReport& r) {
           {"kv_bytes_total", p.kv_bytes_total},
           {"kv_bytes_gpu", p.kv_bytes_gpu},
           {"kv_bytes_host", p.kv_bytes_host},
+          {"kv_bytes_full", p.kv_bytes_full},
+          {"window_saved_bytes", p.window_saved_bytes},
+          {"n_window_layers", p.n_window_layers},
+          {"layer_window", window_list(p)},
+          {"layer_device_positions", device_positions(p)},
+          {"slot_positions", p.slot_positions},
           {"host_slab_positions", p.host_slab_positions},
           {"host_slab_bytes", p.host_slab_bytes},
           {"weight_bytes", p.weight_bytes},

@@ -111,9 +111,11 @@ TEST_P(GpuPlacements, EveryPlacementIsBitIdenticalToAllResident) {
     // The fixed bytes are those of the all-resident run minus its KV.
     const int64_t context = static_cast<int64_t>(prompt.size()) + spec.n_decode;
     const int64_t fixed = ref.plan.weight_bytes + ref.plan.activation_bytes;
-    const int64_t block = 2 * context * c.head_dim * ref.plan.kv_elem_bytes;  // K + V of one head
     const int64_t n_blocks = c.n_layers * c.n_kv_heads;
-    for (auto [resident, cap] : test::resident_caps(fixed, block, n_blocks, {1, n_blocks / 2})) {
+    KvPlacementOptions g1;
+    g1.kv_group = 1;
+    g1.kv_dtype = ref.plan.kv_elem_bytes == 4 ? DType::F32 : DType::BF16;
+    for (auto [resident, cap] : test::resident_caps(c, fixed, context, chunk, {1, n_blocks / 2}, g1)) {
       RunSpec s = spec;
       s.kv.offload = OffloadMode::Auto;
       s.kv.kv_group = 1;

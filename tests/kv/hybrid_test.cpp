@@ -148,8 +148,7 @@ TEST(HybridDecode, EqualsAllResidentOnEveryModel) {
         const int64_t context = kPrompt + kDecode;
         Model m(*ckpt, *probe, {kChunk, 512});
         const int64_t fixed = static_cast<int64_t>(probe->bytes_in_use());
-        const int64_t block = 2 * context * c.head_dim * 4;
-        o.gpu_mem = fixed + (n_host / 2 + 2) * block;
+        o.gpu_mem = test::cap_for_resident(c, fixed, context, kChunk, n_host / 2, o);
       }
       const RunResult got = run(*ckpt, prompt, o);
       const int64_t S = got.plan.n_streamed_groups;

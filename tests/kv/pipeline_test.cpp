@@ -96,9 +96,12 @@ TEST_P(AllModels, EveryPlacementIsBitIdenticalToAllResident) {
     // 2-slot ring, n - 3 is the most that can stay resident while anything streams.
     const int64_t context = static_cast<int64_t>(prompt.size()) + spec.n_decode;
     const int64_t fixed = fixed_device_bytes(*ckpt, context, chunk);
-    const int64_t block = 2 * context * c.head_dim * 4;  // K + V of one head, F32
     const int64_t n_blocks = c.n_layers * c.n_kv_heads;
-    for (auto [resident, cap] : test::resident_caps(fixed, block, n_blocks, {1, n_blocks / 2, n_blocks - 3})) {
+    KvPlacementOptions split;
+    split.kv_group = 1;
+    const auto caps = test::resident_caps(c, fixed, context, chunk, {1, n_blocks / 2, n_blocks - 3}, split);
+    EXPECT_GE(caps.size(), 2u);
+    for (auto [resident, cap] : caps) {
       RunSpec s = spec;
       s.kv.offload = OffloadMode::Auto;
       s.kv.kv_group = 1;

@@ -12,6 +12,7 @@
 #include "headinfer/error.h"
 #include "headinfer/model.h"
 #include "headinfer/planner.h"
+#include "headinfer/random_model.h"
 #include "headinfer/transfer.h"
 #include "testdata.h"
 
@@ -305,6 +306,120 @@ TEST(Planner, HostSlabSize) {
   EXPECT_THROW(make_plan(in), Error);
 }
 
+// Gemma-2-9B's shape (the built-in one bench and plan use: 42 layers alternating a 4096-token
+// window and full attention, 8 kv heads of 256 dims), bf16 KV.
+// At 128K tokens in prefill chunks of 2048.
+PlannerInput gemma2_9b_at_128k() {
+  PlannerInput in;
+  in.config = parse_model_config(builtin_shape_config("gemma2-9b"), "shape gemma2-9b");
+  in.context = 131072;
+  in.chunk = 2048;
+  in.kv_elem_bytes = 2;
+  return in;
+}
+
+// layer_kv by hand: a window layer keeps 2 (W - 1) + C rows resident and a ring of
+// ceil((W - 1 + C) / S) + 1 slabs; the whole context when that is not smaller, or without a window.
+TEST(PlannerWindow, LayerKvByHand) {
+  const int64_t ctx = 131072;
+  LayerKv k = layer_kv(4096, ctx, 2048, 2048, true);
+  EXPECT_EQ(k.window, 4096);
+  EXPECT_EQ(k.device_rows, 2 * 4095 + 2048);
+  EXPECT_EQ(k.host_slabs, 3 + 1);  // 4095 + 2048 = 6143 positions span 3 slabs, one more for the boundary
+  k = layer_kv(4096, ctx, 2048, 100000, true);
+  EXPECT_EQ(k.host_slabs, 2);  // as many as the context has: no ring
+  EXPECT_EQ(layer_kv(0, ctx, 2048, 2048, true).device_rows, ctx);
+  EXPECT_EQ(layer_kv(4096, ctx, 2048, 2048, false).device_rows, ctx);
+  EXPECT_EQ(layer_kv(4096, ctx, 2048, 2048, false).window, 0);
+  // 2 * 4095 + 2048 = 10238 is not below a context of 10238: the layer keeps it all.
+  EXPECT_EQ(layer_kv(4096, 10238, 2048, 2048, true).window, 0);
+  EXPECT_EQ(layer_kv(4096, 10239, 2048, 2048, true).window, 4096);
+  EXPECT_EQ(layer_kv(int64_t{1} << 40, ctx, 2048, 2048, true).window, 0);  // a window past the context
+  EXPECT_THROW(layer_kv(4096, ctx, 0, 2048, true), Error);
+}
+
+// Gemma-2-9B at 128K, everything resident: the 21 window layers count at 10238 of 131072
+// positions, so the KV is the 21 global layers' plus 7.8% of them, 53.9% of the all-global figure.
+TEST(PlannerWindow, Gemma2CountsWindowLayersAtTheirWindow) {
+  PlannerInput in = gemma2_9b_at_128k();
+  const Plan p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  const int64_t per_position = 2 * 8 * 256 * 2;  // K + V of a layer's 8 heads, bf16
+  EXPECT_EQ(p.n_window_layers, 21);
+  ASSERT_EQ(p.layers.size(), 42u);
+  EXPECT_EQ(p.layers[0].window, 4096);
+  EXPECT_EQ(p.layers[0].device_rows, 10238);
+  EXPECT_EQ(p.layers[1].window, 0);
+  EXPECT_EQ(p.layers[1].device_rows, 131072);
+  EXPECT_EQ(p.kv_bytes_full, 42 * per_position * 131072);
+  EXPECT_EQ(p.kv_bytes_total, 21 * per_position * (131072 + 10238));
+  EXPECT_EQ(p.kv_bytes_gpu, p.kv_bytes_total);
+  EXPECT_EQ(p.window_saved_bytes, 21 * per_position * (131072 - 10238));
+  EXPECT_NEAR(static_cast<double>(p.kv_bytes_total) / static_cast<double>(p.kv_bytes_full), 0.539, 0.001);
+
+  in.window_kv = false;  // every layer at the whole context
+  const Plan whole = make_plan(in);
+  EXPECT_EQ(whole.n_window_layers, 0);
+  EXPECT_EQ(whole.kv_bytes_total, whole.kv_bytes_full);
+  EXPECT_EQ(whole.window_saved_bytes, 0);
+
+  in.window_kv = true;
+  in.context = 8192;  // shorter than 2 (W - 1) + C: nothing to trim
+  EXPECT_EQ(make_plan(in).n_window_layers, 0);
+}
+
+// Offloaded: a window group's host tier is a ring of slabs and it streams only W - 1 positions per
+// decoded token; a ring slot is as large as the largest streamed group's resident block.
+TEST(PlannerWindow, Gemma2OffloadedStreamsTheWindowOnly) {
+  PlannerInput in = gemma2_9b_at_128k();
+  in.offload = OffloadMode::All;
+  in.kv_group = 8;
+  in.link_gbps = 50.0;
+  const Plan p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  const int64_t per_position = 2 * 8 * 256 * 2;
+  EXPECT_EQ(p.host_slab_positions, 2048);  // 16 MiB / 8 KiB per position of the group
+  EXPECT_EQ(p.layers[0].host_slabs, 4);    // ceil(6143 / 2048) + 1 of the context's 64
+  EXPECT_EQ(p.kv_bytes_host, 21 * per_position * 131072 + 21 * per_position * 4 * 2048);
+  EXPECT_EQ(p.kv_bytes_gpu, 0);
+  EXPECT_EQ(p.slot_positions, 131072);
+  EXPECT_EQ(p.ring_bytes, 2 * per_position * 131072);
+  // Per decoded token: the 21 full groups' context, the 21 window groups' 4095 past positions,
+  // and every group's new row back.
+  EXPECT_EQ(p.link_bytes_per_token, 21 * per_position * 131072 + 21 * per_position * 4095 + 42 * per_position);
+}
+
+// Residency: full-context groups first (each resident byte saves a streamed byte per token),
+// spread over their layers; window groups once every full one is resident, and then the ring only
+// needs window-sized slots.
+TEST(PlannerWindow, FullContextGroupsAreResidentFirst) {
+  PlannerInput in = gemma2_9b_at_128k();
+  in.kv_group = 1;
+  in.weight_bytes = 0;
+  in.activation_bytes = 0;
+  const int64_t full_group = 2 * 256 * 2 * 131072, window_group = 2 * 256 * 2 * 10238;
+  // Room for 10 full groups next to a ring of two full slots.
+  in.gpu_mem = 12 * full_group;
+  Plan p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  EXPECT_EQ(p.n_resident_groups, 10);
+  for (int64_t l = 0; l < 42; ++l)
+    for (int64_t g = 0; g < 8; ++g) {
+      if (p.is_resident(l, g)) {
+        EXPECT_EQ(l % 2, 1) << "layer " << l << " is a window layer";
+      }
+    }
+  EXPECT_EQ(p.slot_positions, 131072);
+  // Every full group and 20 window groups resident: the ring holds window groups only.
+  in.gpu_mem = 168 * full_group + 20 * window_group + 2 * window_group;
+  p = make_plan(in);
+  ASSERT_TRUE(p.fits) << p.message;
+  EXPECT_EQ(p.n_resident_groups, 168 + 20);
+  EXPECT_EQ(p.slot_positions, 10238);
+  EXPECT_EQ(p.ring_bytes, 2 * window_group);
+  EXPECT_EQ(p.kv_bytes_gpu, 168 * full_group + 20 * window_group);
+}
+
 TEST(Planner, EverySharedConfigLoadsAndPlans) {
   HEADINFER_REQUIRE_TESTDATA();
   int n = 0;
@@ -319,7 +434,11 @@ TEST(Planner, EverySharedConfigLoadsAndPlans) {
       in.gpu_mem = 24 * GiB;
       in.host_mem = TiB;
       const Plan p = make_plan(in);
-      EXPECT_EQ(p.kv_bytes_total, c.kv_bytes_per_token(2) * ctx);
+      // Every layer at the whole context, less what the window layers (Mistral-7B-v0.1: all 32,
+      // window 4096) do not keep.
+      EXPECT_EQ(p.kv_bytes_full, c.kv_bytes_per_token(2) * ctx);
+      EXPECT_EQ(p.kv_bytes_total + p.window_saved_bytes, p.kv_bytes_full);
+      EXPECT_EQ(p.window_saved_bytes > 0, c.window(0) > 0);
       EXPECT_EQ(p.kv_bytes_gpu + p.kv_bytes_host, p.kv_bytes_total);
       EXPECT_EQ(p.gpu_bytes_total, p.weight_bytes + p.activation_bytes + p.kv_bytes_gpu + p.ring_bytes);
       if (p.fits) EXPECT_LE(p.gpu_bytes_total, in.gpu_mem);

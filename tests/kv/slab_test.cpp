@@ -87,7 +87,7 @@ TEST(HostSlabs, CopiesStraddleSlabsAndTheLastSlabIsShort) {
     // Write-backs as chunks make them: one that straddles 64, one that ends on 128, the short slab.
     for (auto [b, e] : {std::pair<int64_t, int64_t>{0, 60}, {60, 70}, {70, 128}, {128, 150}}) {
       store.reserve(0, 0, e);
-      store.copy_from_device(*stream, 0, 0, slot.data(), b, e);
+      store.copy_from_device(*stream, 0, 0, {slot.data(), kContext}, b, e);
     }
     stream->synchronize();
     EXPECT_EQ(transfer->host_bytes_in_use(), static_cast<size_t>(plan.group_block_bytes))
@@ -108,7 +108,7 @@ TEST(HostSlabs, CopiesStraddleSlabsAndTheLastSlabIsShort) {
       SCOPED_TRACE("fetch of " + std::to_string(n) + " rows");
       std::vector<float> poison(src.size(), -1.0f), got(src.size());
       device->write_from_host(back.data(), poison.data(), group_bytes);
-      store.copy_to_device(*stream, 0, 0, back.data(), 0, n);
+      store.copy_to_device(*stream, 0, 0, {back.data(), kContext}, 0, n);
       stream->synchronize();
       device->read_to_host(got.data(), back.data(), group_bytes);
       for (int64_t r = 0; r < 2 * G; ++r)
@@ -118,7 +118,7 @@ TEST(HostSlabs, CopiesStraddleSlabsAndTheLastSlabIsShort) {
         }
     }
     // Rows no slab covers are refused, not read.
-    EXPECT_THROW(store.copy_to_device(*stream, 1, 0, back.data(), 0, 5), Error);
+    EXPECT_THROW(store.copy_to_device(*stream, 1, 0, {back.data(), kContext}, 0, 5), Error);
     EXPECT_THROW(store.host_row(1, 0, 0, 0), Error);
     EXPECT_THROW(store.reserve(0, 0, kContext + 1), Error);
   }
@@ -270,13 +270,12 @@ TEST_P(SmallSlabs, EveryPlacementIsBitIdenticalToAllResident) {
       auto probe = make_cpu_device({1, 0});
       const Model weights(*ckpt, *probe, {std::min(chunk, context), 512});
       const auto fixed = static_cast<int64_t>(probe->bytes_in_use());
-      const int64_t block = 2 * context * c.head_dim * static_cast<int64_t>(dtype_size(kv_dtype));
       const int64_t n_blocks = c.n_layers * c.n_kv_heads;
       KvPlacementOptions o = base;
       o.offload = OffloadMode::Auto;
       o.kv_group = 1;
       o.host_slab_positions = 64;
-      o.gpu_mem = fixed + (n_blocks / 2 + 2) * block;
+      o.gpu_mem = test::cap_for_resident(c, fixed, context, chunk, n_blocks / 2, o);
       const RunResult got = run(*ckpt, prompt, chunk, o);
       EXPECT_GT(got.plan.n_resident_groups, 0);
       EXPECT_GT(got.plan.n_streamed_groups, 0);

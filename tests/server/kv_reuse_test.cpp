@@ -62,9 +62,11 @@ std::vector<Placement> placements(const Checkpoint& ckpt, int64_t context) {
     all.kv.copy_jitter_us = g == 1 ? 20 : 0;
     out.push_back(all);
   }
-  const int64_t block = 2 * context * c.head_dim * 4;  // K + V of one head, F32
   const int64_t n_blocks = c.n_layers * c.n_kv_heads;
-  for (auto [resident, cap] : test::resident_caps(fixed_device_bytes(ckpt, context), block, n_blocks, {n_blocks / 2})) {
+  KvPlacementOptions g1;
+  g1.kv_group = 1;
+  for (auto [resident, cap] :
+       test::resident_caps(c, fixed_device_bytes(ckpt, context), context, kChunk, {n_blocks / 2}, g1)) {
     Placement split{"split " + std::to_string(resident) + " resident", {}};
     split.kv.offload = OffloadMode::Auto;
     split.kv.kv_group = 1;
@@ -220,6 +222,99 @@ TEST(PrefixReuse, HybridDecodeReuseAndLoadMatchAFreshHybridRun) {
   }
 }
 
+// Window layers keep only their window (issue 14): a cut back to n needs a window layer's
+// positions from n - W + 1 on. gemma2 (windows on layers 0 and 2) and mistral_swa (every layer),
+// window 48, chunks of 7: the trimmed blocks hold 101 positions of a 320-position context.
+// A cut back inside what the layers kept reuses them; one before it recomputes the whole prompt
+// (keep_common_prefix keeps nothing; truncate says so); both continue bit-identical to a fresh
+// run. Snapshots hold a window layer's last positions only and load onto trimmed and untrimmed
+// placements alike.
+TEST(PrefixReuse, WindowLayersReuseInsideTheirWindowAndRecomputeBeforeIt) {
+  HEADINFER_REQUIRE_TESTDATA();
+  const fs::path families = fs::path(HEADINFER_SOURCE_DIR) / "tests" / "data" / "families";
+  for (const fs::path& dir : {families / "gemma2-f32", test::testdata_dir() / "models" / "tiny" / "mistral_swa-f32"}) {
+    SCOPED_TRACE(dir.filename().string());
+    auto ckpt = Checkpoint::open(dir);
+    const ModelConfig& c = ckpt->config();
+    const int64_t window = 48, context = 320;
+    auto turn = random_prompt(260, c.vocab_size, 31);
+    EngineRun fresh = make_run(*ckpt, context, {});
+    const std::vector<float> ref = continue_greedy(*fresh.engine, fresh.engine->prefill(turn));
+    ASSERT_GT(kv_cache_plan(fresh.engine->kv_cache())->n_window_layers, 0);
+
+    std::vector<Placement> ps;
+    Placement none{"none", {}};
+    none.kv.offload = OffloadMode::None;
+    ps.push_back(none);
+    Placement rings{"all G1, slabs of 16", {}};
+    rings.kv.offload = OffloadMode::All;
+    rings.kv.kv_group = 1;
+    rings.kv.host_slab_positions = 16;
+    rings.kv.copy_jitter_us = 20;
+    ps.push_back(rings);
+    Placement whole{"none, whole context", {}};
+    whole.kv.offload = OffloadMode::None;
+    whole.kv.window_kv = false;
+    for (const Placement& p : ps) {
+      SCOPED_TRACE(p.name);
+      EngineRun r = make_run(*ckpt, context, p.kv);
+      Engine& e = *r.engine;
+      e.prefill(turn);  // 260 held: the window layers keep at most their last 101
+      EXPECT_GT(e.min_kept_prefix(), 0);
+      EXPECT_LE(e.min_kept_prefix(), 260);
+      // Far before the window: an error naming the remedy, and a prefix that reuses nothing.
+      try {
+        e.truncate(20);
+        ADD_FAILURE() << "cut back to 20 of 260 with windows of 48";
+      } catch (const Error& err) {
+        EXPECT_NE(std::string(err.what()).find("recompute from the start"), std::string::npos) << err.what();
+      }
+      EXPECT_EQ(e.n_past(), 260) << "a refused cut keeps what is held";
+      auto early = std::vector<int32_t>(turn.begin(), turn.begin() + 20);
+      for (int32_t id : random_prompt(200, c.vocab_size, 32)) early.push_back(id);
+      EXPECT_EQ(e.keep_common_prefix(early), 0);
+      EXPECT_EQ(e.n_past(), 0);
+      EngineRun fresh_early = make_run(*ckpt, context, {});
+      expect_bits(continue_greedy(*fresh_early.engine, fresh_early.engine->prefill(early)),
+                  continue_greedy(e, e.prefill(early)), "recomputed after a cut before the window");
+
+      // Inside the window: 230 ids of `turn` then others, cut back to 230 and continue with `turn`.
+      e.reset();
+      auto near = std::vector<int32_t>(turn.begin(), turn.begin() + 230);
+      near.push_back((turn[230] + 1) % static_cast<int32_t>(c.vocab_size));
+      e.prefill(near);  // 231 held: a cut to 230 needs positions from 183 on
+      ASSERT_LE(e.min_kept_prefix(), 230);
+      EXPECT_EQ(e.keep_common_prefix(turn), 230);
+      expect_bits(ref, continue_greedy(e, e.prefill(std::span<const int32_t>(turn).subspan(230))),
+                  "reused inside the window");
+
+      // A snapshot of 259 positions holds the window layers' last 48 only; it loads onto every
+      // placement, trimmed or not, and continues bit-identically.
+      e.truncate(259);
+      const fs::path file = temp_path("window");
+      e.save_kv(file);
+      const int64_t window_rows = window - 1;  // positions 212 .. 258: what a chunk at 259 sees besides itself
+      for (const Placement& q : {ps[0], ps[1], whole}) {
+        SCOPED_TRACE("loaded on " + q.name);
+        EngineRun l = make_run(*ckpt, context, q.kv);
+        l.engine->load_kv(file);
+        ASSERT_EQ(l.engine->n_past(), 259);
+        EXPECT_EQ(l.engine->min_kept_prefix(), 259) << "the window layers hold positions 212 on only";
+        EXPECT_THROW(l.engine->truncate(200), Error);
+        EXPECT_EQ(l.engine->keep_common_prefix(turn), 259);
+        expect_bits(ref, continue_greedy(*l.engine, l.engine->prefill(std::span<const int32_t>(turn).last(1))),
+                    "loaded");
+      }
+      // The file: 259 ids, then per layer K and V of each kv head over its rows, f32.
+      int64_t rows = 0;
+      for (int64_t l = 0; l < c.n_layers; ++l) rows += c.window(l) > 0 ? window_rows : 259;
+      EXPECT_GT(fs::file_size(file), static_cast<uintmax_t>(259 * 4 + rows * 2 * c.n_kv_heads * c.head_dim * 4));
+      EXPECT_LT(fs::file_size(file), static_cast<uintmax_t>(259 * 4 + rows * 2 * c.n_kv_heads * c.head_dim * 4 + 8192));
+      fs::remove(file);
+    }
+  }
+}
+
 TEST(PrefixReuse, WholePromptHeldPrefillsItsLastToken) {
   HEADINFER_REQUIRE_TESTDATA();
   auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / "stories260k");
@@ -332,6 +427,39 @@ TEST_F(SnapshotErrors, AnotherModel) {
 
 TEST_F(SnapshotErrors, LongerThanTheContext) {
   EXPECT_NE(load_error(40).find("do not fit the context"), std::string::npos) << load_error(40);
+}
+
+// Files of version 1 (before window layers: every layer from position 0, no layer_first) load:
+// the fixture's file rewritten as version 1 continues exactly as the version 2 one.
+TEST_F(SnapshotErrors, Version1FilesStillLoad) {
+  std::vector<char> bytes(fs::file_size(file_));
+  std::ifstream(file_, std::ios::binary).read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  uint64_t index_offset = 0;
+  std::memcpy(&index_offset, bytes.data() + 16, 8);
+  nlohmann::json index = nlohmann::json::parse(std::string(bytes.begin() + static_cast<std::ptrdiff_t>(index_offset), bytes.end()));
+  ASSERT_TRUE(index.contains("layer_first"));
+  index.erase("layer_first");
+  const std::string text = index.dump();
+  bytes.resize(index_offset);
+  bytes.insert(bytes.end(), text.begin(), text.end());
+  const uint32_t version = 1;
+  const uint64_t index_bytes = text.size(), index_sum = kv_checksum(text.data(), text.size());
+  std::memcpy(bytes.data() + 8, &version, 4);
+  std::memcpy(bytes.data() + 24, &index_bytes, 8);
+  std::memcpy(bytes.data() + 32, &index_sum, 8);
+  const uint64_t header_sum = kv_checksum(bytes.data(), 40);
+  std::memcpy(bytes.data() + 40, &header_sum, 8);
+  const fs::path v1 = temp_path("v1");
+  std::ofstream(v1, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  EngineRun a = make_run(*ckpt_, 64, {}), b = make_run(*ckpt_, 64, {});
+  a.engine->load_kv(file_);
+  b.engine->load_kv(v1);
+  fs::remove(v1);
+  ASSERT_EQ(b.engine->n_past(), 41);
+  const auto first = a.engine->decode(5);
+  const std::vector<float> want(first.begin(), first.end());
+  const auto got = b.engine->decode(5);
+  EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
 }
 
 TEST_F(SnapshotErrors, SaveNeverLeavesAPartialFile) {

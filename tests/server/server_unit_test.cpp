@@ -3,13 +3,19 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "api.h"
 #include "generation.h"
+#include "headinfer/checkpoint.h"
+#include "headinfer/engine.h"
+#include "headinfer/tokenizer.h"
+#include "model_set.h"
 #include "scheduler.h"
+#include "testdata.h"
 
 namespace headinfer::server {
 namespace {
@@ -100,6 +106,50 @@ TEST(Api, AcceptsOpenAiShapes) {
       true, "m");
   EXPECT_EQ(c.messages[0].content, "ab");
   EXPECT_EQ(*c.max_tokens, 3);
+}
+
+// The server's kept conversation on a sliding-window model (issue 14; mistral_swa, window 48 on
+// every layer, chunks of 7, so its blocks keep 101 of 300 positions; the llama2 tokenizer only
+// decodes the ids, all below the model's 320): a request sharing a prefix inside what the window
+// layers still hold reuses it; one sharing only an early prefix is recomputed (reused_tokens 0),
+// and both complete as a fresh engine does.
+TEST(Completion, WindowModelReusesInsideItsWindowAndRecomputesBeforeIt) {
+  HEADINFER_REQUIRE_TESTDATA();
+  auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / "tiny" / "mistral_swa-f32");
+  const Tokenizer tokenizer = Tokenizer::from_file(test::testdata_dir() / "tokenizers" / "llama2" / "tokenizer.json");
+  const int64_t vocab = ckpt->config().vocab_size;
+  auto device = make_cpu_device({2, 0});
+  EngineOptions eo;
+  eo.context = 300;
+  eo.chunk = 7;
+  auto make_engine = [&] { return std::make_unique<Engine>(*ckpt, *device, eo); };
+  auto request = [&](std::vector<int32_t> ids) {
+    Prepared p;
+    p.ids = std::move(ids);
+    p.options.max_new_tokens = 6;
+    p.options.ignore_eos = true;
+    p.options.reuse_prefix = true;
+    return p;
+  };
+  const Emitter emit{[](const std::string&) { return true; }, [](int64_t, int64_t) { return true; }};
+  const auto first = test::random_prompt(200, vocab, 41), more = test::random_prompt(40, vocab, 42);
+  auto engine = make_engine();
+  EXPECT_EQ(run_completion(*engine, tokenizer, request(first), emit).reused_tokens, 0);
+  // The shortest prefix the window layers still serve (between 205 - 101 + 47 and 205, where
+  // their blocks happen to have slid to) and an early one.
+  const int64_t cut = engine->min_kept_prefix();
+  ASSERT_GT(cut, 30);
+  ASSERT_LE(cut, engine->n_past());
+  auto inside = std::vector<int32_t>(engine->ids().begin(), engine->ids().begin() + cut);
+  auto early = std::vector<int32_t>(first.begin(), first.begin() + 30);
+  for (int32_t id : more) inside.push_back(id), early.push_back(id);
+  const Outcome reused = run_completion(*engine, tokenizer, request(inside), emit);
+  EXPECT_EQ(reused.reused_tokens, cut);
+  EXPECT_EQ(reused.text, run_completion(*make_engine(), tokenizer, request(inside), emit).text);
+  const Outcome recomputed = run_completion(*engine, tokenizer, request(early), emit);
+  EXPECT_EQ(recomputed.reused_tokens, 0) << "the window layers no longer hold what a chunk at 30 sees";
+  EXPECT_EQ(recomputed.prompt_tokens, 70);
+  EXPECT_EQ(recomputed.text, run_completion(*make_engine(), tokenizer, request(early), emit).text);
 }
 
 TEST(Scheduler, AdmitsOneRunningPlusTheQueueInOrder) {

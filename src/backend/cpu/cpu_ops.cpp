@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numbers>
 #include <vector>
@@ -273,6 +274,13 @@ void CpuOps::copy(const MatView& src, const MatView& dst) {
   if (dst.dtype == DType::F32) {
     for (int64_t t = 0; t < src.rows; ++t)
       widen(src.row<char>(0) + t * src_row_bytes, src.dtype, 0, src.cols, dst.row<float>(t));
+    return;
+  }
+  if (src.dtype == dst.dtype) {  // a 16-bit KV block's rows moving (a window block sliding)
+    const auto elem = static_cast<int64_t>(dtype_size(src.dtype));
+    for (int64_t t = 0; t < src.rows; ++t)
+      std::memmove(static_cast<char*>(dst.data) + t * dst.row_stride * elem,
+                   static_cast<const char*>(src.data) + t * src_row_bytes, static_cast<size_t>(src.cols * elem));
     return;
   }
   // Narrowing (F32 activations into a BF16/F16 KV store) rounds to nearest even, as torch does.

@@ -49,6 +49,13 @@ status=0
 for tool in "${TOOLS[@]}"; do
   extra=()
   [[ $tool == memcheck ]] && extra=(--leak-check full)
+  # racecheck: NVIDIA's closed kernels (cuBLASLt's nvjet GEMMs) are left out, as we can neither read
+  # nor fix them: on an H100 (2026-12-06) racecheck reported 48 shared-memory hazards inside the
+  # split-K nvjet kernel, a kind of report NVIDIA's libraries draw often (see the closing note of
+  # issue 15). RACECHECK_EXCLUDE='' checks them too.
+  if [[ $tool == racecheck ]]; then
+    for k in ${RACECHECK_EXCLUDE-nvjet}; do extra+=(--kernel-name-exclude "kns=$k"); done
+  fi
   for target in ops generate; do
     log=$OUT/sanitize_${tool}_${target}.log
     if [[ $target == ops ]]; then cmd=("${ops[@]}"); else cmd=("${gen[@]}"); fi
@@ -71,8 +78,8 @@ done
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
 sanv=$("$SAN" --version | tail -1)
 {
-  printf '{"gpu":"%s","compute_sanitizer":"%s","ops_filter":"%s","generate":"%s","runs":[' \
-    "$gpu" "$sanv" "$FILTER" "${gen[*]:1}"
+  printf '{"gpu":"%s","compute_sanitizer":"%s","ops_filter":"%s","generate":"%s","racecheck_excludes":"%s","runs":[' \
+    "$gpu" "$sanv" "$FILTER" "${gen[*]:1}" "${RACECHECK_EXCLUDE-nvjet}"
   (IFS=,; printf '%s' "${rows[*]}")
   printf ']}\n'
 } >"$OUT/sanitize.json"

@@ -11,10 +11,14 @@
 #   bench/llamacpp_prepare.sh           # trimmed llama.cpp + llama3 tokenizer -> .carry/llamacpp.tar.gz
 # then, on the GPU machine with carry [".carry"], consecutive calls on the same warm machine:
 #   STAGE=build bench/run_gpu.sh        # headinfer (CUDA, the card's arch) and llama-batched-bench built
-#                                       # side by side, then the GGUF written (~16 GB); est. 6-8 min
+#                                       # side by side, then the GGUF written (~16 GB); H100: 3.5 min
 #   STAGE=quick bench/run_gpu.sh        # 8K: first and warm prefill, decode; 16K with the KV on the host;
-#                                       # floors; est. 9 min (a second call finishes what the budget cut)
-#   STAGE=long  bench/run_gpu.sh        # 32K/128K uncapped and under 24 GiB; est. 7 min
+#                                       # floors; H100: ~3 min (a second call finishes what the budget cut)
+#   STAGE=long  bench/run_gpu.sh        # 32K/128K uncapped and under 24 GiB; H100: ~3.5 min
+#   STAGE=bench bench/run_gpu.sh        # quick and long in one call: every figure and every peer of
+#                                       # the report from one command (H100, 2026-12-06: the steps
+#                                       # took ~5.5 min in all; the estimates below are those times
+#                                       # with a margin, the build ~3.5 min)
 # Every step of a stage is skipped once done (its part is kept in $STATE while the machine is
 # warm), and a stage stops before a step that would cross STAGE_BUDGET seconds: call the same
 # stage again to finish it. STAGE=report rebuilds the report from the parts; STAGE=all runs
@@ -42,8 +46,8 @@ LCPP_DIR=${LCPP_DIR:-$ROOT/build-llamacpp}
 GGUF=$STATE/$SHAPE-f16.gguf
 T0=$(date +%s)
 [[ -n "${BUILD_ONLY:-}" ]] && STAGE=build-only  # bench/long_run.sh: build headinfer, nothing else
-case "$STAGE" in build | quick | long | report | all | build-only) ;; *)
-  echo "error: give STAGE=build, quick, long, report or all (see the top of $0)" >&2; exit 1 ;; esac
+case "$STAGE" in build | quick | long | bench | report | all | build-only) ;; *)
+  echo "error: give STAGE=build, quick, long, bench, report or all (see the top of $0)" >&2; exit 1 ;; esac
 mkdir -p "$OUT" "$STATE/parts" "$STATE/logs"
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
@@ -208,37 +212,37 @@ else
   CTX_8K=(--ctx 8K,8K,8K) CTX_LONG=(--ctx 32K,128K,128K)
 fi
 stage_build() {
-  plan build 420 gguf 60
-  step build 420 build_both
-  [[ -f "$STATE/parts/build.done" ]] && step gguf 60 write_gguf
+  plan build 300 gguf 30
+  step build 300 build_both
+  [[ -f "$STATE/parts/build.done" ]] && step gguf 30 write_gguf
   return 0
 }
 stage_quick() {
-  plan hi-8k 40 hi-16k-streamed 35 hi-16k-hybrid 35 tf-8k 90 tf-8k-static 150 lcpp-8k 45 lcpp-16k-nkvo 150
+  plan hi-8k 25 hi-16k-streamed 15 hi-16k-hybrid 15 tf-8k 45 tf-8k-static 70 lcpp-8k 15 lcpp-16k-nkvo 30
   # first prefill of the process, then two warm ones, at 8K; defaults, uncapped
-  step hi-8k 40 hi hi-8k "headinfer (defaults)" "${CTX_8K[@]}"
+  step hi-8k 25 hi hi-8k "headinfer (defaults)" "${CTX_8K[@]}"
   [[ $EXTRA == *" hi-8k-cap "* ]] && step hi-8k-cap 45 hi hi-8k-cap "headinfer (defaults, 24 GiB cap)" --ctx 8K,8K --gpu-mem 24GiB
   # KV on the host at 16K, beside llama.cpp -nkvo
-  step hi-16k-streamed 35 hi hi-16k-streamed "headinfer (24 GiB cap, all streamed)" --ctx 16K --gpu-mem 24GiB --offload all
-  step hi-16k-hybrid 35 hi hi-16k-hybrid "headinfer (24 GiB cap, hybrid)" --ctx 16K --gpu-mem 24GiB --offload all --hybrid auto
+  step hi-16k-streamed 15 hi hi-16k-streamed "headinfer (24 GiB cap, all streamed)" --ctx 16K --gpu-mem 24GiB --offload all
+  step hi-16k-hybrid 15 hi hi-16k-hybrid "headinfer (24 GiB cap, hybrid)" --ctx 16K --gpu-mem 24GiB --offload all --hybrid auto
   # transformers at 8K: default first (the process's first generate), then the rest; floors after.
   # static cache + torch.compile in a process of its own: its compile time must not cost the others.
-  step tf-8k 90 tf tf-8k --ctx 8192 --runs 3 --configs default,offloaded,default@24 --floors --floor-ctx "$CTX_FLOORS"
-  step tf-8k-static 150 tf tf-8k-static --ctx 8192 --runs 3 --configs static-compile
+  step tf-8k 45 tf tf-8k --ctx 8192 --runs 3 --configs default,offloaded,default@24 --floors --floor-ctx "$CTX_FLOORS"
+  step tf-8k-static 70 tf tf-8k-static --ctx 8192 --runs 3 --configs static-compile
   # llama.cpp: the first row follows only batched-bench's own 16-token warm-up; three timed rows
-  step lcpp-8k 45 lcpp lcpp-8k 120 -c 8448 -npp 8192,8192,8192,8192
-  step lcpp-16k-nkvo 150 lcpp lcpp-16k-nkvo 240 -nkvo -c 16640 -npp 16384
+  step lcpp-8k 15 lcpp lcpp-8k 120 -c 8448 -npp 8192,8192,8192,8192
+  step lcpp-16k-nkvo 30 lcpp lcpp-16k-nkvo 240 -nkvo -c 16640 -npp 16384
   return 0
 }
 stage_long() {
-  plan hi-128k 75 hi-128k-cap 50 hi-128k-streamed 50 hi-128k-hybrid 50 tf-128k 75 lcpp-long 120
-  step hi-128k 75 hi hi-128k "headinfer (defaults)" "${CTX_LONG[@]}"
-  step hi-128k-cap 50 hi hi-128k-cap "headinfer (defaults, 24 GiB cap)" --ctx 128K --gpu-mem 24GiB
-  step hi-128k-streamed 50 hi hi-128k-streamed "headinfer (24 GiB cap, all streamed)" --ctx 128K --gpu-mem 24GiB --offload all
-  step hi-128k-hybrid 50 hi hi-128k-hybrid "headinfer (24 GiB cap, hybrid)" --ctx 128K --gpu-mem 24GiB --offload all --hybrid auto
+  plan hi-128k 50 hi-128k-cap 35 hi-128k-streamed 40 hi-128k-hybrid 35 tf-128k 50 lcpp-long 75
+  step hi-128k 50 hi hi-128k "headinfer (defaults)" "${CTX_LONG[@]}"
+  step hi-128k-cap 35 hi hi-128k-cap "headinfer (defaults, 24 GiB cap)" --ctx 128K --gpu-mem 24GiB
+  step hi-128k-streamed 40 hi hi-128k-streamed "headinfer (24 GiB cap, all streamed)" --ctx 128K --gpu-mem 24GiB --offload all
+  step hi-128k-hybrid 35 hi hi-128k-hybrid "headinfer (24 GiB cap, hybrid)" --ctx 128K --gpu-mem 24GiB --offload all --hybrid auto
   # one warm-up generate (the first call) and one timed, at 128K; under the cap it runs out of memory
-  step tf-128k 75 tf tf-128k --ctx 131072 --runs 1 --configs default,default@24
-  step lcpp-long 120 lcpp lcpp-long 300 -c 131328 -npp 32768,131072,131072
+  step tf-128k 50 tf tf-128k --ctx 131072 --runs 1 --configs default,default@24
+  step lcpp-long 75 lcpp lcpp-long 300 -c 131328 -npp 32768,131072,131072
   [[ $EXTRA == *" tf-128k-offloaded "* ]] && step tf-128k-offloaded 200 tf tf-128k-offloaded --ctx 131072 --runs 1 \
     --n-decode 4 --configs offloaded
   [[ $EXTRA == *" tf-128k-static "* ]] && step tf-128k-static 200 tf tf-128k-static --ctx 131072 --runs 1 \
@@ -259,6 +263,7 @@ case "$STAGE" in
   build) stage_build ;;
   quick) stage_quick ;;
   long) stage_long ;;
+  bench) stage_quick; stage_long ;;
   all) STAGE_BUDGET=100000; stage_build; stage_quick; stage_long ;;
   report) ;;
 esac

@@ -70,7 +70,7 @@ CompletionRequest parse_completion_request(const std::string& text, bool chat, c
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error&) {
+  } catch (const json::exception&) {  // parse_error, and out_of_range for a number past double's (1E400)
     throw ApiError(400, "the request body is not valid JSON");
   }
   if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object");
@@ -146,7 +146,7 @@ std::string parse_snapshot_name(const std::string& text) {
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error&) {
+  } catch (const json::exception&) {  // parse_error, and out_of_range for a number past double's (1E400)
     throw ApiError(400, "the request body is not valid JSON");
   }
   if (!body.is_object() || !body.contains("name") || !body["name"].is_string())

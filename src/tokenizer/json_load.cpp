@@ -51,6 +51,8 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, std::string_view orig
     } catch (const tok::Json::parse_error& e) {
       throw Error(origin + ": not valid JSON (byte " + std::to_string(e.byte) +
                   "); the file is truncated or corrupt, download it again");
+    } catch (const tok::Json::exception& e) {  // out_of_range.406: a number past double's range (15E645)
+      throw Error(origin + ": not a valid tokenizer.json (" + e.what() + "); the file is corrupt, download it again");
     }
   }
   if (!root.is_object()) throw Error(origin + ": expected a JSON object at the top level");

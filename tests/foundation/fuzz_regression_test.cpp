@@ -13,6 +13,7 @@
 #include "headinfer/config.h"
 #include "headinfer/error.h"
 #include "headinfer/options.h"
+#include "headinfer/tokenizer.h"
 
 namespace headinfer {
 namespace {
@@ -69,6 +70,17 @@ TEST(FuzzRegression, CountTooLargeForInt64) {
   const std::string e = error_of([] { parse_count("999999999999G", "--ctx"); });
   EXPECT_EQ(e, "--ctx: '999999999999G' is too large");
   EXPECT_EQ(parse_count("8589934591G", "--ctx"), int64_t{8589934591} << 30);  // the largest that fits
+}
+
+// fuzz_tokenizer_load (CI, 2026-12-06): a number past double's range in tokenizer.json escaped as
+// nlohmann's out_of_range.406 and ended the process in std::terminate.
+TEST(FuzzRegression, TokenizerJsonNumberPastDoubleRange) {
+  const std::string text = R"({"added_tokens":[{"id":15E645,"content":"<|im_end|>","special":true}],)"
+                           R"("model":{"type":"BPE","vocab":{"a":0},"merges":[]}})";
+  const std::string e = error_of([&] { (void)Tokenizer::from_json(text, "tokenizer.json"); });
+  EXPECT_EQ(e.rfind("tokenizer.json: ", 0), 0u) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  EXPECT_NE(e, "(no error)");
 }
 
 }  // namespace

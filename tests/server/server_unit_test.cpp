@@ -70,6 +70,8 @@ void expect_api_error(const std::string& body, bool chat, int status, const char
 TEST(Api, EveryBadFieldIsA4xxNamingIt) {
   expect_api_error("{", false, 400, nullptr);
   expect_api_error("[1]", false, 400, nullptr);
+  // a number past double's range is nlohmann's out_of_range, not its parse_error: still a 400
+  expect_api_error(R"({"model": "m", "prompt": "x", "temperature": 1E400})", false, 400, nullptr);
   expect_api_error(R"({"prompt": "x"})", false, 400, "model");
   expect_api_error(R"({"model": "other", "prompt": "x"})", false, 404, "model", "model_not_found");
   expect_api_error(R"({"model": "m", "prompt": {"a": 1}})", false, 400, "prompt");

@@ -29,9 +29,7 @@ void Scratch::release() {
 
 void* Scratch::get(size_t bytes) {
   if (bytes <= buffer_.bytes() && buffer_.data() != nullptr) return buffer_.data();
-  // Queued kernels may still read the old buffer: let them finish before it is released.
-  HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  buffer_.reset();
+  release();  // the old buffer, once the kernels queued on it are done
   buffer_ = DeviceBuffer(device_, bytes, what_);
   return buffer_.data();
 }

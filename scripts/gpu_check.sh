@@ -66,7 +66,8 @@ CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2
 [[ -n "$CUDNN_ROOT" ]] && export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$LD_LIBRARY_PATH
 # HEADINFER_PYTHON_CHECK=1: instead of the CUDA tests, the Python package (issue 12), then
 # scripts/python_gpu_check.py (HEADINFER_PYTHON_CHECK_ARGS: its options, e.g. "--parts bf16").
-# One build folder for all of it (every object is position-independent, so the module shares them
+# HEADINFER_CMAKE_ARGS: more configure arguments (e.g. -DCMAKE_CXX_FLAGS=-g1 for line numbers in
+# backtraces). One build folder for all of it (every object is position-independent, so the module shares them
 # with the CLI and the tests): a plain run keeps whatever HEADINFER_PYTHON the folder has.
 BUILD=$ROOT/build-gpu
 PY_ARGS=()
@@ -77,7 +78,7 @@ if [[ "${HEADINFER_PYTHON_CHECK:-}" == 1 ]]; then
 fi
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
-  "${PY_ARGS[@]}" >"$OUT/configure.log" 2>&1 ||
+  "${PY_ARGS[@]}" ${HEADINFER_CMAKE_ARGS:-} >"$OUT/configure.log" 2>&1 ||
   { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build "$BUILD" --target "${TARGETS[@]}" -j "$(nproc)" >"$OUT/build.log" 2>&1 ||
   { grep -E "error" "$OUT/build.log" | head -30; exit 1; }

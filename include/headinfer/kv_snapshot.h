@@ -22,6 +22,8 @@
 
 namespace headinfer {
 
+class Device;
+
 inline constexpr char kKvSnapshotMagic[8] = {'H', 'I', 'K', 'V', 'S', 'N', 'A', 'P'};
 inline constexpr uint32_t kKvSnapshotVersion = 2;
 inline constexpr size_t kKvSnapshotHeaderBytes = 48;
@@ -32,7 +34,8 @@ uint64_t kv_checksum(const void* data, size_t bytes, uint64_t seed = 0);
 
 // The model's identity as 16 hex digits: its config, every tensor's name, dtype and shape, and
 // the first and last 4 KiB of each tensor's bytes (so two random checkpoints of one shape differ),
-// without reading all the weights.
-std::string model_identity(const Checkpoint& checkpoint);
+// without reading all the weights. Tensors in device memory (TensorView::on_device) are sampled
+// through `device`, the device they live on; without one such a tensor is an Error.
+std::string model_identity(const Checkpoint& checkpoint, Device* device = nullptr);
 
 }  // namespace headinfer

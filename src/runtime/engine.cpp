@@ -59,7 +59,7 @@ Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions
       kv_(make_planned_kv_cache(device, checkpoint.config(), options_.context, options_.chunk, model_.weight_bytes(),
                                 with_loaded_model(options_.kv, model_))),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)),
-      model_id_(model_identity(checkpoint)) {
+      model_id_(model_identity(checkpoint, &device)) {
   ids_.reserve(static_cast<size_t>(options_.context));  // nothing allocates in the token loop
   const Plan* plan = kv_cache_plan(*kv_);
   graphs_ = options_.step_graphs && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;

@@ -157,7 +157,7 @@ uint64_t kv_checksum(const void* data, size_t bytes, uint64_t seed) {
   return h;
 }
 
-std::string model_identity(const Checkpoint& checkpoint) {
+std::string model_identity(const Checkpoint& checkpoint, Device* device) {
   const ModelConfig& c = checkpoint.config();
   std::string desc = c.model_type;
   for (int64_t v : {c.hidden_size, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.intermediate_size,
@@ -171,12 +171,24 @@ std::string model_identity(const Checkpoint& checkpoint) {
   for (int64_t w : c.layer_window) desc.append(",").append(std::to_string(w));
   uint64_t h = kv_checksum(desc.data(), desc.size());
   constexpr size_t kSample = 4096;
+  std::vector<char> sample(2 * kSample);
   for (const TensorView* t : checkpoint.tensors()) {
     std::string td = t->name + ":" + std::string(dtype_name(t->dtype)) + t->shape_string();
     h = kv_checksum(td.data(), td.size(), h);
     const size_t n = std::min(kSample, t->nbytes);
-    h = kv_checksum(t->data, n, h);
-    h = kv_checksum(static_cast<const char*>(t->data) + (t->nbytes - n), n, h);
+    const char* head = static_cast<const char*>(t->data);
+    const char* tail = head + (t->nbytes - n);
+    if (t->on_device) {
+      // A tensor used in place on the device (a torch model's CUDA weights): its bytes are read
+      // through the device, never dereferenced on the host.
+      if (device == nullptr) throw Error("model identity: tensor '" + t->name + "' is in device memory");
+      device->read_to_host(sample.data(), head, n);
+      device->read_to_host(sample.data() + n, tail, n);
+      head = sample.data();
+      tail = sample.data() + n;
+    }
+    h = kv_checksum(head, n, h);
+    h = kv_checksum(tail, n, h);
   }
   return hex64(h);
 }

@@ -252,6 +252,61 @@ TEST_F(CudaTest, EngineChoosesKvDtypeFromDevice) {
   }
 }
 
+// Weights already in device memory (what the Python face passes for a torch model on the GPU,
+// Checkpoint::from_memory with on_device views) run in place through the whole Engine: nothing of
+// the engine reads them on the host (the snapshot identity once did, a segfault in Python), no
+// copy is made, and the ids are the folder-loaded engine's.
+TEST_F(CudaTest, EngineRunsOnWeightsInDeviceMemory) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* name : {"llama3-bf16", "qwen2-f32"}) {
+    const fs::path dir = testdata_dir() / "models" / "tiny" / name;
+    auto folder = Checkpoint::open(dir);
+    const std::vector<int32_t> prompt = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    GenerateOptions go;
+    go.max_new_tokens = 6;
+    go.ignore_eos = true;
+    EngineOptions eo;
+    eo.context = 32;
+    std::vector<int32_t> expected;
+    size_t folder_growth = 0;
+    {
+      auto device = make_cuda_device({});
+      eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
+      const size_t before = device->bytes_in_use();
+      Engine engine(*folder, *device, eo);
+      folder_growth = device->bytes_in_use() - before;
+      expected = generate(engine, prompt, go).tokens;
+    }
+    auto device = make_cuda_device({});
+    std::vector<TensorView> views;
+    std::vector<void*> blocks;
+    size_t weight_bytes = 0;
+    for (const TensorView* t : folder->tensors()) {
+      TensorView v = *t;
+      void* block = device->alloc(t->nbytes, "test weights");
+      device->write_from_host(block, t->data, t->nbytes);
+      v.data = block;
+      v.on_device = true;
+      blocks.push_back(block);
+      weight_bytes += t->nbytes;
+      views.push_back(std::move(v));
+    }
+    std::ifstream config_in(dir / "config.json");
+    const auto config = nlohmann::json::parse(config_in);
+    {
+      auto in_place = Checkpoint::from_memory(config, nlohmann::json::object(), std::move(views), name);
+      eo.kv.gpu_mem = static_cast<int64_t>(device->memory_budget());
+      const size_t before = device->bytes_in_use();
+      Engine engine(*in_place, *device, eo);
+      EXPECT_EQ(engine.model().weights_in_place_bytes(), weight_bytes) << name;
+      // The same plan less the uploaded weights: no second copy of them.
+      EXPECT_LE(device->bytes_in_use() - before + weight_bytes, folder_growth) << name;
+      EXPECT_EQ(generate(engine, prompt, go).tokens, expected) << name;
+    }
+    for (void* p : blocks) device->free(p);
+  }
+}
+
 // Decode steps recorded as CUDA graphs (every head resident) give the logits the op-by-op run
 // gives, bit for bit, and the device argmax picks the host sampler's token; the graph run must
 // really have used graphs (a failed recording falls back silently otherwise).

@@ -5,8 +5,9 @@
 //   - a chunk of queries against 16-bit KV: cuDNN's fused SDPA on the tensor cores
 //     (attention_cudnn.cpp), when this build has cuDNN and it can express the call's mask;
 //   - everything else, f32 KV above all (f32 checkpoints keep fp32 attention so their greedy ids
-//     match the CPU reference), and every soft-capped call (gemma2; neither the decode kernel nor
-//     cuDNN takes a softcap): the fp32 CUDA-core kernel below.
+//     match the CPU reference), soft-capped decode (gemma2; the decode kernel takes no softcap) and
+//     soft-capped chunks cuDNN has no engine for: the fp32 CUDA-core kernel below. (cuDNN takes
+//     the softcap as a score modifier.)
 //
 // The CUDA-core kernel: one warp per task (query row t, q head h); the WARPS warps of a block are
 // adjacent tasks, which share the kv head, so each 32-key tile of K and V is staged once in shared
@@ -228,7 +229,9 @@ void CudaOps::attention(const AttentionArgs& a) {
   if (a.softcap == 0.0f && attention_decode(a, sm_count_, attn_partials_, stream_)) return;
   // cuDNN tiles queries by 64 or more rows and does not split keys: a few rows against a long
   // context would leave most SMs idle, so short chunks stay on the split-KV CUDA-core kernel.
-  if (a.softcap == 0.0f && a.q.rows >= kCudnnMinQueries && cudnn_.run(a, attn_partials_)) return;
+  // Soft-capped calls (gemma2) go to cuDNN too, with the cap as a score modifier; where cuDNN has no
+  // engine for that graph, run() declines for the shape and the CUDA-core kernel takes it.
+  if (a.q.rows >= kCudnnMinQueries && cudnn_.run(a, attn_partials_)) return;
   for (int64_t i = 0; i < a.n_kv_heads; ++i) attention_core(a.head(i));
 }
 

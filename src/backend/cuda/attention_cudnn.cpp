@@ -46,8 +46,9 @@ namespace {
 
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats };
 
-// Everything a graph is specialised on. right_bound -1: no diagonal mask; left_bound 0: no window.
-using GraphKey = std::array<int64_t, 11>;
+// Everything a graph is specialised on. right_bound -1: no diagonal mask; left_bound 0: no window;
+// softcap_bits 0: no soft-capping.
+using GraphKey = std::array<int64_t, 12>;
 
 struct CachedGraph {
   std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN has no engine for this shape
@@ -75,23 +76,27 @@ struct CudnnSdpa::Impl {
     return handle;
   }
 
-  const CachedGraph& graph_for(const GraphKey& key, DType kv_dtype, float scale) {
+  const CachedGraph& graph_for(const GraphKey& key, DType kv_dtype, float scale, float softcap) {
     auto it = graphs.find(key);
     if (it != graphs.end()) return it->second;
     const auto t0 = std::chrono::steady_clock::now();
-    const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits] = key;
-    CachedGraph cached = build_graph(key, kv_dtype, scale);
+    const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits,
+                softcap_bits] = key;
+    CachedGraph cached = build_graph(key, kv_dtype, scale, softcap);
     if (trace)
-      std::fprintf(stderr, "[trace] cuDNN SDPA graph s_q %lld s_kv %lld h_q %lld h_k %lld: %s in %.1f ms\n",
+      std::fprintf(stderr, "[trace] cuDNN SDPA graph s_q %lld s_kv %lld h_q %lld h_k %lld d %lld softcap %g: %s in %.1f ms\n",
                    static_cast<long long>(s_q), static_cast<long long>(s_kv), static_cast<long long>(h_q),
-                   static_cast<long long>(h_k), !cached.graph ? "no engine" : "built", ms_since(t0));
+                   static_cast<long long>(h_k), static_cast<long long>(d), softcap,
+                   !cached.graph ? "no engine" : "built", ms_since(t0));
     return graphs.emplace(key, std::move(cached)).first->second;
   }
 
-  CachedGraph build_graph(const GraphKey& key, DType kv_dtype, float scale) {
-    const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits] = key;
+  CachedGraph build_graph(const GraphKey& key, DType kv_dtype, float scale, float softcap) {
+    const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits,
+                softcap_bits] = key;
     (void)dtype_code;
     (void)scale_bits;
+    (void)softcap_bits;
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(kv_dtype == DType::BF16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -104,7 +109,21 @@ struct CudnnSdpa::Impl {
     auto k = g->tensor(fe::graph::Tensor_attributes().set_name("K").set_uid(kK).set_dim(kv_dim).set_stride(kv_stride));
     auto v = g->tensor(fe::graph::Tensor_attributes().set_name("V").set_uid(kV).set_dim(kv_dim).set_stride(kv_stride));
     auto opts = fe::graph::SDPA_attributes().set_name("prefill").set_generate_stats(true).set_attn_scale(scale);
-    if (right_bound >= 0) {
+    if (softcap > 0.0f) {
+      // Gemma 2's soft-capping, tanh(s / cap) * cap after the scale, as a score modifier. The
+      // frontend takes no mask attributes beside a modifier, so the same band mask (bottom-right,
+      // the same bounds) follows the cap inside it, in the order the attributes would apply.
+      const int64_t sq = s_q, skv = s_kv, rb = right_bound, lb = left_bound;
+      opts.set_score_mod([softcap, sq, skv, rb, lb](std::shared_ptr<fe::graph::Graph> graph,
+                                                    std::shared_ptr<fe::graph::Tensor_attributes> scores) {
+        auto capped = fe::graph::attn::score_modifiers::Softcap().forward(
+            graph, scores, std::make_shared<fe::graph::Tensor_attributes>(softcap));
+        if (rb < 0) return capped;
+        return fe::graph::attn::score_modifiers::sliding_window_mask(
+            graph, capped, fe::DiagonalAlignment_t::BOTTOM_RIGHT,
+            lb > 0 ? std::optional<int64_t>(lb) : std::nullopt, std::optional<int64_t>(rb), sq, skv, nullptr, nullptr);
+      });
+    } else if (right_bound >= 0) {
       opts.set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
           .set_diagonal_band_right_bound(static_cast<int>(right_bound));
       if (left_bound > 0) opts.set_diagonal_band_left_bound(static_cast<int>(left_bound));
@@ -158,11 +177,12 @@ bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
   const bool masked = a.window > 0 || off_trim < s_kv - 1;
   const int64_t right_bound = masked ? rb : -1;
   const int64_t left_bound = masked && a.window > 0 ? a.window - rb : 0;
-  uint32_t scale_bits = 0;
+  uint32_t scale_bits = 0, softcap_bits = 0;
   std::memcpy(&scale_bits, &a.scale, sizeof(scale_bits));
+  if (a.softcap > 0.0f) std::memcpy(&softcap_bits, &a.softcap, sizeof(softcap_bits));
   const GraphKey key{s_q,         s_kv,       h_q, h_k, std::max(head_stride, s_kv * kv_ld), d, kv_ld, right_bound,
-                     left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits};
-  const CachedGraph& cached = impl_->graph_for(key, a.kv.dtype, a.scale);
+                     left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits, softcap_bits};
+  const CachedGraph& cached = impl_->graph_for(key, a.kv.dtype, a.scale, a.softcap > 0.0f ? a.softcap : 0.0f);
   if (!cached.graph) return false;
   // Declining depends on the shape alone, so every placement still takes the same kernel.
   if (impl_->workspace_limit > 0 && static_cast<size_t>(cached.workspace_bytes) > impl_->workspace_limit) return false;
@@ -208,8 +228,8 @@ void CudnnSdpa::warm_up(DType kv_dtype, int64_t head_dim, int64_t q_heads_per_kv
   uint32_t scale_bits = 0;
   std::memcpy(&scale_bits, &scale, sizeof(scale_bits));
   const GraphKey key{s, s, q_heads_per_kv_head, 1, s * head_dim, head_dim, head_dim, 0, 0,
-                     static_cast<int64_t>(kv_dtype), scale_bits};
-  impl_->graph_for(key, kv_dtype, scale);
+                     static_cast<int64_t>(kv_dtype), scale_bits, 0};
+  impl_->graph_for(key, kv_dtype, scale, 0.0f);
 }
 
 #else  // no cuDNN in this build: every call takes the CUDA-core kernel

@@ -480,6 +480,66 @@ TEST(ModelIdentity, DiffersForRandomCheckpointsOfOneShape) {
   EXPECT_NE(model_identity(*a), model_identity(*b));
 }
 
+// Memory the host must not touch: addresses far past anything mapped (a host read segfaults),
+// readable only through read_to_host, as a GPU's memory is.
+class UnmappedMemoryDevice : public Device {
+ public:
+  static constexpr uintptr_t kBase = uintptr_t{1} << 46;
+  explicit UnmappedMemoryDevice(std::vector<unsigned char> bytes) : bytes_(std::move(bytes)) {}
+  const void* address(size_t offset) const { return reinterpret_cast<const void*>(kBase + offset); }
+  std::string name() const override { return "unmapped"; }
+  Ops& ops() override { throw Error("unmapped device: no ops"); }
+  void* alloc(size_t, const char*) override { throw Error("unmapped device: no alloc"); }
+  void free(void*) override {}
+  size_t bytes_in_use() const override { return 0; }
+  size_t peak_bytes() const override { return 0; }
+  void read_to_host(void* dst, const void* src, size_t n) override {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(src);
+    ASSERT_TRUE(at >= kBase && at + n <= kBase + bytes_.size());
+    std::memcpy(dst, bytes_.data() + (at - kBase), n);
+    ++reads;
+  }
+  void write_from_host(void*, const void*, size_t) override { throw Error("unmapped device: read only"); }
+  size_t memory_budget() const override { return 0; }
+  std::unique_ptr<Transfer> make_transfer(const TransferOptions&) override { throw Error("unmapped device"); }
+  DType kv_dtype(DType weight_dtype) const override { return weight_dtype; }
+  int reads = 0;
+
+ private:
+  std::vector<unsigned char> bytes_;
+};
+
+// Weights used in place on a device (a torch model's CUDA tensors in the Python face) are sampled
+// for the identity through the device: the same identity as the same bytes on the host, and no
+// host read of a device address (that segfaulted HeadInferModel on the GPU).
+TEST(ModelIdentity, ReadsDeviceTensorsThroughTheDevice) {
+  const nlohmann::json config = {{"model_type", "llama"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                                 {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 96},
+                                 {"vocab_size", 97}, {"max_position_embeddings", 128}};
+  auto host = Checkpoint::random(config, DType::F32, 3);
+  std::vector<unsigned char> bytes;
+  std::vector<size_t> offsets;
+  for (const TensorView* t : host->tensors()) {
+    offsets.push_back(bytes.size());
+    const auto* p = static_cast<const unsigned char*>(t->data);
+    bytes.insert(bytes.end(), p, p + t->nbytes);
+    bytes.resize((bytes.size() + 63) / 64 * 64);  // from_memory wants device tensors 64-byte aligned
+  }
+  UnmappedMemoryDevice device(bytes);
+  std::vector<TensorView> views;
+  size_t i = 0;
+  for (const TensorView* t : host->tensors()) {
+    TensorView v = *t;
+    v.data = device.address(offsets[i++]);
+    v.on_device = true;
+    views.push_back(std::move(v));
+  }
+  auto on_device = Checkpoint::from_memory(config, nlohmann::json::object(), std::move(views), "unmapped");
+  EXPECT_EQ(model_identity(*on_device, &device), model_identity(*host));
+  EXPECT_EQ(device.reads, 2 * static_cast<int>(host->tensors().size()));
+  EXPECT_THROW(model_identity(*on_device), Error);
+}
+
 TEST(KvChecksum, SeesEveryByteAndTheLength) {
   std::vector<unsigned char> bytes(1037);
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i * 31 + 7);

@@ -10,6 +10,8 @@
 #             16 tokens generated
 # and writes $OUT/sanitize.json: per tool and target the sanitizer's error count, racecheck's
 # warnings, exit status, seconds and whether the time limit cut it short, plus the card.
+# racecheck runs the op tests one per process (RACECHECK_PER_TEST=0: all in one) and reports
+# hazards, clean tests, tool failures and tests cut by the time limit.
 # Builds like scripts/gpu_check.sh (same carry: run `scripts/gpu_check.sh --prepare` on the dev
 # box first, carry .carry). Runs the tools in the order given (default: all three), each target
 # limited to $SANITIZE_SECONDS (default 150) so that one call stays inside a 10-minute command:
@@ -60,6 +62,39 @@ for tool in "${TOOLS[@]}"; do
   fi
   for target in ops generate; do
     log=$OUT/sanitize_${tool}_${target}.log
+    # racecheck over the op tests: one test per process ($SANITIZE_TEST_SECONDS each, default 40,
+    # within $LIMIT in all), because the tool's failure inside a cuBLASLt kernel (above) leaves the
+    # device unusable for every later test of the process. Tool failures are counted apart from
+    # hazards, and make the status 1 as well.
+    if [[ $tool == racecheck && $target == ops && ${RACECHECK_PER_TEST:-1} == 1 ]]; then
+      mapfile -t names < <("${ops[0]}" --gtest_filter="$FILTER" --gtest_list_tests |
+        awk '/^[^ ]/ {suite = $1} /^  / {print suite $1}' | grep -v DISABLED_)
+      t0=$(date +%s)
+      errors=0 warnings=0 clean=0 failed=() cut=() other=()
+      : >"$log"
+      for name in "${names[@]}"; do
+        left=$(( LIMIT - ($(date +%s) - t0) ))
+        (( left > 5 )) || { cut+=("$name"); continue; }
+        one=$OUT/racecheck_one.log
+        rc=0
+        timeout --signal=INT "$(( left < ${SANITIZE_TEST_SECONDS:-40} ? left : ${SANITIZE_TEST_SECONDS:-40} ))" \
+          "$SAN" --tool racecheck "${extra[@]}" --print-limit 50 "${ops[0]}" --gtest_filter="$name" >"$one" 2>&1 || rc=$?
+        { echo "### $name (exit $rc)"; cat "$one"; } >>"$log"
+        e=$(sed -nE 's/.*RACECHECK SUMMARY: .*\(([0-9]+) errors?, ([0-9]+) warnings?\).*/\1/p' "$one" | tail -1)
+        w=$(sed -nE 's/.*RACECHECK SUMMARY: .*\(([0-9]+) errors?, ([0-9]+) warnings?\).*/\2/p' "$one" | tail -1)
+        if grep -q "Internal Sanitizer Error" "$one"; then failed+=("$name")
+        elif [[ $rc -eq 124 || $rc -eq 130 ]]; then cut+=("$name")
+        elif [[ $rc -ne 0 || -z "$e" ]]; then other+=("$name")
+        else errors=$((errors + e)); warnings=$((warnings + w)); [[ $e == 0 ]] && clean=$((clean + 1)); fi
+      done
+      rm -f "$OUT/racecheck_one.log"
+      secs=$(( $(date +%s) - t0 ))
+      echo "racecheck ops (one test per process): hazards errors=$errors warnings=$warnings; ${clean} of ${#names[@]} tests clean; tool failures ${#failed[@]}: ${failed[*]}; cut ${#cut[@]}: ${cut[*]}; other ${#other[@]}: ${other[*]} (${secs}s)"
+      list() { local IFS=,; local q=(); for x in "$@"; do q+=("\"$x\""); done; echo "[${q[*]}]"; }
+      rows+=("{\"tool\":\"racecheck\",\"target\":\"ops\",\"per_test\":true,\"errors\":$errors,\"warnings\":$warnings,\"tests\":${#names[@]},\"clean\":$clean,\"tool_failures\":$(list "${failed[@]}"),\"cut\":$(list "${cut[@]}"),\"other\":$(list "${other[@]}"),\"seconds\":$secs}")
+      if (( errors != 0 || ${#failed[@]} + ${#cut[@]} + ${#other[@]} > 0 )); then status=1; fi
+      continue
+    fi
     if [[ $target == ops ]]; then cmd=("${ops[@]}"); else cmd=("${gen[@]}"); fi
     t0=$(date +%s)
     rc=0

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "headinfer/all_reduce.h"
 #include "headinfer/backend.h"
 #include "headinfer/checkpoint.h"
 #include "headinfer/kv_cache.h"
@@ -48,16 +49,45 @@ struct ForwardWorkspaceSizes {
 OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& config, const ForwardWorkspaceSizes& sizes,
                                       DType weight_dtype);
 
+// Tensor parallelism by kv head (issue 16). Shard `rank` of `n_shards` holds kv heads
+// [rank * H / N, (rank + 1) * H / N) of every layer with their query heads (those rows of
+// wq/wk/wv and their biases, those input columns of wo) and rows [rank * I / N, (rank + 1) * I / N)
+// of the MLP intermediate (gate/up rows, down_proj's input columns); norms and the embedding are
+// replicated. Each shard's o_proj and down_proj give a partial sum, which `all_reduce` adds up
+// before the norm and residual add that follow, so every shard keeps the same residual stream;
+// the o_proj / down_proj biases are added by rank 0 only, and only rank 0 computes logits.
+struct ModelShard {
+  int rank = 0;
+  int n_shards = 1;
+  AllReduce* all_reduce = nullptr;  // required when n_shards > 1 (n_ranks() == n_shards)
+};
+
+// What shard `rank` of `n_shards` holds of each layer: kv heads [kv_head0, kv_head0 + n_kv_heads)
+// and MLP intermediate rows [ffn0, ffn0 + n_ffn). Throws Error naming the counts when n_kv_heads
+// is not a multiple of n_shards (an uneven head split would make one link the bottleneck).
+struct ShardSlice {
+  int64_t kv_head0 = 0, n_kv_heads = 0;
+  int64_t ffn0 = 0, n_ffn = 0;
+};
+ShardSlice shard_slice(const ModelConfig& config, int rank, int n_shards);
+// The config a shard runs: n_heads, n_kv_heads and intermediate_size are its own share (what its
+// KV cache and planner see); everything else is the model's.
+ModelConfig shard_config(const ModelConfig& config, int rank, int n_shards);
+
 class Model {
  public:
   // Checks every tensor the config needs (names and shapes) and copies the weights to `device`
   // (those already there, TensorView::on_device, are used in place).
-  Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes);
+  // With a shard of n_shards > 1, only its slice is copied (checkpoint tensors must then be in
+  // host memory).
+  Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes,
+        const ModelShard& shard = {});
   ~Model();  // releases the ops' workspace the constructor reserved (Ops::release_workspace)
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const { return config_; }  // the shard's (shard_config): heads and ffn its own
+  const ModelShard& shard() const { return shard_; }
   Device& device() const { return device_; }
   size_t weight_bytes() const { return weight_bytes_; }  // every weight, copied or used in place
   size_t weights_in_place_bytes() const { return weights_in_place_bytes_; }  // not allocated through device()
@@ -84,7 +114,10 @@ class Model {
   void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
                        KvCache& kv);
   void mlp_block(const LayerWeights& w, int64_t n);
+  // Sums a partial o_proj / down_proj output over the shards in place (nothing with one shard).
+  void all_reduce(const MatView& partial);
 
+  ModelShard shard_;
   ModelConfig config_;
   Device& device_;
   ForwardWorkspaceSizes sizes_;

@@ -22,6 +22,12 @@ ShardedModel::ShardedModel(const Checkpoint& checkpoint, std::span<Device* const
 
 void ShardedModel::forward(std::span<const int32_t> ids, int64_t pos0, std::span<KvCache* const> kvs,
                            std::span<float> logits, int64_t call_end) {
+  forward(ids, pos0, kvs, call_end);
+  shards_[0]->read_logits(logits);
+}
+
+void ShardedModel::forward(std::span<const int32_t> ids, int64_t pos0, std::span<KvCache* const> kvs,
+                           int64_t call_end) {
   if (kvs.size() != shards_.size())
     throw Error("sharded forward: " + std::to_string(kvs.size()) + " KV caches for " +
                 std::to_string(shards_.size()) + " shards");
@@ -45,7 +51,6 @@ void ShardedModel::forward(std::span<const int32_t> ids, int64_t pos0, std::span
     run(0);
   }
   if (first_error) std::rethrow_exception(first_error);
-  shards_[0]->read_logits(logits);
 }
 
 }  // namespace headinfer

@@ -16,15 +16,19 @@
 // and print the measured worst. N = 1 runs the same ops in the same order (the all-reduce hands
 // the partial back unchanged), so its logits must be bit-identical.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "headinfer/engine.h"
 #include "headinfer/error.h"
 #include "headinfer/head_store.h"
 #include "headinfer/sharded_model.h"
@@ -169,6 +173,83 @@ TEST(Shard, OffloadedShardsAreBitIdenticalToResidentShards) {
   EXPECT_EQ(b.tokens, a.tokens);
   ASSERT_EQ(a.logits.size(), b.logits.size());
   EXPECT_EQ(std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * sizeof(float)), 0);
+}
+
+std::vector<float> copy(std::span<const float> s) { return {s.begin(), s.end()}; }
+
+// The Engine over 2 devices: generate as one device does; a KV snapshot of the split engine loads
+// onto one device and back (ShardedKvCache numbers heads as the model does), and prefix reuse cuts
+// every shard's cache.
+TEST(Shard, EngineOnTwoDevicesGeneratesSnapshotsAndReusesPrefixes) {
+  HEADINFER_REQUIRE_TESTDATA();
+  auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / "tiny" / "mistral_swa-f32");
+  const ModelConfig& c = ckpt->config();
+  const std::vector<int32_t> prompt = test::random_prompt(kPrompt, c.vocab_size, 16);
+  auto d0 = make_cpu_device({1, 0}), d1 = make_cpu_device({1, 0}), d2 = make_cpu_device({1, 0});
+  Device* two[] = {d0.get(), d1.get()};
+  EngineOptions eo;
+  eo.context = 128;
+  eo.chunk = kChunk;
+  Engine split(*ckpt, two, eo);
+  Engine one(*ckpt, *d2, eo);
+  EXPECT_EQ(split.n_devices(), 2);
+  EXPECT_EQ(split.config().n_kv_heads, c.n_kv_heads);
+  GenerateOptions go;
+  go.max_new_tokens = kDecode;
+  go.ignore_eos = true;
+  std::vector<float> split_logits, one_logits;
+  GenerateCallbacks cb_split, cb_one;
+  cb_split.on_logits = [&](std::span<const float> l) { split_logits.insert(split_logits.end(), l.begin(), l.end()); };
+  cb_one.on_logits = [&](std::span<const float> l) { one_logits.insert(one_logits.end(), l.begin(), l.end()); };
+  const GenerateResult rs = generate(split, prompt, go, cb_split);
+  const GenerateResult ro = generate(one, prompt, go, cb_one);
+  EXPECT_EQ(rs.tokens, ro.tokens);
+  EXPECT_LE(worst_relative(split_logits, one_logits, c.vocab_size), kLogitRtol);
+
+  // Snapshots: split -> one device, and one device -> a fresh split engine.
+  const fs::path dir = fs::temp_directory_path() / ("headinfer-shard-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  split.save_kv(dir / "split.hikv");
+  one.save_kv(dir / "one.hikv");
+  const int32_t next = rs.tokens.back();
+  const std::vector<float> split_next = copy(split.decode(next));
+  const std::vector<float> one_next = copy(one.decode(next));
+  {
+    auto d3 = make_cpu_device({1, 0});
+    Engine loaded(*ckpt, *d3, eo);
+    loaded.load_kv(dir / "split.hikv");
+    // The split run's KV on one device: this step differs from the split one's by the
+    // reassociated sums only.
+    EXPECT_LE(worst_relative(copy(loaded.decode(next)), split_next, c.vocab_size), kLogitRtol);
+  }
+  {
+    auto d3 = make_cpu_device({1, 0}), d4 = make_cpu_device({1, 0});
+    Device* fresh[] = {d3.get(), d4.get()};
+    Engine loaded(*ckpt, fresh, eo);
+    loaded.load_kv(dir / "split.hikv");
+    const std::vector<float> again = copy(loaded.decode(next));
+    EXPECT_EQ(again, split_next);  // its own KV back: bit for bit
+    loaded.load_kv(dir / "one.hikv");
+    EXPECT_LE(worst_relative(copy(loaded.decode(next)), one_next, c.vocab_size), kLogitRtol);
+  }
+  fs::remove_all(dir);
+
+  // Prefix reuse: the same prompt with a new tail keeps the common prefix on both shards, and the
+  // logits are those of a fresh split run of the whole prompt.
+  std::vector<int32_t> longer(prompt.begin(), prompt.begin() + 50);
+  for (int32_t id : test::random_prompt(9, c.vocab_size, 99)) longer.push_back(id);
+  GenerateOptions reuse = go;
+  reuse.reuse_prefix = true;
+  reuse.max_new_tokens = 3;
+  std::vector<float> reused_logits, fresh_logits;
+  GenerateCallbacks cb_reused, cb_fresh;
+  cb_reused.on_logits = [&](std::span<const float> l) { reused_logits.insert(reused_logits.end(), l.begin(), l.end()); };
+  cb_fresh.on_logits = [&](std::span<const float> l) { fresh_logits.insert(fresh_logits.end(), l.begin(), l.end()); };
+  const GenerateResult rr = generate(split, longer, reuse, cb_reused);
+  EXPECT_EQ(rr.reused_tokens, 50);
+  split.reset();
+  generate(split, longer, reuse, cb_fresh);
+  EXPECT_EQ(reused_logits, fresh_logits);
 }
 
 TEST(Shard, ShardConfigSplitsHeadsAndFfn) {

@@ -145,6 +145,19 @@ TEST(Shard, EveryModelOnNDevicesMatchesOneDevice) {
   }
 }
 
+// bf16 checkpoints: the CPU widens every weight to fp32 before its product and keeps activations
+// in fp32, so the split reassociates the same fp32 sums and the same bound holds.
+TEST(Shard, Bf16CheckpointsOnNDevicesMatchOneDevice) {
+  HEADINFER_REQUIRE_TESTDATA();
+  KvPlacementOptions kv;
+  kv.offload = OffloadMode::None;
+  for (const fs::path& dir : test::all_models())
+    if (dir.filename().string().ends_with("-f32") && dir.parent_path().filename() == "tiny") {
+      const std::string name = dir.filename().string();
+      expect_like_one_device(dir.parent_path() / (name.substr(0, name.size() - 4) + "-bf16"), kv);
+    }
+}
+
 // Each shard plans its own heads; with every head block on the host tier, streamed through the
 // ring one kv head at a time, the logits are those of the all-resident shards (and so within the
 // tolerance of one device).

@@ -31,6 +31,8 @@
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
 #include "headinfer/head_store.h"
+#include "headinfer/planner.h"
+#include "headinfer/random_model.h"
 #include "headinfer/sharded_model.h"
 #include "model_set.h"
 #include "placement_run.h"
@@ -156,6 +158,39 @@ TEST(Shard, Bf16CheckpointsOnNDevicesMatchOneDevice) {
       const std::string name = dir.filename().string();
       expect_like_one_device(dir.parent_path() / (name.substr(0, name.size() - 4) + "-bf16"), kv);
     }
+}
+
+// No shared model has o_proj / MLP biases (added on rank 0 only) or an ffn that the devices do not
+// divide: a random llama with attention_bias and mlp_bias, 4 kv heads and 175 ffn rows (43/44 per
+// device on 4). The planner's per-shard weight estimate counts those biases where they live.
+TEST(Shard, BiasesAndUnevenFfnOnNDevicesMatchOneDevice) {
+  const fs::path dir = fs::temp_directory_path() / ("headinfer-shard-bias-" + std::to_string(::getpid()));
+  nlohmann::json config = builtin_shape_config("tiny");
+  config["num_attention_heads"] = 8;
+  config["num_key_value_heads"] = 4;
+  config["intermediate_size"] = 175;
+  config["attention_bias"] = true;
+  config["mlp_bias"] = true;
+  write_random_checkpoint(dir, config, DType::F32, 16);
+  auto ckpt = Checkpoint::open(dir);
+  ASSERT_TRUE(ckpt->config().o_bias && ckpt->config().mlp_bias);
+  KvPlacementOptions kv;
+  kv.offload = OffloadMode::None;
+  expect_like_one_device(dir, kv);
+  for (int n : {2, 4}) {
+    std::vector<std::unique_ptr<Device>> devices;
+    std::vector<Device*> ptrs;
+    for (int r = 0; r < n; ++r) {
+      devices.push_back(make_cpu_device({1, 0}));
+      ptrs.push_back(devices.back().get());
+    }
+    ShardedModel model(*ckpt, ptrs, {16, 16});
+    for (int r = 0; r < n; ++r)
+      EXPECT_EQ(estimate_shard_weight_bytes(ckpt->config(), r, n, 4),
+                static_cast<int64_t>(model.shard(r).weight_bytes()))
+          << r << " of " << n;
+  }
+  fs::remove_all(dir);
 }
 
 // Each shard plans its own heads; with every head block on the host tier, streamed through the

@@ -300,6 +300,38 @@ TEST(Shard, EngineOnTwoDevicesGeneratesSnapshotsAndReusesPrefixes) {
   EXPECT_EQ(reused_logits, fresh_logits);
 }
 
+// A shard that fails (here: its cache is too small) must not leave the others waiting in the
+// all-reduce: forward rethrows that shard's own error, and the model runs again afterwards.
+TEST(Shard, AFailingShardStopsTheOthersAndItsErrorIsRethrown) {
+  HEADINFER_REQUIRE_TESTDATA();
+  auto ckpt = Checkpoint::open(test::testdata_dir() / "models" / "tiny" / "llama3-f32");
+  const ModelConfig& c = ckpt->config();
+  auto d0 = make_cpu_device({1, 0}), d1 = make_cpu_device({1, 0});
+  Device* devices[] = {d0.get(), d1.get()};
+  ShardedModel model(*ckpt, devices, {16, 16});
+  auto good0 = make_simple_kv_cache(*d0, model.shard(0).config(), 32);
+  auto small1 = make_simple_kv_cache(*d1, model.shard(1).config(), 4);
+  auto good1 = make_simple_kv_cache(*d1, model.shard(1).config(), 32);
+  const std::vector<int32_t> ids = test::random_prompt(9, c.vocab_size, 3);
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+  KvCache* failing[] = {good0.get(), small1.get()};
+  try {
+    model.forward(ids, 0, failing, logits);
+    FAIL() << "shard 1's cache holds 4 positions, 9 were fed";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("context full: 9 positions needed", 0), 0u) << e.what();
+  }
+  good0->reset();
+  KvCache* working[] = {good0.get(), good1.get()};
+  model.forward(ids, 0, working, logits);
+  const test::PlacementRun one = [&] {
+    KvPlacementOptions kv;
+    kv.offload = OffloadMode::None;
+    return test::run_placement(*ckpt, ids, 16, 0, kv);
+  }();
+  EXPECT_LE(worst_relative(logits, one.logits, c.vocab_size), kLogitRtol);
+}
+
 TEST(Shard, ShardConfigSplitsHeadsAndFfn) {
   ModelConfig c;
   c.n_heads = 32;

@@ -109,4 +109,17 @@ void apply_generation_config(ModelConfig& config, const nlohmann::json& generati
 
 std::string rope_type_name(RopeType t);
 
+// Tensor parallelism by kv head (issue 16; Model's ModelShard says what runs where).
+// What shard `rank` of `n_shards` holds of each layer: kv heads [kv_head0, kv_head0 + n_kv_heads)
+// and MLP intermediate rows [ffn0, ffn0 + n_ffn). Throws Error naming the counts when n_kv_heads
+// is not a multiple of n_shards (an uneven head split would make one link the bottleneck).
+struct ShardSlice {
+  int64_t kv_head0 = 0, n_kv_heads = 0;
+  int64_t ffn0 = 0, n_ffn = 0;
+};
+ShardSlice shard_slice(const ModelConfig& config, int rank, int n_shards);
+// The config a shard runs: n_heads, n_kv_heads and intermediate_size are its own share (what its
+// KV cache and planner see); everything else is the model's.
+ModelConfig shard_config(const ModelConfig& config, int rank, int n_shards);
+
 }  // namespace headinfer

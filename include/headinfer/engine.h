@@ -16,6 +16,7 @@
 #include "headinfer/kv_cache.h"
 #include "headinfer/model.h"
 #include "headinfer/sampler.h"
+#include "headinfer/sharded_model.h"
 
 namespace headinfer {
 
@@ -34,8 +35,14 @@ struct EngineOptions {
 class Engine {
  public:
   Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options);
+  // The model split by kv head over several devices (issue 16): shard r on devices[r], each with
+  // its own planned KV cache (options' gpu_mem per device, host_mem shared), one thread per device
+  // in each forward, a host all-reduce between them. One device is the constructor above.
+  // model() is then shard 0 (it holds the logits); step graphs are off.
+  Engine(const Checkpoint& checkpoint, std::span<Device* const> devices, const EngineOptions& options);
 
-  const ModelConfig& config() const { return model_.config(); }
+  const ModelConfig& config() const { return config_; }  // the whole model's
+  int n_devices() const { return sharded_ ? sharded_->n_shards() : 1; }
   int64_t context() const { return options_.context; }
   // The options as resolved: chunk and mlp_chunk as chosen, the KV dtype as the device keeps it.
   const EngineOptions& options() const { return options_; }
@@ -99,10 +106,15 @@ class Engine {
 
  private:
   EngineOptions options_;
-  Model model_;
-  std::unique_ptr<KvCache> kv_;
+  ModelConfig config_;
+  std::unique_ptr<ShardedModel> sharded_;  // several devices; else own_model_
+  std::unique_ptr<Model> own_model_;
+  Model& model_;                           // own_model_ or shard 0
+  std::unique_ptr<KvCache> kv_;            // a ShardedKvCache with several devices
   // Queues the forward of one decode step (recorded as a graph when graphs_ is on).
   void step(int32_t id);
+  // One forward of `ids` at n_past_ on every device; the logits to logits_ when read_logits.
+  void forward(std::span<const int32_t> ids, int64_t call_end, bool read_logits);
 
   std::vector<float> logits_;  // host [vocab]
   int64_t n_past_ = 0;

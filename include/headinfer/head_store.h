@@ -194,6 +194,10 @@ struct KvPlacementOptions {
   // Element type of the head blocks; unset: F32. The engine sets it from Device::kv_dtype (bf16 on
   // CUDA for 16-bit checkpoints, F32 for f32 checkpoints and on the CPU).
   std::optional<DType> kv_dtype;
+  // The model split over n_shards devices (issue 16): plan_kv_placement plans shard `shard_rank`'s
+  // share (shard_config, estimate_shard_weight_bytes); make_planned_kv_cache is given its config.
+  int shard_rank = 0;
+  int n_shards = 1;
 };
 
 // Plans against what is already on `device` (weights, activations: device.bytes_in_use() when

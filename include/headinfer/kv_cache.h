@@ -5,6 +5,8 @@
 // cache with the head-wise store is local to kv/.
 #include <cstdint>
 #include <memory>
+#include <span>
+#include <vector>
 
 #include "headinfer/backend.h"
 #include "headinfer/config.h"
@@ -84,6 +86,36 @@ struct HeadBlocks {
 // over the same keys (a head's numbers never depend on how heads are grouped: Ops::attention).
 void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
                             const LayerAttention& args, const HeadBlocks& blocks);
+
+// The caches of N devices the kv heads are split over (issue 16) seen as one: shard r's cache holds
+// kv heads [r * H / N, (r + 1) * H / N) of every layer, and read_rows / write_rows (snapshots) take
+// the model's kv head numbers. attend() is not for it: each shard attends in its own cache
+// (ShardedModel). fill_random fills each shard from the seed mixed with its rank, so the values
+// are not those of one device (bench only).
+class ShardedKvCache final : public KvCache {
+ public:
+  ShardedKvCache(std::vector<std::unique_ptr<KvCache>> shards, int64_t kv_heads_per_shard);
+  std::span<KvCache* const> shards() const { return shard_ptrs_; }
+
+  void attend(int64_t layer, const LayerAttention& args) override;
+  int64_t capacity() const override { return shard_ptrs_[0]->capacity(); }
+  void reset() override;
+  void fill_random(int64_t n_positions, uint64_t seed) override;
+  void truncate(int64_t n) override;
+  int64_t kept_from(int64_t layer) const override;
+  DType kv_dtype() const override { return shard_ptrs_[0]->kv_dtype(); }
+  void read_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, void* host_dst) override;
+  void write_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, const void* host_src) override;
+  void prepare(int64_t pos0, int64_t n) override;
+  size_t bytes_device() const override;
+  size_t bytes_host() const override;
+
+ private:
+  KvCache& shard_of(int64_t kv_head, int64_t& local_head) const;
+  std::vector<std::unique_ptr<KvCache>> shards_;
+  std::vector<KvCache*> shard_ptrs_;
+  int64_t kv_heads_per_shard_ = 0;
+};
 
 // Every head block on the device, K and V [capacity, head_dim] per (layer, kv head), F32.
 std::unique_ptr<KvCache> make_simple_kv_cache(Device& device, const ModelConfig& config, int64_t capacity);

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "headinfer/all_reduce.h"
 #include "headinfer/backend.h"
 #include "headinfer/checkpoint.h"
 #include "headinfer/kv_cache.h"
@@ -48,16 +49,35 @@ struct ForwardWorkspaceSizes {
 OpsWorkspaceSizes ops_workspace_sizes(const ModelConfig& config, const ForwardWorkspaceSizes& sizes,
                                       DType weight_dtype);
 
+// Tensor parallelism by kv head (issue 16). Shard `rank` of `n_shards` holds kv heads
+// [rank * H / N, (rank + 1) * H / N) of every layer with their query heads (those rows of
+// wq/wk/wv and their biases, those input columns of wo) and rows [rank * I / N, (rank + 1) * I / N)
+// of the MLP intermediate (gate/up rows, down_proj's input columns); norms and the embedding are
+// replicated. Each shard's o_proj and down_proj give a partial sum, which `all_reduce` adds up
+// before the norm and residual add that follow, so every shard keeps the same residual stream;
+// the o_proj / down_proj biases are added by rank 0 only, and only rank 0 computes logits.
+struct ModelShard {
+  int rank = 0;
+  int n_shards = 1;
+  AllReduce* all_reduce = nullptr;  // required when n_shards > 1 (n_ranks() == n_shards)
+};
+
+// shard_slice / shard_config: headinfer/config.h.
+
 class Model {
  public:
   // Checks every tensor the config needs (names and shapes) and copies the weights to `device`
   // (those already there, TensorView::on_device, are used in place).
-  Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes);
+  // With a shard of n_shards > 1, only its slice is copied (checkpoint tensors must then be in
+  // host memory).
+  Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes,
+        const ModelShard& shard = {});
   ~Model();  // releases the ops' workspace the constructor reserved (Ops::release_workspace)
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const { return config_; }  // the shard's (shard_config): heads and ffn its own
+  const ModelShard& shard() const { return shard_; }
   Device& device() const { return device_; }
   size_t weight_bytes() const { return weight_bytes_; }  // every weight, copied or used in place
   size_t weights_in_place_bytes() const { return weights_in_place_bytes_; }  // not allocated through device()
@@ -84,7 +104,10 @@ class Model {
   void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
                        KvCache& kv);
   void mlp_block(const LayerWeights& w, int64_t n);
+  // Sums a partial o_proj / down_proj output over the shards in place (nothing with one shard).
+  void all_reduce(const MatView& partial);
 
+  ModelShard shard_;
   ModelConfig config_;
   Device& device_;
   ForwardWorkspaceSizes sizes_;

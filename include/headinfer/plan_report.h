@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -30,10 +31,23 @@ struct PlanRequest {
   OffloadMode offload = OffloadMode::Auto;
   int64_t kv_group = 0;
   int64_t chunk = 0;                  // 0: the planner chooses
+  // Devices of one host the model is split over by kv head (--gpus, issue 16): each is planned on
+  // its own, with the whole gpu_mem, the same link bandwidth (one link each), host_mem / n and
+  // dram_gbps / n (the host's memory and its DRAM read rate are shared).
+  int n_devices = 1;
+};
+
+// One device's share when the model is split (shard_slice) and its plan.
+struct DevicePlan {
+  int rank = 0;
+  ShardSlice slice;
+  Plan plan;
 };
 
 struct PlanReport {
+  // With one device its plan; split over several, the first that does not fit, else device 0's.
   Plan plan;
+  std::vector<DevicePlan> devices;  // [n_devices], each device's own plan
   ModelConfig config;
   OffloadMode offload = OffloadMode::Auto;
   int64_t weight_elem_bytes = 2;

@@ -183,6 +183,10 @@ inline constexpr int64_t kHostSlabTargetBytes = int64_t{16} << 20;
 
 // Parameters the model loads onto the device, times their element size.
 int64_t estimate_weight_bytes(const ModelConfig& config, int64_t weight_elem_bytes);
+// What shard `rank` of `n_shards` loads (Model with a ModelShard): its heads' and ffn rows' share
+// of every layer, the embedding and norms whole, and on rank 0 only the o_proj / down_proj biases
+// and an untied lm_head.
+int64_t estimate_shard_weight_bytes(const ModelConfig& config, int rank, int n_shards, int64_t weight_elem_bytes);
 // Exactly what Model allocates on the device besides weights for these chunk sizes.
 int64_t estimate_activation_bytes(const ModelConfig& config, int64_t context, int64_t chunk, int64_t mlp_chunk);
 // MemAvailable from /proc/meminfo in bytes; 0 when it cannot be read.

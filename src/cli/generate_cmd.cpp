@@ -1,4 +1,5 @@
 // `headinfer generate`: load a checkpoint folder, run a prompt, print the continuation.
+#include <algorithm>
 #include <bit>
 #include <cctype>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <span>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -42,6 +44,7 @@ struct GenerateArgs {
   bool json = false;
   int64_t chunk = 0;  // 0: the planner chooses
   PlacementFlags placement;
+  int gpus = 1;                // devices the kv heads are split over (issue 16; CPU: simulated)
   std::string dump_logits;     // "" = off
   std::string kv_load;         // "" = off: start from this KV snapshot (the prompt continues it)
   std::string kv_save;         // "" = off: snapshot the KV after generating
@@ -94,6 +97,12 @@ void run_generate(const GenerateArgs& a) {
   if (n_prompt_sources != 1) throw Error("give exactly one prompt: -p TEXT, -f FILE or --prompt-ids 1,2,3");
   if (a.n_new < 0) throw Error("-n must be >= 0");
   if (a.chat && a.prompt_ids.size() > 0) throw Error("--chat needs a text prompt (-p or -f)");
+  if (a.gpus < 1) throw Error("--gpus must be at least 1");
+  if (a.gpus > 1 && (a.placement.device == "cuda" ||
+                     resolve_device_kind({a.placement.device, a.placement.threads, 0}) != "cpu"))
+    throw Error("--gpus " + std::to_string(a.gpus) +
+                ": multi-GPU execution is not built yet (issue 16); `headinfer plan --gpus N` plans it and "
+                "--device cpu runs the split on N simulated devices");
   // Opened before the model loads, so a bad path fails at once; removed again if anything fails.
   std::optional<LogitsDump> dump;
   if (!a.dump_logits.empty()) dump.emplace(a.dump_logits);
@@ -130,12 +139,22 @@ void run_generate(const GenerateArgs& a) {
     std::fprintf(stderr, "warning: context %lld is beyond the config's max_position_embeddings (%lld)\n",
                  static_cast<long long>(context), static_cast<long long>(config.max_position_embeddings));
 
-  auto device = make_placement_device(a.placement);
+  // --gpus N on the CPU: N simulated devices in this process, sharing the threads.
+  std::vector<std::unique_ptr<Device>> devices;
+  PlacementFlags per_device = a.placement;
+  if (a.gpus > 1) {
+    const int threads = a.placement.threads > 0 ? a.placement.threads : static_cast<int>(std::thread::hardware_concurrency());
+    per_device.threads = std::max(1, threads / a.gpus);
+  }
+  for (int r = 0; r < a.gpus; ++r) devices.push_back(make_placement_device(per_device));
+  std::vector<Device*> device_ptrs;
+  for (const auto& d : devices) device_ptrs.push_back(d.get());
+  Device* device = device_ptrs[0];
   EngineOptions eo;
   eo.kv = placement_options(a.placement, *device);
   eo.context = context;
   eo.chunk = a.chunk;
-  Engine engine(*checkpoint, *device, eo);
+  Engine engine(*checkpoint, device_ptrs, eo);
 
   GenerateOptions go;
   go.max_new_tokens = a.n_new;
@@ -179,6 +198,7 @@ void run_generate(const GenerateArgs& a) {
                           {"stopped_at_context", r.stopped_at_context},
                           {"context", context},
                           {"device", device->name()},
+                          {"n_devices", a.gpus},
                           {"device_peak_bytes", device->peak_bytes()}};
     if (tokenizer) out["text"] = tokenizer->decode(r.tokens, true);
     std::printf("%s\n", out.dump().c_str());
@@ -214,6 +234,10 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print one JSON object with tokens and timings");
   cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (default: the planner chooses for --gpu-mem and the context)");
   add_placement_flags(*cmd, args->placement);
+  cmd->add_option("--gpus", args->gpus,
+                  "Split the kv heads over N devices (must divide them); --device cpu only for now: N simulated "
+                  "devices sharing the threads")
+      ->capture_default_str();
   cmd->add_option("--dump-logits", args->dump_logits,
                   "Write the logits each token was chosen from: raw float32 [tokens, vocab], little-endian");
   cmd->add_option("--kv-load", args->kv_load,

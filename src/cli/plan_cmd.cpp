@@ -3,6 +3,7 @@
 // The link is measured with the Transfer of the device that will run (--device, as generate and
 // bench pick it) and cached under that device's name, so plan and generate plan with one number.
 #include <algorithm>
+#include <cinttypes>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -43,6 +44,7 @@ struct PlanArgs {
   std::string offload = "auto";
   int64_t kv_group = 0;
   int64_t chunk = 0;  // 0: the planner chooses
+  int gpus = 1;       // devices of one host the kv heads are split over (issue 16)
   bool json = false;
 };
 
@@ -132,6 +134,37 @@ void print_table(const Plan& p, const ModelConfig& c, const TableLabels& l, doub
   std::fputs(t.c_str(), stdout);
 }
 
+// Split over several devices: what each one holds and what its own link carries per decoded token.
+void print_devices(const PlanReport& r) {
+  const auto n = static_cast<int64_t>(r.devices.size());
+  std::string t = "per device (" + std::to_string(n) + " devices, each with its own link; the table above is device " +
+                  std::to_string(r.devices[0].rank) + "'s plan" + (r.plan.fits ? "" : " or the first that does not fit") +
+                  "):\n";
+  int64_t link_total = 0;
+  double decode = 0.0;
+  for (const DevicePlan& d : r.devices) {
+    const Plan& p = d.plan;
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "kv heads %" PRId64 "-%" PRId64 ", ffn rows %" PRId64 "-%" PRId64
+                  "; weights %s, KV on GPU %s, KV on host %s, resident %" PRId64 " of %" PRId64
+                  " groups; link %s per token; decode %.4f s per token%s",
+                  d.slice.kv_head0, d.slice.kv_head0 + d.slice.n_kv_heads - 1, d.slice.ffn0,
+                  d.slice.ffn0 + d.slice.n_ffn - 1, format_bytes(p.weight_bytes).c_str(),
+                  format_bytes(p.kv_bytes_gpu).c_str(), format_bytes(p.kv_bytes_host).c_str(), p.n_resident_groups,
+                  p.n_groups, format_bytes(p.link_bytes_per_token).c_str(), p.decode_seconds_per_token,
+                  p.fits ? "" : " (does NOT fit)");
+    t += table_row("device " + std::to_string(d.rank), buf);
+    link_total += p.link_bytes_per_token;
+    decode = std::max(decode, p.decode_seconds_per_token);
+  }
+  t += table_row("all links per decoded token", bytes_cell(link_total));
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "%.4f s (the slowest device; the links run in parallel)", decode);
+  t += table_row("predicted decode per token", buf);
+  std::fputs(t.c_str(), stdout);
+}
+
 void run_plan(const PlanArgs& a) {
   if ((a.model_dir.empty() ? 0 : 1) + (a.config_path.empty() ? 0 : 1) + (a.shape.empty() ? 0 : 1) != 1)
     throw Error("give exactly one of -m DIR, --config FILE or --shape NAME");
@@ -175,6 +208,7 @@ void run_plan(const PlanArgs& a) {
   req.offload = parse_offload_mode(a.offload, "--offload");
   req.kv_group = a.kv_group;
   req.chunk = a.chunk;
+  req.n_devices = a.gpus;
   const PlanReport report = plan_placement(req);
   const Plan& p = report.plan;
 
@@ -185,6 +219,7 @@ void run_plan(const PlanArgs& a) {
     const TableLabels labels{report.source, report.device, report.kv_elem_source, report.link_source,
                              report.dram_source};
     print_table(p, report.config, labels, p.link_gbps, report.weight_elem_bytes, report.offload);
+    if (report.devices.size() > 1) print_devices(report);
   }
   std::fflush(stdout);
   if (!p.fits) throw Error("does not fit: " + p.message);
@@ -219,6 +254,10 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--offload", args->offload, "auto, all or none")->capture_default_str();
   cmd->add_option("--kv-group", args->kv_group, "kv heads per transfer group (0: planner picks)")->capture_default_str();
   cmd->add_option("--chunk", args->chunk, "Prefill chunk in tokens (default: the planner chooses for --gpu-mem and the context)");
+  cmd->add_option("--gpus", args->gpus,
+                  "Devices of one host the kv heads are split over (each planned with --gpu-mem, its own link "
+                  "and an equal share of --host-mem); must divide the kv heads")
+      ->capture_default_str();
   cmd->add_flag("--json", args->json, "Print the plan as JSON");
   cmd->callback([args] { run_plan(*args); });
 }

@@ -574,13 +574,16 @@ std::unique_ptr<KvCache> make_planned_kv_cache(Device& device, const ModelConfig
 Plan plan_kv_placement(const Checkpoint& checkpoint, int64_t context, int64_t chunk, int64_t mlp_chunk,
                        const KvPlacementOptions& options,
                        const std::function<int64_t(int64_t, int64_t)>& scratch_bytes) {
-  const ModelConfig& config = checkpoint.config();
+  const ModelConfig config = shard_config(checkpoint.config(), options.shard_rank, options.n_shards);
   const TensorView* embed = checkpoint.find("model.embed_tokens.weight");
   PlannerInput in;
   in.config = config;
   in.context = context;
   in.kv_elem_bytes = static_cast<int64_t>(dtype_size(options.kv_dtype.value_or(DType::F32)));
   in.weight_elem_bytes = static_cast<int64_t>(dtype_size(embed != nullptr ? embed->dtype : DType::F32));
+  if (options.n_shards > 1)
+    in.weight_bytes = estimate_shard_weight_bytes(checkpoint.config(), options.shard_rank, options.n_shards,
+                                                  in.weight_elem_bytes);
   in.gpu_mem = options.gpu_mem;
   in.host_mem = options.host_mem > 0 ? options.host_mem : detect_host_memory();
   in.offload = options.offload;

@@ -152,6 +152,19 @@ int64_t estimate_weight_bytes(const ModelConfig& c, int64_t elem) {
   return params * elem + (h + c.n_layers * norms) * (c.norm_plus_one ? 4 : elem);
 }
 
+int64_t estimate_shard_weight_bytes(const ModelConfig& config, int rank, int n_shards, int64_t elem) {
+  const ModelConfig c = shard_config(config, rank, n_shards);
+  int64_t bytes = estimate_weight_bytes(c, elem);
+  if (rank != 0) {
+    int64_t rank0_only = 0;
+    if (c.o_bias) rank0_only += c.n_layers * c.hidden_size;
+    if (c.mlp_bias) rank0_only += c.n_layers * c.hidden_size;
+    if (!c.tie_word_embeddings) rank0_only += c.vocab_size * c.hidden_size;
+    bytes -= rank0_only * elem;
+  }
+  return bytes;
+}
+
 int64_t estimate_activation_bytes(const ModelConfig& c, int64_t context, int64_t chunk, int64_t mlp_chunk) {
   // Mirrors Model's workspace: x, xn, proj [C, hidden]; q, attn [C, q_dim]; k, v [C, kv_dim];
   // lse [C, n_heads]; gate, up [M, ffn]; logits [vocab]; rope tables [rotary_dim / 2] (longrope's

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "headinfer/error.h"
@@ -14,12 +15,22 @@ MatView mat(const DeviceBuffer& b, int64_t rows, int64_t cols) {
   return MatView{b.data(), DType::F32, rows, cols, cols};
 }
 
+// Row range [begin, begin + count) of a tensor.
+struct Rows {
+  int64_t begin = 0, count = 0;
+};
+
 }  // namespace
 
-Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes& sizes)
-    : config_(ckpt.config()), device_(device), sizes_(sizes) {
+Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes& sizes, const ModelShard& shard)
+    : shard_(shard), config_(shard_config(ckpt.config(), shard.rank, shard.n_shards)), device_(device), sizes_(sizes) {
   const ModelConfig& c = config_;
+  const ModelConfig& full = ckpt.config();
   if (sizes_.max_chunk < 1 || sizes_.max_mlp_chunk < 1) throw Error("chunk sizes must be positive");
+  const bool sharded = shard_.n_shards > 1;
+  if (sharded && (shard_.all_reduce == nullptr || shard_.all_reduce->n_ranks() != shard_.n_shards))
+    throw Error("a model split over " + std::to_string(shard_.n_shards) + " devices needs an all-reduce of as many ranks");
+  const ShardSlice slice = shard_slice(full, shard_.rank, shard_.n_shards);
 
   // Copies one checkpoint tensor to the device after checking its shape; a tensor already on the
   // device (TensorView::on_device) is used in place.
@@ -58,6 +69,55 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
     weight_bytes_ += w.size() * sizeof(float);
     return VecView{weight_buffers_.back().data(), DType::F32, n};
   };
+  // A shard's part of a checkpoint tensor [out, in] ([n] for a vector: in = 1): the row ranges
+  // `rows`, one after the other, of input columns [col0, col0 + cols), gathered on the host and
+  // copied to the device as one contiguous [sum of rows, cols] tensor.
+  auto upload_part = [&](const std::string& name, const std::vector<int64_t>& shape, std::span<const Rows> rows,
+                         int64_t col0, int64_t cols) -> const void* {
+    const TensorView& t = ckpt.require(name, shape);
+    if (t.on_device)
+      throw Error(name + ": splitting weights that are already in device memory over devices is not supported");
+    const size_t e = dtype_size(t.dtype);
+    const int64_t in = shape.size() == 2 ? shape[1] : 1;
+    int64_t n_rows = 0;
+    for (const Rows& r : rows) n_rows += r.count;
+    // [n_rows, cols] of the tensor's dtype: the shard's rows, its columns only
+    std::vector<char> part(static_cast<size_t>(n_rows * cols) * e);
+    char* dst = part.data();
+    for (const Rows& r : rows) {
+      for (int64_t i = r.begin; i < r.begin + r.count; ++i) {
+        std::memcpy(dst, static_cast<const char*>(t.data) + static_cast<size_t>(i * in + col0) * e,
+                    static_cast<size_t>(cols) * e);
+        dst += static_cast<size_t>(cols) * e;
+      }
+    }
+    weight_buffers_.emplace_back(device_, part.size(), "weights");
+    device_.write_from_host(weight_buffers_.back().data(), part.data(), part.size());
+    weight_bytes_ += part.size();
+    return weight_buffers_.back().data();
+  };
+  // Row ranges of a weight [out, in] (q/k/v, gate/up): one shard takes the whole tensor as is.
+  auto weight_rows = [&](const std::string& name, int64_t out, int64_t in, std::initializer_list<Rows> rows) {
+    if (!sharded) return weight(name, out, in);
+    int64_t n = 0;
+    for (const Rows& r : rows) n += r.count;
+    const std::span<const Rows> ranges(rows.begin(), rows.size());
+    return WeightView{upload_part(name, {out, in}, ranges, 0, in), dtype_of(name), n, in};
+  };
+  // Input columns [col0, col0 + cols) of a weight [out, in] (o_proj, down_proj).
+  auto weight_cols = [&](const std::string& name, int64_t out, int64_t in, int64_t col0, int64_t cols) {
+    if (!sharded) return weight(name, out, in);
+    const Rows all{0, out};
+    return WeightView{upload_part(name, {out, in}, std::span(&all, 1), col0, cols), dtype_of(name), out, cols};
+  };
+  auto vec_rows = [&](const std::string& name, int64_t n, Rows rows) {
+    if (!sharded) return vec(name, n);
+    return VecView{upload_part(name, {n}, std::span(&rows, 1), 0, 1), dtype_of(name), rows.count};
+  };
+  const int64_t hd = c.head_dim;
+  const Rows q_rows{slice.kv_head0 * full.group_size() * hd, c.q_dim()};
+  const Rows kv_rows{slice.kv_head0 * hd, c.kv_dim()};
+  const Rows ffn_rows{slice.ffn0, slice.n_ffn};
   // Rows [row0, row0 + rows) of a weight (the parts of a fused projection).
   auto rows_of = [](const WeightView& w, int64_t row0, int64_t rows) {
     const auto e = static_cast<int64_t>(dtype_size(w.dtype));
@@ -71,22 +131,26 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
     LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
     w.input_norm = norm(p + "input_layernorm.weight", c.hidden_size);
     if (c.fused_qkv) {  // phi3: q, k, v rows of one qkv_proj
-      const WeightView qkv = weight(p + "self_attn.qkv_proj.weight", c.q_dim() + 2 * c.kv_dim(), c.hidden_size);
+      const WeightView qkv =
+          weight_rows(p + "self_attn.qkv_proj.weight", full.q_dim() + 2 * full.kv_dim(), c.hidden_size,
+                      {q_rows, {full.q_dim() + kv_rows.begin, kv_rows.count},
+                       {full.q_dim() + full.kv_dim() + kv_rows.begin, kv_rows.count}});
       w.wq = rows_of(qkv, 0, c.q_dim());
       w.wk = rows_of(qkv, c.q_dim(), c.kv_dim());
       w.wv = rows_of(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
     } else {
-      w.wq = weight(p + "self_attn.q_proj.weight", c.q_dim(), c.hidden_size);
-      w.wk = weight(p + "self_attn.k_proj.weight", c.kv_dim(), c.hidden_size);
-      w.wv = weight(p + "self_attn.v_proj.weight", c.kv_dim(), c.hidden_size);
+      w.wq = weight_rows(p + "self_attn.q_proj.weight", full.q_dim(), c.hidden_size, {q_rows});
+      w.wk = weight_rows(p + "self_attn.k_proj.weight", full.kv_dim(), c.hidden_size, {kv_rows});
+      w.wv = weight_rows(p + "self_attn.v_proj.weight", full.kv_dim(), c.hidden_size, {kv_rows});
     }
-    w.wo = weight(p + "self_attn.o_proj.weight", c.hidden_size, c.q_dim());
+    w.wo = weight_cols(p + "self_attn.o_proj.weight", c.hidden_size, full.q_dim(), q_rows.begin, q_rows.count);
     if (c.qkv_bias) {
-      w.bq = vec(p + "self_attn.q_proj.bias", c.q_dim());
-      w.bk = vec(p + "self_attn.k_proj.bias", c.kv_dim());
-      w.bv = vec(p + "self_attn.v_proj.bias", c.kv_dim());
+      w.bq = vec_rows(p + "self_attn.q_proj.bias", full.q_dim(), q_rows);
+      w.bk = vec_rows(p + "self_attn.k_proj.bias", full.kv_dim(), kv_rows);
+      w.bv = vec_rows(p + "self_attn.v_proj.bias", full.kv_dim(), kv_rows);
     }
-    if (c.o_bias) w.bo = vec(p + "self_attn.o_proj.bias", c.hidden_size);
+    // Added once, by rank 0, to the partial it contributes.
+    if (c.o_bias && shard_.rank == 0) w.bo = vec(p + "self_attn.o_proj.bias", c.hidden_size);
     if (c.qk_norm) {
       w.q_norm = norm(p + "self_attn.q_norm.weight", c.head_dim);
       w.k_norm = norm(p + "self_attn.k_norm.weight", c.head_dim);
@@ -99,22 +163,29 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
       w.post_attention_norm = norm(p + "post_attention_layernorm.weight", c.hidden_size);
     }
     if (c.fused_qkv) {  // phi3: gate rows first, then up (transformers' chunk(2))
-      const WeightView gate_up = weight(p + "mlp.gate_up_proj.weight", 2 * c.intermediate_size, c.hidden_size);
+      const WeightView gate_up = weight_rows(p + "mlp.gate_up_proj.weight", 2 * full.intermediate_size, c.hidden_size,
+                                             {ffn_rows, {full.intermediate_size + ffn_rows.begin, ffn_rows.count}});
       w.w_gate = rows_of(gate_up, 0, c.intermediate_size);
       w.w_up = rows_of(gate_up, c.intermediate_size, c.intermediate_size);
     } else {
-      w.w_gate = weight(p + "mlp.gate_proj.weight", c.intermediate_size, c.hidden_size);
-      w.w_up = weight(p + "mlp.up_proj.weight", c.intermediate_size, c.hidden_size);
+      w.w_gate = weight_rows(p + "mlp.gate_proj.weight", full.intermediate_size, c.hidden_size, {ffn_rows});
+      w.w_up = weight_rows(p + "mlp.up_proj.weight", full.intermediate_size, c.hidden_size, {ffn_rows});
     }
-    w.w_down = weight(p + "mlp.down_proj.weight", c.hidden_size, c.intermediate_size);
+    w.w_down = weight_cols(p + "mlp.down_proj.weight", c.hidden_size, full.intermediate_size, ffn_rows.begin,
+                           ffn_rows.count);
     if (c.mlp_bias) {
-      w.b_gate = vec(p + "mlp.gate_proj.bias", c.intermediate_size);
-      w.b_up = vec(p + "mlp.up_proj.bias", c.intermediate_size);
-      w.b_down = vec(p + "mlp.down_proj.bias", c.hidden_size);
+      w.b_gate = vec_rows(p + "mlp.gate_proj.bias", full.intermediate_size, ffn_rows);
+      w.b_up = vec_rows(p + "mlp.up_proj.bias", full.intermediate_size, ffn_rows);
+      if (shard_.rank == 0) w.b_down = vec(p + "mlp.down_proj.bias", c.hidden_size);
     }
   }
   weights_.final_norm = norm("model.norm.weight", c.hidden_size);
-  weights_.lm_head = c.tie_word_embeddings ? weights_.embed : weight("lm_head.weight", c.vocab_size, c.hidden_size);
+  // Only rank 0 computes logits.
+  if (c.tie_word_embeddings) {
+    weights_.lm_head = weights_.embed;
+  } else if (shard_.rank == 0) {
+    weights_.lm_head = weight("lm_head.weight", c.vocab_size, c.hidden_size);
+  }
 
   auto rope_table = [&](const RopeConfig& rc, bool long_factors, DeviceBuffer& buf) {
     const std::vector<float> inv = rope_inv_freq(rc, c.rotary_dim, long_factors);
@@ -216,7 +287,8 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int
     ops.rms_norm(mat(x_, n, c.hidden_size), w.post_attention_norm, eps, mat(xn_, n, c.hidden_size));
     mlp_block(w, n);
   }
-  // Only the last token's logits leave the model.
+  // Only the last token's logits leave the model (rank 0's).
+  if (shard_.rank != 0) return;
   const MatView last = mat(x_, n, c.hidden_size).slice_rows(n - 1, 1);
   const MatView last_normed = mat(xn_, 1, c.hidden_size);
   ops.rms_norm(last, weights_.final_norm, eps, last_normed);
@@ -248,6 +320,7 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
 
   const MatView proj = mat(proj_, n, c.hidden_size);
   ops.linear(a.out, w.wo, bias(w.bo), proj);
+  all_reduce(proj);
   if (c.sandwich_norms) ops.rms_norm(proj, w.attn_out_norm, static_cast<float>(c.rms_norm_eps), proj);
   ops.add(mat(x_, n, c.hidden_size), proj);
 }
@@ -271,9 +344,14 @@ void Model::mlp_block(const LayerWeights& w, int64_t n) {
     }
     const MatView down = mat(proj_, n, c.hidden_size).slice_rows(r0, m);
     ops.linear(gate, w.w_down, bias(w.b_down), down);
+    all_reduce(down);
     if (c.sandwich_norms) ops.rms_norm(down, w.mlp_out_norm, static_cast<float>(c.rms_norm_eps), down);
     ops.add(mat(x_, n, c.hidden_size).slice_rows(r0, m), down);
   }
+}
+
+void Model::all_reduce(const MatView& partial) {
+  if (shard_.all_reduce != nullptr) shard_.all_reduce->sum(shard_.rank, device_, partial);
 }
 
 }  // namespace headinfer

@@ -22,14 +22,24 @@ ForwardWorkspaceSizes workspace_sizes(const EngineOptions& o) {
 // prefill chunk and MLP sub-chunk (unless given: the planner chooses them for the cap and the
 // context, counting the device ops' scratch), and the pre-load check: the placement is planned
 // before any weight is loaded, so a cap below the weights or a host too small fails at once.
-EngineOptions resolved_options(const Checkpoint& checkpoint, Device& device, EngineOptions o) {
+EngineOptions resolved_options(const Checkpoint& checkpoint, std::span<Device* const> devices, EngineOptions o) {
+  if (devices.empty()) throw Error("an engine needs at least one device");
+  Device& device = *devices[0];
   if (o.context < 1) throw Error("context must be at least 1 token");
   if (o.chunk < 0) throw Error("--chunk must be at least 1 (0: the planner chooses)");
   if (o.mlp_chunk < 0) throw Error("MLP chunk must be at least 1 (0: the planner chooses)");
   const TensorView* embed = checkpoint.find("model.embed_tokens.weight");
   const DType weight_dtype = embed != nullptr ? embed->dtype : DType::F32;
   if (!o.kv.kv_dtype) o.kv.kv_dtype = device.kv_dtype(weight_dtype);
-  const ModelConfig& config = checkpoint.config();
+  // Split over devices: device 0's share plans the chunk for all (it holds the most: the lm_head).
+  const int n = static_cast<int>(devices.size());
+  if (n > 1) {
+    if (o.kv.host_mem == 0) o.kv.host_mem = detect_host_memory();
+    o.kv.host_mem /= n;  // one host tier for all the devices
+    o.kv.n_shards = n;
+    o.kv.shard_rank = 0;
+  }
+  const ModelConfig config = shard_config(checkpoint.config(), 0, n);
   auto scratch = [&](int64_t chunk, int64_t mlp_chunk) {
     return static_cast<int64_t>(device.ops().workspace_bytes(ops_workspace_sizes(config, {chunk, mlp_chunk}, weight_dtype)));
   };
@@ -47,6 +57,21 @@ KvPlacementOptions with_loaded_model(KvPlacementOptions kv, const Model& model) 
   return kv;
 }
 
+std::unique_ptr<KvCache> make_engine_kv(std::span<Device* const> devices, const Checkpoint& checkpoint,
+                                        const EngineOptions& o, ShardedModel* sharded, Model& model) {
+  if (sharded == nullptr)
+    return make_planned_kv_cache(*devices[0], checkpoint.config(), o.context, o.chunk, model.weight_bytes(),
+                                 with_loaded_model(o.kv, model));
+  std::vector<std::unique_ptr<KvCache>> shards;
+  for (int r = 0; r < sharded->n_shards(); ++r) {
+    Model& shard = sharded->shard(r);
+    KvPlacementOptions kv = with_loaded_model(o.kv, shard);
+    kv.shard_rank = r;
+    shards.push_back(make_planned_kv_cache(shard.device(), shard.config(), o.context, o.chunk, shard.weight_bytes(), kv));
+  }
+  return std::make_unique<ShardedKvCache>(std::move(shards), sharded->shard(0).config().n_kv_heads);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -54,15 +79,22 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Engine::Engine(const Checkpoint& checkpoint, Device& device, const EngineOptions& options)
-    : options_(resolved_options(checkpoint, device, options)),
-      model_(checkpoint, device, workspace_sizes(options_)),
-      kv_(make_planned_kv_cache(device, checkpoint.config(), options_.context, options_.chunk, model_.weight_bytes(),
-                                with_loaded_model(options_.kv, model_))),
+    : Engine(checkpoint, std::span<Device* const>(std::vector<Device*>{&device}), options) {}
+
+Engine::Engine(const Checkpoint& checkpoint, std::span<Device* const> devices, const EngineOptions& options)
+    : options_(resolved_options(checkpoint, devices, options)),
+      config_(checkpoint.config()),
+      sharded_(devices.size() > 1 ? std::make_unique<ShardedModel>(checkpoint, devices, workspace_sizes(options_))
+                                  : nullptr),
+      own_model_(devices.size() == 1 ? std::make_unique<Model>(checkpoint, *devices[0], workspace_sizes(options_))
+                                     : nullptr),
+      model_(sharded_ ? sharded_->shard(0) : *own_model_),
+      kv_(make_engine_kv(devices, checkpoint, options_, sharded_.get(), model_)),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)),
-      model_id_(model_identity(checkpoint, &device)) {
+      model_id_(model_identity(checkpoint, devices[0])) {
   ids_.reserve(static_cast<size_t>(options_.context));  // nothing allocates in the token loop
   const Plan* plan = kv_cache_plan(*kv_);
-  graphs_ = options_.step_graphs && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;
+  graphs_ = options_.step_graphs && !sharded_ && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;
 }
 
 void Engine::step(int32_t id) {
@@ -89,9 +121,21 @@ void Engine::step(int32_t id) {
   } else {
     graphs_ = false;
   }
-  model_.forward(ids, n_past_, *kv_);
+  forward(ids, 0, false);
   ++n_past_;
   ids_.push_back(id);
+}
+
+void Engine::forward(std::span<const int32_t> ids, int64_t call_end, bool read_logits) {
+  if (sharded_) {
+    // Rank 0's logits stay in its device memory for read_logits / read_argmax / read_sample.
+    sharded_->forward(ids, n_past_, static_cast<ShardedKvCache&>(*kv_).shards(), call_end);
+    if (read_logits) model_.read_logits(logits_);
+  } else if (read_logits) {
+    model_.forward(ids, n_past_, *kv_, logits_, call_end);
+  } else {
+    model_.forward(ids, n_past_, *kv_, call_end);
+  }
 }
 
 std::span<const float> Engine::decode(int32_t id) {
@@ -128,10 +172,7 @@ std::span<const float> Engine::prefill(std::span<const int32_t> ids,
     // Only the last chunk's logits are read back: earlier chunks queue their work without a host
     // round trip, so the device never waits for the host between chunks.
     const auto chunk_ids = ids.subspan(static_cast<size_t>(done), static_cast<size_t>(n));
-    if (done + n == total)
-      model_.forward(chunk_ids, n_past_, *kv_, logits_, end);
-    else
-      model_.forward(chunk_ids, n_past_, *kv_, end);
+    forward(chunk_ids, end, done + n == total);
     n_past_ += n;
     ids_.insert(ids_.end(), ids.begin() + done, ids.begin() + done + n);
     if (progress) progress(done + n, total);

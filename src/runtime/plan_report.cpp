@@ -5,6 +5,7 @@
 #include "headinfer/dtype.h"
 #include "headinfer/error.h"
 #include "headinfer/model.h"
+#include "headinfer/planner.h"
 #include "headinfer/transfer.h"
 
 namespace headinfer {
@@ -91,19 +92,64 @@ PlanReport plan_placement(const PlanRequest& r) {
   report.link_source = bw.link.source;
   report.dram_source = bw.dram.source;
   if (pi.hybrid == HybridMode::Auto) pi.dram_gbps = bw.dram.gbps;
-  // The activations count the device ops' scratch for each chunk size, as the engine counts them.
   const DType weight_dtype = weight_dtype_of(dtype_name);
-  pi.scratch_bytes = [&](int64_t chunk, int64_t mlp_chunk) {
-    return static_cast<int64_t>(
-        device->ops().workspace_bytes(ops_workspace_sizes(report.config, {chunk, mlp_chunk}, weight_dtype)));
-  };
-  report.plan = make_plan(pi);
+  const int n = r.n_devices;
+  if (n < 1) throw Error("--gpus must be at least 1");
+  shard_slice(report.config, 0, n);  // the kv heads must split evenly
+  if (n > 1) {  // one host for all the devices: its memory and its DRAM read rate are shared
+    pi.host_mem /= n;
+    pi.dram_gbps /= n;
+  }
+  for (int rank = 0; rank < n; ++rank) {
+    DevicePlan d;
+    d.rank = rank;
+    d.slice = shard_slice(report.config, rank, n);
+    PlannerInput dpi = pi;
+    dpi.config = shard_config(report.config, rank, n);
+    if (n > 1) dpi.weight_bytes = estimate_shard_weight_bytes(report.config, rank, n, report.weight_elem_bytes);
+    // The activations count the device ops' scratch for each chunk size, as the engine counts them.
+    dpi.scratch_bytes = [&device, cfg = dpi.config, weight_dtype](int64_t chunk, int64_t mlp_chunk) {
+      return static_cast<int64_t>(device->ops().workspace_bytes(ops_workspace_sizes(cfg, {chunk, mlp_chunk}, weight_dtype)));
+    };
+    d.plan = make_plan(dpi);
+    report.devices.push_back(std::move(d));
+  }
+  report.plan = report.devices[0].plan;
+  for (const DevicePlan& d : report.devices) {
+    if (d.plan.fits) continue;
+    report.plan = d.plan;
+    if (n > 1) report.plan.message = "device " + std::to_string(d.rank) + " of " + std::to_string(n) + ": " + d.plan.message;
+    break;
+  }
   return report;
 }
 
 nlohmann::json plan_report_json(const PlanReport& r) {
   const Plan& p = r.plan;
+  // Each device: its share and what its memory and its link carry.
+  nlohmann::json devices = nlohmann::json::array();
+  for (const DevicePlan& d : r.devices)
+    devices.push_back({{"rank", d.rank},
+                       {"kv_head0", d.slice.kv_head0},
+                       {"n_kv_heads", d.slice.n_kv_heads},
+                       {"ffn0", d.slice.ffn0},
+                       {"n_ffn", d.slice.n_ffn},
+                       {"fits", d.plan.fits},
+                       {"weight_bytes", d.plan.weight_bytes},
+                       {"activation_bytes", d.plan.activation_bytes},
+                       {"ring_bytes", d.plan.ring_bytes},
+                       {"gpu_bytes_total", d.plan.gpu_bytes_total},
+                       {"n_groups", d.plan.n_groups},
+                       {"n_resident_groups", d.plan.n_resident_groups},
+                       {"n_streamed_groups", d.plan.n_streamed_groups},
+                       {"n_cpu_groups", d.plan.n_cpu_groups},
+                       {"kv_bytes_gpu", d.plan.kv_bytes_gpu},
+                       {"kv_bytes_host", d.plan.kv_bytes_host},
+                       {"link_bytes_per_token", d.plan.link_bytes_per_token},
+                       {"decode_seconds_per_token", d.plan.decode_seconds_per_token}});
   return {{"fits", p.fits},
+          {"n_devices", static_cast<int64_t>(r.devices.size())},
+          {"devices", devices},
           {"message", p.message},
           {"warnings", p.warnings},
           {"source", r.source},

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -240,6 +241,67 @@ TEST_F(PlanCli, BuiltinShapeLlama3At1M) {
   EXPECT_FALSE(k["fits"].get<bool>());
   EXPECT_EQ(k["kv_bytes_per_token"], 256 * 1024);
   EXPECT_NE(f32.err.find("error: does not fit: "), std::string::npos) << f32.err;
+}
+
+// Issue 16: --gpus N plans each device's share (kv heads, ffn rows, weights, resident heads, ring,
+// host tier) and what each link carries per decoded token.
+TEST_F(PlanCli, GpusPlansEachDeviceAndItsLink) {
+  const std::string base = "--shape llama3-8b --ctx 1M --gpu-mem 24GiB --host-mem 512GiB --hybrid off --link-gbps 50 "
+                           "--kv-dtype bf16 --device cpu -t 1 --json";
+  const CliResult one = plan(base);
+  ASSERT_EQ(one.status, 0) << one.err;
+  const nlohmann::json j1 = nlohmann::json::parse(one.out);
+  ASSERT_EQ(j1["n_devices"], 1);
+  ASSERT_EQ(j1["devices"].size(), 1u);
+  EXPECT_EQ(j1["devices"][0]["n_kv_heads"], 8);
+  EXPECT_EQ(j1["devices"][0]["weight_bytes"], j1["weight_bytes"]);
+  EXPECT_EQ(j1["devices"][0]["link_bytes_per_token"], j1["link_bytes_per_token"]);
+
+  const CliResult four = plan(base + " --gpus 4");
+  ASSERT_EQ(four.status, 0) << four.err;
+  const nlohmann::json j4 = nlohmann::json::parse(four.out);
+  ASSERT_EQ(j4["n_devices"], 4);
+  ASSERT_EQ(j4["devices"].size(), 4u);
+  int64_t ffn = 0, kv = 0, link = 0;
+  double slowest = 0.0;
+  for (int r = 0; r < 4; ++r) {
+    const nlohmann::json& d = j4["devices"][r];
+    EXPECT_EQ(d["rank"], r);
+    EXPECT_EQ(d["kv_head0"], 2 * r);
+    EXPECT_EQ(d["n_kv_heads"], 2);
+    EXPECT_EQ(d["ffn0"], ffn);
+    ffn += d["n_ffn"].get<int64_t>();
+    EXPECT_TRUE(d["fits"].get<bool>());
+    EXPECT_LE(d["gpu_bytes_total"].get<int64_t>(), int64_t{24} << 30);
+    kv += d["kv_bytes_gpu"].get<int64_t>() + d["kv_bytes_host"].get<int64_t>();
+    link += d["link_bytes_per_token"].get<int64_t>();
+    slowest = std::max(slowest, d["decode_seconds_per_token"].get<double>());
+    // Its own heads only: a quarter of the weights' layers, its own link's share of the KV.
+    EXPECT_LT(d["weight_bytes"].get<int64_t>(), j1["weight_bytes"].get<int64_t>() / 2);
+    EXPECT_LT(d["link_bytes_per_token"].get<int64_t>(), j1["link_bytes_per_token"].get<int64_t>() / 4);
+  }
+  EXPECT_EQ(ffn, 14336);
+  EXPECT_EQ(kv, int64_t{128} << 30);  // the same KV, split
+  // The untied lm_head lives on device 0 only: 128256 x 4096 bf16.
+  EXPECT_EQ(j4["devices"][0]["weight_bytes"].get<int64_t>() - j4["devices"][1]["weight_bytes"].get<int64_t>(),
+            int64_t{128256} * 4096 * 2);
+  // Four caps hold more resident KV than one, so less crosses the links, and the links run at once.
+  EXPECT_LT(link, j1["link_bytes_per_token"].get<int64_t>());
+  EXPECT_LT(slowest, j1["decode_seconds_per_token"].get<double>() / 4);
+
+  const CliResult table = plan("--shape llama3-8b --ctx 1M --gpu-mem 24GiB --host-mem 512GiB --hybrid off "
+                               "--link-gbps 50 --kv-dtype bf16 --device cpu -t 1 --gpus 2");
+  ASSERT_EQ(table.status, 0) << table.err;
+  EXPECT_NE(table.out.find("per device (2 devices, each with its own link"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("device 1 "), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("kv heads 4-7"), std::string::npos) << table.out;
+
+  const CliResult three = plan(base + " --gpus 3");
+  EXPECT_EQ(three.status, 1);
+  EXPECT_EQ(three.err, "error: cannot split 8 kv heads over 3 devices: the number of devices must divide the kv heads\n");
+  const CliResult zero = plan(base + " --gpus 0");
+  EXPECT_EQ(zero.status, 1);
+  EXPECT_EQ(zero.err, "error: --gpus must be at least 1\n");
 }
 
 TEST_F(PlanCli, ModelSourcesAreExclusiveAndShapesNamed) {

@@ -13,6 +13,7 @@
 #include "headinfer/model.h"
 #include "headinfer/planner.h"
 #include "headinfer/random_model.h"
+#include "headinfer/sharded_model.h"
 #include "headinfer/transfer.h"
 #include "testdata.h"
 
@@ -468,6 +469,39 @@ TEST(Planner, EstimatesMatchWhatTheModelAllocates) {
     EXPECT_EQ(estimate_weight_bytes(c, elem), static_cast<int64_t>(model.weight_bytes()));
     EXPECT_EQ(estimate_activation_bytes(c, 1000, 97, 512),
               static_cast<int64_t>(device->bytes_in_use() - model.weight_bytes()));
+  }
+}
+
+// Issue 16: what each of N shards loads and allocates, planned per device before any weight is read.
+TEST(Planner, ShardEstimatesMatchWhatEachShardAllocates) {
+  HEADINFER_REQUIRE_TESTDATA();
+  namespace fs = std::filesystem;
+  const fs::path tiny = test::testdata_dir() / "models" / "tiny";
+  const fs::path families = fs::path(HEADINFER_SOURCE_DIR) / "tests" / "data" / "families";
+  for (const fs::path& dir : {tiny / "llama2-f32", tiny / "llama3-f32", tiny / "qwen2-bf16", tiny / "qwen3-f32",
+                              families / "gemma2-bf16", families / "phi3-bf16", families / "nemo-f32"}) {
+    auto ckpt = Checkpoint::open(dir);
+    const ModelConfig& c = ckpt->config();
+    const int64_t elem = static_cast<int64_t>(dtype_size(ckpt->find("model.embed_tokens.weight")->dtype));
+    for (int n : {2, static_cast<int>(c.n_kv_heads)}) {
+      SCOPED_TRACE(dir.filename().string() + " on " + std::to_string(n) + " devices");
+      std::vector<std::unique_ptr<Device>> devices;
+      std::vector<Device*> ptrs;
+      for (int r = 0; r < n; ++r) {
+        devices.push_back(make_cpu_device({1, 0}));
+        ptrs.push_back(devices.back().get());
+      }
+      ShardedModel model(*ckpt, ptrs, {97, 512});
+      for (int r = 0; r < n; ++r) {
+        const Model& shard = model.shard(r);
+        const ModelConfig sc = shard_config(c, r, n);
+        EXPECT_EQ(estimate_shard_weight_bytes(c, r, n, elem), static_cast<int64_t>(shard.weight_bytes())) << r;
+        EXPECT_EQ(estimate_activation_bytes(sc, 1000, 97, 512),
+                  static_cast<int64_t>(ptrs[static_cast<size_t>(r)]->bytes_in_use() - shard.weight_bytes()))
+            << r;
+      }
+      EXPECT_LT(estimate_shard_weight_bytes(c, 1, n, elem), estimate_weight_bytes(c, elem));
+    }
   }
 }
 

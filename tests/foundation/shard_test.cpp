@@ -34,6 +34,7 @@
 #include "headinfer/planner.h"
 #include "headinfer/random_model.h"
 #include "headinfer/sharded_model.h"
+#include "cpu_devices.h"
 #include "model_set.h"
 #include "placement_run.h"
 
@@ -52,14 +53,9 @@ test::PlacementRun run_sharded(const Checkpoint& ckpt, const std::vector<int32_t
                                const KvPlacementOptions& kv) {
   const ModelConfig& c = ckpt.config();
   const int64_t context = static_cast<int64_t>(prompt.size()) + kDecode;
-  std::vector<std::unique_ptr<Device>> devices;
-  std::vector<Device*> device_ptrs;
-  for (int r = 0; r < n_shards; ++r) {
-    devices.push_back(make_cpu_device({1, 0}));  // the simulated devices share the machine's cores
-    device_ptrs.push_back(devices.back().get());
-  }
+  test::CpuDevices devices(n_shards);
   test::PlacementRun out;
-  ShardedModel model(ckpt, device_ptrs, {std::min(kChunk, context), 512});
+  ShardedModel model(ckpt, devices.ptrs, {std::min(kChunk, context), 512});
   std::vector<std::unique_ptr<KvCache>> caches;
   std::vector<KvCache*> cache_ptrs;
   for (int r = 0; r < n_shards; ++r) {
@@ -178,13 +174,8 @@ TEST(Shard, BiasesAndUnevenFfnOnNDevicesMatchOneDevice) {
   kv.offload = OffloadMode::None;
   expect_like_one_device(dir, kv);
   for (int n : {2, 4}) {
-    std::vector<std::unique_ptr<Device>> devices;
-    std::vector<Device*> ptrs;
-    for (int r = 0; r < n; ++r) {
-      devices.push_back(make_cpu_device({1, 0}));
-      ptrs.push_back(devices.back().get());
-    }
-    ShardedModel model(*ckpt, ptrs, {16, 16});
+    test::CpuDevices devices(n);
+    ShardedModel model(*ckpt, devices.ptrs, {16, 16});
     for (int r = 0; r < n; ++r)
       EXPECT_EQ(estimate_shard_weight_bytes(ckpt->config(), r, n, 4),
                 static_cast<int64_t>(model.shard(r).weight_bytes()))

@@ -15,6 +15,7 @@
 #include "headinfer/random_model.h"
 #include "headinfer/sharded_model.h"
 #include "headinfer/transfer.h"
+#include "cpu_devices.h"
 #include "testdata.h"
 
 namespace headinfer {
@@ -485,12 +486,8 @@ TEST(Planner, ShardEstimatesMatchWhatEachShardAllocates) {
     const int64_t elem = static_cast<int64_t>(dtype_size(ckpt->find("model.embed_tokens.weight")->dtype));
     for (int n : {2, static_cast<int>(c.n_kv_heads)}) {
       SCOPED_TRACE(dir.filename().string() + " on " + std::to_string(n) + " devices");
-      std::vector<std::unique_ptr<Device>> devices;
-      std::vector<Device*> ptrs;
-      for (int r = 0; r < n; ++r) {
-        devices.push_back(make_cpu_device({1, 0}));
-        ptrs.push_back(devices.back().get());
-      }
+      test::CpuDevices devices(n);
+      const std::vector<Device*>& ptrs = devices.ptrs;
       ShardedModel model(*ckpt, ptrs, {97, 512});
       for (int r = 0; r < n; ++r) {
         const Model& shard = model.shard(r);

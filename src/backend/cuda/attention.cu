@@ -5,9 +5,8 @@
 //   - a chunk of queries against 16-bit KV: cuDNN's fused SDPA on the tensor cores
 //     (attention_cudnn.cpp), when this build has cuDNN and it can express the call's mask;
 //   - everything else, f32 KV above all (f32 checkpoints keep fp32 attention so their greedy ids
-//     match the CPU reference), soft-capped decode (gemma2; the decode kernel takes no softcap) and
-//     soft-capped chunks cuDNN has no engine for: the fp32 CUDA-core kernel below. (cuDNN takes
-//     the softcap as a score modifier.)
+//     match the CPU reference), and soft-capped chunks cuDNN has no engine for: the fp32 CUDA-core
+//     kernel below. (cuDNN takes gemma2's softcap as a score modifier, the decode kernel in base 2.)
 //
 // The CUDA-core kernel: one warp per task (query row t, q head h); the WARPS warps of a block are
 // adjacent tasks, which share the kv head, so each 32-key tile of K and V is staged once in shared
@@ -226,7 +225,7 @@ void CudaOps::attention(const AttentionArgs& a) {
   if (a.q.rows * a.n_q_heads == 0) return;
   // The decode kernel and cuDNN take all the kv heads in one launch; whether they accept a call
   // depends only on things every head shares, so grouping never changes which path a head takes.
-  if (a.softcap == 0.0f && attention_decode(a, sm_count_, attn_partials_, stream_)) return;
+  if (attention_decode(a, sm_count_, attn_partials_, stream_)) return;
   // cuDNN tiles queries by 64 or more rows and does not split keys: a few rows against a long
   // context would leave most SMs idle, so short chunks stay on the split-KV CUDA-core kernel.
   // Soft-capped calls (gemma2) go to cuDNN too, with the cap as a score modifier; where cuDNN has no

@@ -44,6 +44,9 @@ struct DecodeParams {
   int64_t j0, j1;       // the visible keys [j0, j1)
   int64_t keys_per_split;
   float scale_log2;     // scale * log2(e): scores come out in base 2
+  // Soft-capping (gemma2) in base 2: s2 := tanh(s2 * cap_inv) * cap_mul with cap_mul = cap * log2(e)
+  // and cap_inv = 1 / cap_mul, i.e. tanh(s / cap) * cap in natural units. cap_mul 0: none.
+  float cap_mul, cap_inv;
   float* out;           // F32 [n_kv_heads][n_q_heads * D] (one split)
   float* lse;           // F32 [n_kv_heads][n_q_heads] (one split)
   float* partials;      // F32 [splits, n_kv_heads * n_q_heads, D + 1]: out then natural lse (several splits)
@@ -114,6 +117,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
         for (int e = 0; e < kVec; ++e) dot += q[h][e] * to_f32(kr[u].x[e]);
 #pragma unroll
         for (int o = kLanesPerKey / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (p.cap_mul > 0.0f) dot = tanhf(dot * p.cap_inv) * p.cap_mul;
         s[u] = ok[u] ? dot : -INFINITY;
         s_max = fmaxf(s_max, s[u]);
       }
@@ -263,6 +267,10 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
   p.j0 = a.window > 0 ? std::max<int64_t>(0, q_pos - a.window + 1 - a.k_pos0) : 0;
   p.j1 = std::max(p.j1, p.j0);
   p.scale_log2 = a.scale * 1.4426950408889634f;
+  if (a.softcap > 0.0f) {
+    p.cap_mul = a.softcap * 1.4426950408889634f;
+    p.cap_inv = 1.0f / p.cap_mul;
+  }
   p.out = static_cast<float*>(a.out.data);
   p.lse = static_cast<float*>(a.lse.data);
   const int64_t n = p.j1 - p.j0;

@@ -138,10 +138,32 @@ class Ops {
   virtual ~Ops() = default;
   // out[t] = table[ids[t]]; ids on the host. out F32 [T, hidden].
   virtual void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) = 0;
-  // out = x / sqrt(mean(x^2) + eps) * weight, per row. x and out may alias.
+  // out = x / sqrt(mean(x^2) + eps) * weight, per row. x and out may alias. x is F32; out is F32,
+  // or the linear_input_dtype() of a backend that has one (then out does not alias x): each
+  // element rounded from the F32 value the F32 out would hold.
   virtual void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) = 0;
-  // y = x W^T (+ bias). x F32 [T, in], y F32 [T, out].
+  // x += y, then out = rms_norm(x): what add() then rms_norm() give, bit for bit, in one pass where
+  // the backend can (the residual add and the next norm of a layer). out does not alias x or y.
+  virtual void add_rms_norm(const MatView& x, const MatView& y, const VecView& weight, float eps,
+                            const MatView& out) {
+    add(x, y);
+    rms_norm(x, weight, eps, out);
+  }
+  // y = x W^T (+ bias). x F32 [T, in] (or W's own 16-bit dtype where linear_input_dtype() says
+  // so), y F32 [T, out].
   virtual void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) = 0;
+  // The dtype in which linear() takes x for n_tokens rows and weights of `weight_dtype` without
+  // converting it first: F32, or W's 16-bit dtype where the backend rounds x to it anyway (the
+  // CUDA tensor-core path). rms_norm, add_rms_norm, silu_mul and gelu_tanh_mul can write their out
+  // in it, so the rounding happens in the op that makes x instead of in a pass of its own; the
+  // numbers are the same.
+  virtual DType linear_input_dtype(int64_t n_tokens, DType weight_dtype) const { return DType::F32; }
+  // rows x cols of `dtype` (a linear_input_dtype() other than F32) in the ops' own scratch, the
+  // buffer linear() rounds F32 inputs into: for an op's out that the next linear() reads. Valid
+  // until the next linear() or linear_multi() of an F32 input.
+  virtual MatView linear_input_scratch(int64_t rows, int64_t cols, DType dtype) {
+    throw Error("this backend takes linear inputs in F32 only");
+  }
   // Several linears of one input (q/k/v, gate/up), at most three: one launch where the backend
   // can, each output exactly what linear() gives it.
   virtual void linear_multi(const MatView& x, std::span<const LinearOut> outs) {
@@ -153,9 +175,10 @@ class Ops {
   // Merges part b into part a: (out_a, lse_a) := softmax-weighted union of a and b.
   virtual void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b,
                                const MatView& lse_b, int64_t head_dim) = 0;
-  // out = silu(gate) * up, elementwise. out may alias gate.
+  // out = silu(gate) * up, elementwise. An F32 out may alias gate; a 16-bit out (as rms_norm's)
+  // aliases neither input.
   virtual void silu_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
-  // out = gelu_tanh(gate) * up (torch's gelu approximate='tanh'), elementwise. out may alias gate.
+  // out = gelu_tanh(gate) * up (torch's gelu approximate='tanh'), elementwise. out as silu_mul's.
   virtual void gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
   // x *= s (gemma's embedding scale); x F32.
   virtual void scale(const MatView& x, float s) = 0;

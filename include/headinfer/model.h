@@ -101,9 +101,15 @@ class Model {
   int32_t read_sample(float temperature, int64_t top_k, float top_p, double uniform);
 
  private:
+  // One layer's halves. xn holds the normed input (in the ops' linear_input_dtype, in xn_'s
+  // memory); each half ends with its residual add, fused with the norm that follows it: the
+  // attention half writes post_attention_norm(x) to xn, the MLP half `next_norm`(x) (the next
+  // layer's input norm; nullptr after the last layer).
   void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
-                       KvCache& kv);
-  void mlp_block(const LayerWeights& w, int64_t n);
+                       KvCache& kv, const MatView& xn);
+  void mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const VecView* next_norm);
+  // x += partial, then out = norm(x) (nullptr: no norm), as add_rms_norm where it can.
+  void residual(const MatView& x, const MatView& partial, const VecView* norm, const MatView& out);
   // Sums a partial o_proj / down_proj output over the shards in place (nothing with one shard).
   void all_reduce(const MatView& partial);
 

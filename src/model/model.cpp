@@ -279,13 +279,16 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int
 
   ops.embedding(ids, weights_.embed, mat(x_, n, c.hidden_size));
   if (c.embedding_scale != 0.0f) ops.scale(mat(x_, n, c.hidden_size), c.embedding_scale);
+  // The normed input of every linear that reads it, in the dtype the ops' linear takes it (for
+  // 16-bit weights on the CUDA tensor-core path: rounded by the norm itself, not by a pass of its own).
+  const DType act = c.n_layers > 0 ? ops.linear_input_dtype(n, weights_.layers[0].wq.dtype) : DType::F32;
+  const MatView xn{xn_.data(), act, n, c.hidden_size, c.hidden_size};
+  if (c.n_layers > 0) ops.rms_norm(mat(x_, n, c.hidden_size), weights_.layers[0].input_norm, eps, xn);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
     const bool local = c.has_local_rope && c.layer_window[static_cast<size_t>(l)] > 0;
-    ops.rms_norm(mat(x_, n, c.hidden_size), w.input_norm, eps, mat(xn_, n, c.hidden_size));
-    attention_block(w, l, n, pos0, local ? rope_local_ : global_rope, kv);
-    ops.rms_norm(mat(x_, n, c.hidden_size), w.post_attention_norm, eps, mat(xn_, n, c.hidden_size));
-    mlp_block(w, n);
+    attention_block(w, l, n, pos0, local ? rope_local_ : global_rope, kv, xn);
+    mlp_block(w, n, xn, l + 1 < c.n_layers ? &weights_.layers[static_cast<size_t>(l + 1)].input_norm : nullptr);
   }
   // Only the last token's logits leave the model (rank 0's).
   if (shard_.rank != 0) return;
@@ -297,10 +300,9 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int
 }
 
 void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
-                            KvCache& kv) {
+                            KvCache& kv, const MatView& xn) {
   const ModelConfig& c = config_;
   Ops& ops = device_.ops();
-  const MatView xn = mat(xn_, n, c.hidden_size);
   const MatView q = mat(q_, n, c.q_dim()), k = mat(k_, n, c.kv_dim()), v = mat(v_, n, c.kv_dim());
   auto bias = [](const VecView& b) { return b.data != nullptr ? &b : nullptr; };
   const LinearOut qkv[] = {{&w.wq, bias(w.bq), q}, {&w.wk, bias(w.bk), k}, {&w.wv, bias(w.bv), v}};
@@ -322,31 +324,45 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
   ops.linear(a.out, w.wo, bias(w.bo), proj);
   all_reduce(proj);
   if (c.sandwich_norms) ops.rms_norm(proj, w.attn_out_norm, static_cast<float>(c.rms_norm_eps), proj);
-  ops.add(mat(x_, n, c.hidden_size), proj);
+  residual(mat(x_, n, c.hidden_size), proj, &w.post_attention_norm, xn);
 }
 
-void Model::mlp_block(const LayerWeights& w, int64_t n) {
+void Model::mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const VecView* next_norm) {
   const ModelConfig& c = config_;
   Ops& ops = device_.ops();
   auto bias = [](const VecView& b) { return b.data != nullptr ? &b : nullptr; };
   const int64_t m_max = std::min(sizes_.max_mlp_chunk, sizes_.max_chunk);
-  // Sub-chunks keep the [rows, ffn] intermediates small on long prefills.
+  // Sub-chunks keep the [rows, ffn] intermediates small on long prefills. Each sub-chunk's rows of
+  // xn are read by its gate/up before its residual writes the next layer's normed rows over them.
   for (int64_t r0 = 0; r0 < n; r0 += m_max) {
     const int64_t m = std::min(m_max, n - r0);
-    const MatView xn = mat(xn_, n, c.hidden_size).slice_rows(r0, m);
+    const MatView xm = xn.slice_rows(r0, m);
     const MatView gate = mat(gate_, m, c.intermediate_size), up = mat(up_, m, c.intermediate_size);
     const LinearOut gate_up[] = {{&w.w_gate, bias(w.b_gate), gate}, {&w.w_up, bias(w.b_up), up}};
-    ops.linear_multi(xn, gate_up);
+    ops.linear_multi(xm, gate_up);
+    // The activation goes straight to the dtype down_proj reads: in place in F32, or into the ops'
+    // 16-bit input scratch.
+    const DType act = ops.linear_input_dtype(m, w.w_down.dtype);
+    const MatView h = act == DType::F32 ? gate : ops.linear_input_scratch(m, c.intermediate_size, act);
     if (c.activation == Activation::GeluTanh) {
-      ops.gelu_tanh_mul(gate, up, gate);
+      ops.gelu_tanh_mul(gate, up, h);
     } else {
-      ops.silu_mul(gate, up, gate);
+      ops.silu_mul(gate, up, h);
     }
     const MatView down = mat(proj_, n, c.hidden_size).slice_rows(r0, m);
-    ops.linear(gate, w.w_down, bias(w.b_down), down);
+    ops.linear(h, w.w_down, bias(w.b_down), down);
     all_reduce(down);
     if (c.sandwich_norms) ops.rms_norm(down, w.mlp_out_norm, static_cast<float>(c.rms_norm_eps), down);
-    ops.add(mat(x_, n, c.hidden_size).slice_rows(r0, m), down);
+    residual(mat(x_, n, c.hidden_size).slice_rows(r0, m), down, next_norm, xm);
+  }
+}
+
+void Model::residual(const MatView& x, const MatView& partial, const VecView* norm, const MatView& out) {
+  Ops& ops = device_.ops();
+  if (norm == nullptr) {
+    ops.add(x, partial);
+  } else {
+    ops.add_rms_norm(x, partial, *norm, static_cast<float>(config_.rms_norm_eps), out);
   }
 }
 

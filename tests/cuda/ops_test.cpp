@@ -340,6 +340,114 @@ TEST_F(CudaTest, LinearMultiEqualsSeparateLinears) {
     }
 }
 
+// The prefill's fused and 16-bit-out ops against the plain sequence they replace, bit for bit:
+// add_rms_norm = add then rms_norm; a 16-bit out = the F32 out rounded by copy(); a linear of a
+// 16-bit x = the linear of the F32 x it was rounded from (which rounds x itself).
+TEST_F(CudaTest, FusedNormAndSixteenBitInputsAreBitIdenticalToThePlainOps) {
+  auto bytes = [&](const DeviceBuffer& b, size_t n) {
+    std::vector<uint8_t> v(n);
+    gpu_->read_to_host(v.data(), b.data(), n);
+    return v;
+  };
+  auto narrowed = [&](const DeviceBuffer& f32, int64_t rows, int64_t cols, DType dt) {
+    DeviceBuffer d(*gpu_, rows * cols * 2, "narrow");
+    gpu_->ops().copy(view(f32.data(), rows, cols, cols), view(d.data(), rows, cols, cols, dt));
+    return bytes(d, rows * cols * 2);
+  };
+  for (DType wt : {DType::F32, DType::BF16})
+    for (int64_t cols : {16, 97, 1500, 4096})
+      for (int64_t rows : {1, 17}) {
+        const std::string what = std::string(dtype_name(wt)) + " " + std::to_string(rows) + "x" + std::to_string(cols);
+        const int64_t stride = cols + 3;
+        auto x = random_floats(rows * stride, -3.0f, 3.0f), y = random_floats(rows * cols, -3.0f, 3.0f);
+        auto w = random_floats(cols, 0.5f, 1.5f);
+        auto d_w = upload(encode(w, wt));
+        const VecView wv{d_w.data(), wt, cols};
+        auto d_xa = upload(x), d_xb = upload(x), d_y = upload(y);
+        auto d_a = poisoned(rows * cols), d_b = poisoned(rows * cols);
+        const MatView xa = view(d_xa.data(), rows, cols, stride), xb = view(d_xb.data(), rows, cols, stride);
+        const MatView yv = view(d_y.data(), rows, cols, cols);
+        gpu_->ops().add_rms_norm(xa, yv, wv, 1e-5f, view(d_a.data(), rows, cols, cols));
+        gpu_->ops().add(xb, yv);
+        gpu_->ops().rms_norm(xb, wv, 1e-5f, view(d_b.data(), rows, cols, cols));
+        EXPECT_EQ(bytes(d_xa, rows * stride * 4), bytes(d_xb, rows * stride * 4)) << "add_rms_norm's x, " << what;
+        EXPECT_EQ(bytes(d_a, rows * cols * 4), bytes(d_b, rows * cols * 4)) << "add_rms_norm, " << what;
+        EXPECT_FALSE(std::isnan(download(d_a, 1)[0]));
+        for (DType dt : {DType::BF16, DType::F16}) {
+          DeviceBuffer d_n(*gpu_, rows * cols * 2, "norm out");
+          gpu_->ops().rms_norm(xb, wv, 1e-5f, view(d_n.data(), rows, cols, cols, dt));
+          EXPECT_EQ(bytes(d_n, rows * cols * 2), narrowed(d_b, rows, cols, dt)) << "rms_norm -> " << dtype_name(dt) << ", " << what;
+          auto d_xc = upload(x);
+          gpu_->ops().add_rms_norm(view(d_xc.data(), rows, cols, stride), yv, wv, 1e-5f,
+                                   view(d_n.data(), rows, cols, cols, dt));
+          EXPECT_EQ(bytes(d_n, rows * cols * 2), narrowed(d_b, rows, cols, dt))
+              << "add_rms_norm -> " << dtype_name(dt) << ", " << what;
+        }
+      }
+
+  // silu_mul and gelu_tanh_mul into 16-bit outs.
+  const int64_t rows = 19, cols = 1500, stride = 1503;
+  auto gate = random_floats(rows * stride, -8.0f, 8.0f), up = random_floats(rows * stride);
+  auto d_gate = upload(gate), d_up = upload(up);
+  const MatView gv = view(d_gate.data(), rows, cols, stride), uv = view(d_up.data(), rows, cols, stride);
+  for (bool gelu : {false, true}) {
+    auto d_f = poisoned(rows * cols);
+    const MatView fv = view(d_f.data(), rows, cols, cols);
+    gelu ? gpu_->ops().gelu_tanh_mul(gv, uv, fv) : gpu_->ops().silu_mul(gv, uv, fv);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      DeviceBuffer d_h(*gpu_, rows * cols * 2, "activation out");
+      const MatView hv = view(d_h.data(), rows, cols, cols, dt);
+      gelu ? gpu_->ops().gelu_tanh_mul(gv, uv, hv) : gpu_->ops().silu_mul(gv, uv, hv);
+      EXPECT_EQ(bytes(d_h, rows * cols * 2), narrowed(d_f, rows, cols, dt))
+          << (gelu ? "gelu_tanh_mul" : "silu_mul") << " -> " << dtype_name(dt);
+    }
+  }
+
+  // Which dtype linear() takes: F32 for F32 weights and for the GEMV's few rows.
+  EXPECT_EQ(gpu_->ops().linear_input_dtype(8, DType::BF16), DType::F32);
+  EXPECT_EQ(gpu_->ops().linear_input_dtype(9, DType::BF16), DType::BF16);
+  EXPECT_EQ(gpu_->ops().linear_input_dtype(9, DType::F16), DType::F16);
+  EXPECT_EQ(gpu_->ops().linear_input_dtype(4096, DType::F32), DType::F32);
+  EXPECT_EQ(cpu_->ops().linear_input_dtype(4096, DType::BF16), DType::F32);
+
+  // A linear of x rounded by the norm (in the ops' scratch, as the model's down_proj input, and in
+  // a buffer of its own, as its q/k/v input) against the linear of the F32 x.
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t T : {9, 97}) {
+      const int64_t in = 1536, out = 520;
+      auto xs = random_floats(T * in, -3.0f, 3.0f), nw = random_floats(in, 0.5f, 1.5f);
+      auto wm = random_floats(out * in), b = random_floats(out);
+      auto d_x = upload(xs), d_nw = upload(nw), d_wm = upload(encode(wm, dt)), d_bias = upload(encode(b, dt));
+      const WeightView W{d_wm.data(), dt, out, in};
+      const VecView B{d_bias.data(), dt, out};
+      auto d_xn = poisoned(T * in), d_ya = poisoned(T * out), d_yb = poisoned(T * out), d_yc = poisoned(T * out);
+      const MatView xv = view(d_x.data(), T, in, in), xn = view(d_xn.data(), T, in, in);
+      gpu_->ops().rms_norm(xv, VecView{d_nw.data(), DType::F32, in}, 1e-5f, xn);
+      gpu_->ops().linear(xn, W, &B, view(d_ya.data(), T, out, out));
+      DeviceBuffer d_own(*gpu_, T * in * 2, "16-bit x");
+      const MatView own = view(d_own.data(), T, in, in, dt);
+      gpu_->ops().rms_norm(xv, VecView{d_nw.data(), DType::F32, in}, 1e-5f, own);
+      gpu_->ops().linear(own, W, &B, view(d_yb.data(), T, out, out));
+      const MatView scratch = gpu_->ops().linear_input_scratch(T, in, dt);
+      gpu_->ops().rms_norm(xv, VecView{d_nw.data(), DType::F32, in}, 1e-5f, scratch);
+      gpu_->ops().linear(scratch, W, &B, view(d_yc.data(), T, out, out));
+      const auto ya = bytes(d_ya, T * out * 4);
+      EXPECT_EQ(ya, bytes(d_yb, T * out * 4)) << "linear of a 16-bit x, " << dtype_name(dt) << " T=" << T;
+      EXPECT_EQ(ya, bytes(d_yc, T * out * 4)) << "linear of the scratch x, " << dtype_name(dt) << " T=" << T;
+      EXPECT_FALSE(std::isnan(download(d_ya, 1)[0]));
+    }
+  // A 16-bit x of another dtype than the weights', and a 16-bit out over its own input, are refused.
+  std::vector<float> half_w(64 * 8, 0.5f);
+  auto d_x = poisoned(16 * 64), d_w = upload(encode(half_w, DType::BF16));
+  auto d_y = poisoned(16 * 8);
+  EXPECT_THROW(gpu_->ops().linear(view(d_x.data(), 16, 64, 64, DType::F16), WeightView{d_w.data(), DType::BF16, 8, 64},
+                                  nullptr, view(d_y.data(), 16, 8, 8)),
+               Error);
+  EXPECT_THROW(gpu_->ops().silu_mul(view(d_x.data(), 16, 32, 64), view(d_x.data(), 16, 32, 64),
+                                    view(d_x.data(), 16, 32, 64, DType::BF16)),
+               Error);
+}
+
 // Sampling on the device against the same rule on the host (sort by value then index, weights in
 // double, serial running sum): for given uniforms the same token, except where the draw lands within
 // 1e-12 of a boundary of the running sum (the device's sum is a parallel scan).

@@ -45,6 +45,7 @@ void CpuOps::embedding(std::span<const int32_t> ids, const WeightView& table, co
 
 void CpuOps::rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) {
   require_f32(x, "rms_norm");
+  require_f32(out, "rms_norm");
   pool_.parallel_for(x.rows, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> wbuf;
     float* w = scratch(wbuf, x.cols);
@@ -200,6 +201,7 @@ void CpuOps::attention_merge(const MatView& out_a, const MatView& lse_a, const M
 }
 
 void CpuOps::silu_mul(const MatView& gate, const MatView& up, const MatView& out) {
+  require_f32(out, "silu_mul");
   pool_.parallel_for(gate.rows, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* g = gate.row<float>(t);
@@ -218,6 +220,7 @@ static float gelu_tanh(float x) {
 }
 
 void CpuOps::gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) {
+  require_f32(out, "gelu_tanh_mul");
   pool_.parallel_for(gate.rows, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* g = gate.row<float>(t);

@@ -17,7 +17,9 @@
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
+#include <future>
 #include <map>
+#include <optional>
 
 #include "attention_internal.h"
 #include "cuda_ops.h"
@@ -61,11 +63,20 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+// A graph is built for each new shape (70-80 ms on an H100), and a chunked prefill meets a new
+// shape at every chunk: chunk i + 1 attends to s_q more keys than chunk i. So when a causal graph
+// is first used, the graph of the next chunk's shape is built on a thread of its own (with a cuDNN
+// handle of its own, as cuDNN requires of threads) while the GPU runs this chunk; the next chunk
+// finds it ready. A guess that is never used costs that thread's time and nothing else; the graph
+// is the one an inline build gives (same key, same heuristic).
 struct CudnnSdpa::Impl {
   Impl(Device& device, cudaStream_t stream) : stream(stream), workspace(device, stream, "cuDNN SDPA workspace") {}
   ~Impl() {
+    if (last.valid()) last.wait();  // the builds are chained: the last one ends after all others
+    pending.clear();
     graphs.clear();
     if (handle != nullptr) cudnnDestroy(handle);
+    if (builder_handle != nullptr) cudnnDestroy(builder_handle);
   }
 
   cudnnHandle_t get_handle() {
@@ -82,16 +93,59 @@ struct CudnnSdpa::Impl {
     const auto t0 = std::chrono::steady_clock::now();
     const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits,
                 softcap_bits] = key;
-    CachedGraph cached = build_graph(key, kv_dtype, scale, softcap);
+    CachedGraph cached;
+    bool ahead = false;  // built ahead by the builder thread
+    if (auto p = pending.find(key); p != pending.end()) {
+      std::optional<CachedGraph> built = p->second.get();
+      pending.erase(p);
+      if (built) {
+        cached = std::move(*built);
+        ahead = true;
+      }
+    }
+    if (!ahead) cached = build_graph(key, kv_dtype, scale, softcap, get_handle());
     if (trace)
-      std::fprintf(stderr, "[trace] cuDNN SDPA graph s_q %lld s_kv %lld h_q %lld h_k %lld d %lld softcap %g: %s in %.1f ms\n",
+      std::fprintf(stderr, "[trace] cuDNN SDPA graph s_q %lld s_kv %lld h_q %lld h_k %lld d %lld softcap %g: %s in %.1f ms%s\n",
                    static_cast<long long>(s_q), static_cast<long long>(s_kv), static_cast<long long>(h_q),
                    static_cast<long long>(h_k), static_cast<long long>(d), softcap,
-                   !cached.graph ? "no engine" : "built", ms_since(t0));
-    return graphs.emplace(key, std::move(cached)).first->second;
+                   !cached.graph ? "no engine" : "built", ms_since(t0), ahead ? " (built ahead)" : "");
+    const CachedGraph& result = graphs.emplace(key, std::move(cached)).first->second;
+    // The next chunk of a causal prefill: s_q more keys, nothing else changed (a window trims the
+    // keys, so windowed shapes are not guessed).
+    if (result.graph && right_bound == 0 && left_bound == 0 && s_q >= kMinQueriesAhead) {
+      GraphKey guess = key;
+      guess[1] = s_kv + s_q;
+      guess[4] = std::max(head_stride, guess[1] * kv_ld);
+      if (guess[1] <= INT32_MAX && graphs.count(guess) == 0 && pending.count(guess) == 0)
+        build_ahead(guess, kv_dtype, scale, softcap);
+    }
+    return result;
   }
 
-  CachedGraph build_graph(const GraphKey& key, DType kv_dtype, float scale, float softcap) {
+  // Queues a build of `key` on the builder thread: each build waits for the one before it, so one
+  // build at a time uses builder_handle, and the caller never waits here.
+  void build_ahead(const GraphKey& key, DType kv_dtype, float scale, float softcap) {
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return;
+    const std::shared_future<std::optional<CachedGraph>> before = last;
+    last = std::async(std::launch::async,
+                      [this, before, key, kv_dtype, scale, softcap, device]() -> std::optional<CachedGraph> {
+                        if (before.valid()) before.wait();
+                        try {
+                          if (cudaSetDevice(device) != cudaSuccess) return std::nullopt;
+                          if (builder_handle == nullptr && cudnnCreate(&builder_handle) != CUDNN_STATUS_SUCCESS) {
+                            builder_handle = nullptr;
+                            return std::nullopt;
+                          }
+                          return build_graph(key, kv_dtype, scale, softcap, builder_handle);
+                        } catch (...) {  // the main thread builds it itself if it needs it
+                          return std::nullopt;
+                        }
+                      }).share();
+    pending[key] = last;
+  }
+
+  CachedGraph build_graph(const GraphKey& key, DType kv_dtype, float scale, float softcap, cudnnHandle_t h) {
     const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits,
                 softcap_bits] = key;
     (void)dtype_code;
@@ -133,7 +187,7 @@ struct CudnnSdpa::Impl {
     stats->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT)
         .set_dim({1, h_q, s_q, 1}).set_stride({h_q * s_q, s_q, 1, 1});
     CachedGraph cached;
-    if (g->build(get_handle(), {fe::HeurMode_t::A}).is_good() && g->get_workspace_size(cached.workspace_bytes).is_good())
+    if (g->build(h, {fe::HeurMode_t::A}).is_good() && g->get_workspace_size(cached.workspace_bytes).is_good())
       cached.graph = std::move(g);
     return cached;
   }
@@ -143,6 +197,11 @@ struct CudnnSdpa::Impl {
   Scratch workspace;  // bytes: the largest workspace any cached graph asked for
   size_t workspace_limit = 0;  // reserve_workspace's bytes; 0: not reserved, the workspace grows on demand
   std::map<GraphKey, CachedGraph> graphs;
+  // The graph being built ahead (see above), and the builder thread's handle.
+  static constexpr int64_t kMinQueriesAhead = 64;
+  std::map<GraphKey, std::shared_future<std::optional<CachedGraph>>> pending;
+  std::shared_future<std::optional<CachedGraph>> last;  // the build queued last
+  cudnnHandle_t builder_handle = nullptr;               // the builder thread's
   // HEADINFER_TRACE=1 prints each graph build and its time (issue 11's first-use measurements).
   bool trace = std::getenv("HEADINFER_TRACE") != nullptr;
 };

@@ -55,7 +55,11 @@ class CudaOps final : public Ops {
 
   void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) override;
   void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) override;
+  void add_rms_norm(const MatView& x, const MatView& y, const VecView& weight, float eps,
+                    const MatView& out) override;
   void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) override;
+  DType linear_input_dtype(int64_t n_tokens, DType weight_dtype) const override;
+  MatView linear_input_scratch(int64_t rows, int64_t cols, DType dtype) override;
   void linear_multi(const MatView& x, std::span<const LinearOut> outs) override;
   void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) override;
   void attention(const AttentionArgs& args) override;
@@ -89,6 +93,8 @@ class CudaOps final : public Ops {
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,
                  int64_t n_tokens, int64_t k_in);
   void add_bias(const VecView& bias, const MatView& y);
+  // rms_norm of x (after x += *y where y is given) into out (norm.cu).
+  void norm_rows(const MatView& x, const MatView* y, const VecView& weight, float eps, const MatView& out);
   // reserve_workspace's allocations (their count is kept by reserve_workspace).
   void reserve_scratch(const OpsWorkspaceSizes& s);
   // The decode GEMV (gemm.cu): whether it takes these outputs in one launch, and that launch.
@@ -104,6 +110,7 @@ class CudaOps final : public Ops {
   int32_t* ids_pinned_ = nullptr;    // pinned I32 [T]: the ids' source while a step graph records
   int64_t ids_pinned_capacity_ = 0;
   Scratch gemm_cast_;       // BF16/F16 [T, in]: x rounded to the weight dtype for tensor-core GEMMs
+                            // (also handed out by linear_input_scratch)
   Scratch gemm_workspace_;  // bytes: cuBLASLt's workspace
   Scratch attn_partials_;   // F32 [splits, tasks, head_dim + 1]: split-KV outputs and their LSE;
                             // for cuDNN prefill, 16-bit Q and O [T, heads * head_dim] and F32 Stats

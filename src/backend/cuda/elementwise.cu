@@ -24,26 +24,29 @@ __global__ void embedding_kernel(const int32_t* ids, int64_t n_ids, const T* tab
     out[t * out_stride + c] = to_f32(table[static_cast<int64_t>(ids[t]) * hidden + c]);
 }
 
-__global__ void silu_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride,
-                                float* out, int64_t out_stride, int64_t rows, int64_t cols) {
+template <typename O>
+__global__ void silu_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride, O* out,
+                                int64_t out_stride, int64_t rows, int64_t cols) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const float g = gate[r * gate_stride + c];
     // expf, not __expf: the CPU reference uses std::exp.
-    out[r * out_stride + c] = g * (1.0f / (1.0f + expf(-g))) * up[r * up_stride + c];
+    out[r * out_stride + c] = from_f32<O>(g * (1.0f / (1.0f + expf(-g))) * up[r * up_stride + c]);
   }
 }
 
 // torch's gelu(approximate='tanh') in fp32, as the CPU reference: tanhf, not the fast intrinsic.
+template <typename O>
 __global__ void gelu_tanh_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride,
-                                     float* out, int64_t out_stride, int64_t rows, int64_t cols, float beta) {
+                                     O* out, int64_t out_stride, int64_t rows, int64_t cols, float beta) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const float g = gate[r * gate_stride + c];
     const float inner = __fmul_rn(beta, __fadd_rn(g, __fmul_rn(0.044715f, __fmul_rn(__fmul_rn(g, g), g))));
-    out[r * out_stride + c] = __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, tanhf(inner))), up[r * up_stride + c]);
+    out[r * out_stride + c] =
+        from_f32<O>(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, tanhf(inner))), up[r * up_stride + c]));
   }
 }
 
@@ -91,6 +94,16 @@ void require_f32(const MatView& m, const char* op) {
   if (m.dtype != DType::F32) throw Error(std::string("cuda backend: ") + op + " needs F32 activations");
 }
 
+// A gated activation's checks: F32 inputs of one shape, out F32 or 16-bit (not over an input).
+void check_gated(const MatView& gate, const MatView& up, const MatView& out, const char* op) {
+  require_f32(gate, op);
+  require_f32(up, op);
+  if (up.rows != gate.rows || up.cols != gate.cols || out.rows != gate.rows || out.cols != gate.cols)
+    throw Error(std::string("cuda backend: ") + op + " shape mismatch");
+  if (out.dtype != DType::F32 && (out.data == gate.data || out.data == up.data))
+    throw Error(std::string("cuda backend: ") + op + " with a 16-bit out cannot write over its inputs");
+}
+
 }  // namespace
 
 void CudaOps::embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) {
@@ -126,21 +139,27 @@ void CudaOps::embedding(std::span<const int32_t> ids, const WeightView& table, c
 }
 
 void CudaOps::silu_mul(const MatView& gate, const MatView& up, const MatView& out) {
-  require_f32(gate, "silu_mul");
+  check_gated(gate, up, out, "silu_mul");
   if (gate.rows == 0 || gate.cols == 0) return;
-  silu_mul_kernel<<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
-      static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
-      static_cast<float*>(out.data), out.row_stride, gate.rows, gate.cols);
+  dispatch_dtype(out.dtype, [&](auto tag) {
+    using O = typename decltype(tag)::type;
+    silu_mul_kernel<O><<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
+        static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+        static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols);
+  });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 
 void CudaOps::gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) {
-  require_f32(gate, "gelu_tanh_mul");
+  check_gated(gate, up, out, "gelu_tanh_mul");
   if (gate.rows == 0 || gate.cols == 0) return;
   const float beta = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi), as torch's kBeta
-  gelu_tanh_mul_kernel<<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
-      static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
-      static_cast<float*>(out.data), out.row_stride, gate.rows, gate.cols, beta);
+  dispatch_dtype(out.dtype, [&](auto tag) {
+    using O = typename decltype(tag)::type;
+    gelu_tanh_mul_kernel<O><<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
+        static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+        static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols, beta);
+  });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 

@@ -292,7 +292,21 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
     if (o.bias != nullptr) add_bias(*o.bias, o.y);
 }
 
+DType CudaOps::linear_input_dtype(int64_t n_tokens, DType weight_dtype) const {
+  return weight_dtype != DType::F32 && n_tokens > kGemvMaxTokens ? weight_dtype : DType::F32;
+}
+
+MatView CudaOps::linear_input_scratch(int64_t rows, int64_t cols, DType dtype) {
+  if (dtype == DType::F32) throw Error("cuda backend: linear_input_scratch is for 16-bit inputs");
+  void* p = gemm_cast_.get(static_cast<size_t>(rows * cols) * dtype_size(dtype));
+  return MatView{p, dtype, rows, cols, cols};
+}
+
 void CudaOps::linear_multi(const MatView& x, std::span<const LinearOut> outs) {
+  if (x.dtype != DType::F32) {  // already in the weights' dtype: straight to the tensor cores
+    for (const LinearOut& o : outs) linear_cast(x, *o.w, o.bias, o.y, nullptr);
+    return;
+  }
   if (gemv_fits(x, outs)) {
     gemv(x, outs);
     return;
@@ -327,13 +341,19 @@ void CudaOps::linear(const MatView& x, const WeightView& w, const VecView* bias,
 
 void CudaOps::linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y,
                           const void* x_cast) {
-  if (x.dtype != DType::F32 || y.dtype != DType::F32) throw Error("cuda backend: linear needs F32 activations");
+  if (y.dtype != DType::F32 || (x.dtype != DType::F32 && x.dtype != w.dtype))
+    throw Error("cuda backend: linear needs F32 activations (or x in the weights' 16-bit dtype)");
   if (x.cols != w.in_features || y.cols != w.out_features || x.rows != y.rows)
     throw Error("cuda backend: linear shape mismatch");
   if (bias != nullptr && bias->n != w.out_features) throw Error("cuda backend: linear bias shape mismatch");
   const int64_t n_tokens = x.rows, in = w.in_features, out = w.out_features;
   if (n_tokens == 0 || out == 0) return;
   auto* yp = static_cast<float*>(y.data);
+  if (x.dtype != DType::F32) {  // rounded to W's dtype by the op that made it
+    lt_matmul(w.dtype, w.data, x.data, x.row_stride, yp, y.row_stride, out, n_tokens, in);
+    if (bias != nullptr) add_bias(*bias, y);
+    return;
+  }
   const auto* xp = static_cast<const float*>(x.data);
   if (w.dtype == DType::F32) {
     lt_matmul(DType::F32, w.data, xp, x.row_stride, yp, y.row_stride, out, n_tokens, in);

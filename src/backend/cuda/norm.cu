@@ -1,5 +1,8 @@
-// RMSNorm, per row: out = x / sqrt(mean(x^2) + eps) * weight. One warp per row: rows are a
-// hidden state (thousands of columns) or one head for q/k norm (tens), and a warp serves both.
+// RMSNorm, per row: out = x / sqrt(mean(x^2) + eps) * weight, and the same after a residual add
+// (add_rms_norm: x += y first, in the same pass). One warp per row for narrow rows (one head for
+// q/k norm), one block per row for the hidden size. out is F32 or the 16-bit dtype the next
+// linear reads (each element rounded from the F32 value). The fused and plain kernels sum in the
+// same order, so add_rms_norm gives what add() then rms_norm() give, bit for bit.
 #include "cuda_common.h"
 #include "cuda_ops.h"
 
@@ -8,21 +11,29 @@ namespace {
 
 constexpr int kWarpsPerBlock = 4;
 
-template <typename W>
-__global__ void rms_norm_kernel(const float* x, int64_t x_stride, const W* weight, float eps, float* out,
-                                int64_t out_stride, int64_t rows, int64_t cols) {
+// ADD: x[r] += y[r] first (y may be nullptr otherwise).
+template <typename W, typename O, bool ADD>
+__global__ void rms_norm_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, const W* weight,
+                                float eps, O* out, int64_t out_stride, int64_t rows, int64_t cols) {
   const int64_t r = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
-  const float* xr = x + r * x_stride;
+  float* xr = x + r * x_stride;
   float sum_sq = 0.0f;
-  for (int64_t i = lane; i < cols; i += 32) sum_sq += xr[i] * xr[i];
+  for (int64_t i = lane; i < cols; i += 32) {
+    float v = xr[i];
+    if constexpr (ADD) {
+      v += y[r * y_stride + i];
+      xr[i] = v;
+    }
+    sum_sq += v * v;
+  }
   sum_sq = warp_sum(sum_sq);
   // Same expression as the CPU reference: 1 / sqrt(mean + eps), then w * (x * inv).
   const float inv = 1.0f / sqrtf(sum_sq / static_cast<float>(cols) + eps);
-  float* o = out + r * out_stride;
-  // x and out may alias: each lane rewrites only the elements it has read itself.
-  for (int64_t i = lane; i < cols; i += 32) o[i] = to_f32(weight[i]) * (xr[i] * inv);
+  O* o = out + r * out_stride;
+  // x and out may alias (F32 out): each lane rewrites only the elements it has read itself.
+  for (int64_t i = lane; i < cols; i += 32) o[i] = from_f32<O>(to_f32(weight[i]) * (xr[i] * inv));
 }
 
 // Wide rows (the hidden size): one block per row, so a decode step's single row is read by 1024
@@ -33,13 +44,13 @@ constexpr int kWideThreads = 1024;
 constexpr int kWideUnroll = 4;
 constexpr int64_t kWideCols = 512;  // rows wider than this take the block kernel (a shape rule)
 
-template <typename W>
-__global__ void __launch_bounds__(kWideThreads) rms_norm_wide_kernel(const float* x, int64_t x_stride,
-                                                                     const W* weight, float eps, float* out,
-                                                                     int64_t out_stride, int64_t cols) {
+template <typename W, typename O, bool ADD>
+__global__ void __launch_bounds__(kWideThreads)
+    rms_norm_wide_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, const W* weight, float eps,
+                         O* out, int64_t out_stride, int64_t cols) {
   __shared__ float part_s[kWideThreads / 32];
   const int64_t r = blockIdx.x;
-  const float* xr = x + r * x_stride;
+  float* xr = x + r * x_stride;
   float sum_sq = 0.0f;
   for (int64_t i0 = threadIdx.x; i0 < cols; i0 += kWideThreads * kWideUnroll) {
     float v[kWideUnroll];
@@ -47,6 +58,12 @@ __global__ void __launch_bounds__(kWideThreads) rms_norm_wide_kernel(const float
     for (int u = 0; u < kWideUnroll; ++u) {
       const int64_t i = i0 + int64_t{u} * kWideThreads;
       v[u] = i < cols ? xr[i] : 0.0f;
+      if constexpr (ADD) {
+        if (i < cols) {
+          v[u] += y[r * y_stride + i];
+          xr[i] = v[u];
+        }
+      }
     }
 #pragma unroll
     for (int u = 0; u < kWideUnroll; ++u) sum_sq += v[u] * v[u];
@@ -58,32 +75,59 @@ __global__ void __launch_bounds__(kWideThreads) rms_norm_wide_kernel(const float
 #pragma unroll
   for (int w = 0; w < kWideThreads / 32; ++w) total += part_s[w];
   const float inv = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
-  float* o = out + r * out_stride;
-  // x and out may alias: each thread rewrites only the elements it has read itself.
-  for (int64_t i = threadIdx.x; i < cols; i += kWideThreads) o[i] = to_f32(weight[i]) * (xr[i] * inv);
+  O* o = out + r * out_stride;
+  // x and out may alias (F32 out): each thread rewrites only the elements it has read itself.
+  for (int64_t i = threadIdx.x; i < cols; i += kWideThreads) o[i] = from_f32<O>(to_f32(weight[i]) * (xr[i] * inv));
 }
 
 }  // namespace
 
-void CudaOps::rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) {
-  if (x.dtype != DType::F32 || out.dtype != DType::F32) throw Error("cuda backend: rms_norm needs F32 activations");
-  if (weight.n != x.cols || out.rows != x.rows || out.cols != x.cols)
-    throw Error("cuda backend: rms_norm shape mismatch");
+void CudaOps::norm_rows(const MatView& x, const MatView* y, const VecView& weight, float eps, const MatView& out) {
+  const char* op = y != nullptr ? "add_rms_norm" : "rms_norm";
+  if (x.dtype != DType::F32 || (y != nullptr && y->dtype != DType::F32))
+    throw Error(std::string("cuda backend: ") + op + " needs F32 activations");
+  if (out.dtype != DType::F32 && out.data == x.data)
+    throw Error(std::string("cuda backend: ") + op + " with a 16-bit out cannot write over x");
+  if (weight.n != x.cols || out.rows != x.rows || out.cols != x.cols ||
+      (y != nullptr && (y->rows != x.rows || y->cols != x.cols)))
+    throw Error(std::string("cuda backend: ") + op + " shape mismatch");
   if (x.rows == 0) return;
-  dispatch_dtype(weight.dtype, [&](auto tag) {
-    using W = typename decltype(tag)::type;
-    if (x.cols > kWideCols) {
-      if (x.rows > 0x7fffffff) throw Error("cuda backend: rms_norm of too many rows");
-      rms_norm_wide_kernel<W><<<static_cast<unsigned>(x.rows), kWideThreads, 0, stream_>>>(
-          static_cast<const float*>(x.data), x.row_stride, static_cast<const W*>(weight.data), eps,
-          static_cast<float*>(out.data), out.row_stride, x.cols);
-      return;
-    }
-    rms_norm_kernel<W><<<grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_>>>(
-        static_cast<const float*>(x.data), x.row_stride, static_cast<const W*>(weight.data), eps,
-        static_cast<float*>(out.data), out.row_stride, x.rows, x.cols);
+  if (x.cols > kWideCols && x.rows > 0x7fffffff) throw Error(std::string("cuda backend: ") + op + " of too many rows");
+  auto* xp = static_cast<float*>(x.data);
+  const float* yp = y != nullptr ? static_cast<const float*>(y->data) : nullptr;
+  const int64_t y_stride = y != nullptr ? y->row_stride : 0;
+  dispatch_dtype(weight.dtype, [&](auto wtag) {
+    dispatch_dtype(out.dtype, [&](auto otag) {
+      using W = typename decltype(wtag)::type;
+      using O = typename decltype(otag)::type;
+      const auto* wp = static_cast<const W*>(weight.data);
+      auto* op_ = static_cast<O*>(out.data);
+      auto launch = [&](auto add) {
+        constexpr bool ADD = decltype(add)::value;
+        if (x.cols > kWideCols) {
+          rms_norm_wide_kernel<W, O, ADD><<<static_cast<unsigned>(x.rows), kWideThreads, 0, stream_>>>(
+              xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols);
+        } else {
+          rms_norm_kernel<W, O, ADD><<<grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_>>>(
+              xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.rows, x.cols);
+        }
+      };
+      if (y != nullptr)
+        launch(std::true_type{});
+      else
+        launch(std::false_type{});
+    });
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) {
+  norm_rows(x, nullptr, weight, eps, out);
+}
+
+void CudaOps::add_rms_norm(const MatView& x, const MatView& y, const VecView& weight, float eps, const MatView& out) {
+  if (out.data == x.data || out.data == y.data) throw Error("cuda backend: add_rms_norm's out aliases an input");
+  norm_rows(x, &y, weight, eps, out);
 }
 
 }  // namespace headinfer::cuda

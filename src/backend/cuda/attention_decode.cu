@@ -3,9 +3,10 @@
 // once. A kv head's blocks compute the same whatever the number of heads in the call.
 //
 // Bound by reading K and V (n x d x 2 x 2 bytes for bf16), so the layout serves the loads: a group
-// of LPK lanes holds one key row, each lane one 16-byte vector of it (8 bf16 or 4 f32), so a warp
-// reads 32 x 16 contiguous bytes per row batch; each group keeps U rows of K and V in flight before
-// it uses the first. Every group runs its own online softmax (base 2, the scale folded into q) for
+// of LPK lanes holds one key row, each lane one 16-byte vector of it (8 bf16 or 4 f32); a block
+// iteration covers U rows per group. The rows reach shared memory by cp.async, kStages iterations
+// ahead, so copies stay in flight while the block computes (loading into registers, as this kernel
+// first did, left the memory idle during the arithmetic: 1952 GB/s at 128K keys on an H100). Every group runs its own online softmax (base 2, the scale folded into q) for
 // each head; the block merges its groups at the end, and a second kernel merges the blocks (splits)
 // exactly as attention_merge does. A layer's grid has about 2 blocks per SM, one wave, so all SMs
 // stream at once and each block keeps 16-32 KB of loads in flight. Splits are sized for the whole
@@ -58,6 +59,29 @@ struct KvVec {
   KV x[kN];
 };
 
+// cp.async (sm_80+): 16 bytes from global to shared memory without passing through registers.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Block iterations whose K and V rows are in flight at once: the block copies iteration it + 2's
+// rows into shared memory while it computes iteration it's, so its loads never stop for the
+// arithmetic (32 KB a stage where U = 8: 96 KB a block, two blocks an SM on Hopper).
+constexpr int kStages = 3;
+
+template <typename KV, int D, int G>
+constexpr size_t decode_smem_bytes() {
+  constexpr int kVec = KvVec<KV>::kN;
+  constexpr int kSlots = kDecodeWarps * (32 / (D / kVec));
+  return size_t{kStages} * 2 * kSlots * unroll_for<G>() * D * sizeof(KV);
+}
+
 template <typename KV, int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
   constexpr int kVec = KvVec<KV>::kN;
@@ -66,9 +90,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   constexpr int kSlots = kDecodeWarps * kKeysPerWarp;
   constexpr int kUnroll = unroll_for<G>();
   constexpr int kStep = kSlots * kUnroll;  // keys per block iteration
+  constexpr int kStageElems = kStep * D;   // one stage's K rows (and again its V rows)
+  // The stages, then (after the loop) the slots' accumulators over the same bytes.
+  extern __shared__ __align__(16) unsigned char dyn_s[];
+  KV* const stage_s = reinterpret_cast<KV*>(dyn_s);  // [kStages][K, V][kStep][D]
+  static_assert(sizeof(float) * kSlots * G * D <= decode_smem_bytes<KV, D, G>(), "acc_s must fit the stages");
+  auto acc_s = reinterpret_cast<float (*)[G][D]>(dyn_s);  // [kSlots][G][D]
   __shared__ float m_s[kSlots][G];          // per slot max, then its merge weight
   __shared__ float l_s[kSlots][G];
-  __shared__ float acc_s[kSlots][G][D];
   __shared__ float head_s[G][2];            // block max and normaliser per head
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -93,17 +122,46 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   const KV* kg = static_cast<const KV*>(p.k) + blockIdx.y * p.kv_head_stride;
   const KV* vg = static_cast<const KV*>(p.v) + blockIdx.y * p.kv_head_stride;
 
-  for (int64_t base = lo; base < hi; base += kStep) {
+  // Iteration it's rows [lo + it * kStep, + kStep) into stage it % kStages: 16-byte pieces, adjacent
+  // threads on adjacent pieces of a row (rows past hi copy row lo; their scores are masked).
+  const int64_t n_iter = hi > lo ? (hi - lo + kStep - 1) / kStep : 0;
+  auto issue = [&](int64_t it) {
+    KV* ks = stage_s + (it % kStages) * 2 * kStageElems;
+    KV* vs = ks + kStageElems;
+    const int64_t base = lo + it * kStep;
+#pragma unroll
+    for (int c = threadIdx.x; c < kStep * kLanesPerKey; c += kDecodeThreads) {
+      const int r = c / kLanesPerKey, piece = c % kLanesPerKey;
+      const int64_t row = base + r < hi ? base + r : lo;
+      cp_async16(ks + r * D + piece * kVec, kg + row * p.kv_ld + piece * kVec);
+      cp_async16(vs + r * D + piece * kVec, vg + row * p.kv_ld + piece * kVec);
+    }
+  };
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < n_iter) issue(st);
+    cp_async_commit();  // empty groups keep the count uniform
+  }
+
+  for (int64_t it = 0; it < n_iter; ++it) {
+    __syncthreads();  // every thread is done with the stage the next copy overwrites
+    if (it + kStages - 1 < n_iter) issue(it + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();  // this thread's pieces of iteration it have landed
+    __syncthreads();               // and everyone's
+    const KV* ks = stage_s + (it % kStages) * 2 * kStageElems;
+    const KV* vs = ks + kStageElems;
+    const int64_t base = lo + it * kStep;
     KvVec<KV> kr[kUnroll], vr[kUnroll];
     bool ok[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      // Slots of one unroll step are consecutive rows, so a warp's loads cover contiguous memory.
-      const int64_t key = base + u * kSlots + slot;
-      ok[u] = key < hi;
-      const int64_t row = ok[u] ? key : lo;  // a valid row; its values are masked below
-      *reinterpret_cast<uint4*>(kr[u].x) = __ldg(reinterpret_cast<const uint4*>(kg + row * p.kv_ld + sub * kVec));
-      *reinterpret_cast<uint4*>(vr[u].x) = __ldg(reinterpret_cast<const uint4*>(vg + row * p.kv_ld + sub * kVec));
+      // Slots of one unroll step are consecutive rows (the same keys per lane as loading them
+      // directly: the arithmetic and its order are the kernel's, whatever the loads).
+      const int r = u * kSlots + slot;
+      ok[u] = base + r < hi;
+      *reinterpret_cast<uint4*>(kr[u].x) = *reinterpret_cast<const uint4*>(ks + r * D + sub * kVec);
+      *reinterpret_cast<uint4*>(vr[u].x) = *reinterpret_cast<const uint4*>(vs + r * D + sub * kVec);
     }
 #pragma unroll
     for (int h = 0; h < G; ++h) {
@@ -139,6 +197,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   }
 
   // Merge the block's slots: weights exp2(m_slot - M) / L per head, then one output per (h, d).
+  // acc_s lies over the stages: no copy may still be landing, and no thread still reading them.
+  cp_async_wait<0>();
+  __syncthreads();
 #pragma unroll
   for (int h = 0; h < G; ++h) {
     if (sub == 0) {
@@ -285,6 +346,9 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
     p.keys_per_split = (per + kSplitRound - 1) / kSplitRound * kSplitRound;
     n_splits = (n + p.keys_per_split - 1) / p.keys_per_split;
   }
+  int device = 0, smem_optin = 0;
+  HEADINFER_CUDA_CHECK(cudaGetDevice(&device));
+  HEADINFER_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   bool launched = false;
   dispatch_head_dim(a.head_dim, [&](auto dtag) {
     constexpr int D = decltype(dtag)::value;
@@ -294,14 +358,27 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
       constexpr int kLanes = D / kVec;
       // A key row must split into a power-of-two number of 16-byte vectors, at most one per lane.
       if constexpr (D % kVec == 0 && kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0) {
+        // The stages must fit the card's shared memory (96 KB at most: every sm_80+ card has it);
+        // a card without it takes the CUDA-core kernel. Depends on the shape alone, like the rest.
+        if (decode_smem_bytes<KV, D, 1>() + 1024 > static_cast<size_t>(smem_optin)) return;
         if (n_splits > 1)
           p.partials = static_cast<float*>(
               partials.get(static_cast<size_t>(n_splits * a.n_q_heads * a.n_kv_heads * (D + 1)) * sizeof(float)));
         const dim3 grid(static_cast<unsigned>(n_splits), static_cast<unsigned>(a.n_kv_heads));
-        if (a.n_q_heads == 1) decode_kernel<KV, D, 1><<<grid, kDecodeThreads, 0, stream>>>(p);
-        else if (a.n_q_heads == 2) decode_kernel<KV, D, 2><<<grid, kDecodeThreads, 0, stream>>>(p);
-        else if (a.n_q_heads <= 4) decode_kernel<KV, D, 4><<<grid, kDecodeThreads, 0, stream>>>(p);
-        else decode_kernel<KV, D, 8><<<grid, kDecodeThreads, 0, stream>>>(p);
+        auto launch = [&](auto gtag) {
+          constexpr int G = decltype(gtag)::value;
+          constexpr size_t smem = decode_smem_bytes<KV, D, G>();
+          // Above 48 KB a kernel must ask for its shared memory (a host-side attribute of the
+          // kernel on the current device; no stream work).
+          if constexpr (smem > 48 * 1024)
+            HEADINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<KV, D, G>,
+                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+          decode_kernel<KV, D, G><<<grid, kDecodeThreads, smem, stream>>>(p);
+        };
+        if (a.n_q_heads == 1) launch(HeadDimTag<1>{});
+        else if (a.n_q_heads == 2) launch(HeadDimTag<2>{});
+        else if (a.n_q_heads <= 4) launch(HeadDimTag<4>{});
+        else launch(HeadDimTag<8>{});
         HEADINFER_CUDA_CHECK_LAUNCH();
         if (n_splits > 1) {
           const int n_heads = static_cast<int>(a.n_q_heads * a.n_kv_heads);

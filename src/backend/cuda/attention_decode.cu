@@ -368,11 +368,10 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
         auto launch = [&](auto gtag) {
           constexpr int G = decltype(gtag)::value;
           constexpr size_t smem = decode_smem_bytes<KV, D, G>();
-          // Above 48 KB a kernel must ask for its shared memory (a host-side attribute of the
-          // kernel on the current device; no stream work).
-          if constexpr (smem > 48 * 1024)
-            HEADINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<KV, D, G>,
-                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+          // Past 48 KB of shared memory (dynamic + static) a kernel must ask for it: a host-side
+          // attribute of the kernel on the current device, no stream work.
+          HEADINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<KV, D, G>,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
           decode_kernel<KV, D, G><<<grid, kDecodeThreads, smem, stream>>>(p);
         };
         if (a.n_q_heads == 1) launch(HeadDimTag<1>{});

@@ -29,7 +29,8 @@
 #   SKIP (space-separated step names to leave out, e.g. "tf-8k-static"), EXTRA (space-separated optional
 #   steps: hi-8k-cap tf-128k-offloaded tf-128k-static), LLAMACPP_FLAGS (extra flags for every
 #   llama-batched-bench run, e.g. "-ub 2048"), HI=path (a headinfer already built for this card),
-#   BUILD_ONLY=1 (build headinfer only and stop: bench/long_run.sh uses it).
+#   BUILD_ONLY=1 (build headinfer only and stop: bench/long_run.sh uses it), COMMIT (the commit the
+#   report names; default: the copy's own, "-dirty" when its tree differs).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS=${DEPS:-$ROOT/.carry/deps/usr}
@@ -194,7 +195,10 @@ lcpp() {
 
 report() {
   local commit
-  commit=${COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+  # The device tool copies the working tree, whose .git may carry another HEAD than the tree's
+  # commit (2026-12-06: the report named the session's base commit): "-dirty" marks a tree that
+  # differs from its HEAD; pass COMMIT=<sha> (the dev box's HEAD) to name the right one.
+  commit=${COMMIT:-$(git -C "$ROOT" describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)}
   python3 "$ROOT/bench/report.py" --parts "$STATE/parts" --out-dir "$OUT/results" --shape "$SHAPE" \
     --commit "$commit" --command "bench/run_gpu.sh (STAGE=build, quick, long; SHAPE=$SHAPE N_DECODE=$N_DECODE)" \
     --readme-section "$OUT/README-perf.md" >"$STATE/logs/report.log" 2>&1 ||

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PER_TARGET=${1:-60}
 shift || true
-ALL=(safetensors config tokenizer_load tokenizer_codec options)
+ALL=(safetensors config tokenizer_load tokenizer_codec options kv_snapshot)
 [[ $# -gt 0 ]] && TARGETS=("$@") || TARGETS=("${ALL[@]}")
 
 scripts/install-deps.sh clang libclang-rt-14-dev  # Debian 12's clang and libFuzzer

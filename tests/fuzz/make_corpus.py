@@ -4,7 +4,9 @@
 Small on purpose (libFuzzer mutates small inputs fastest): safetensors headers of the tiny models
 with their data cut to nothing and small valid files with every supported dtype; every shared
 config.json; shared tokenizer.json files trimmed to their first few hundred tokens (merges and
-added tokens that only name kept tokens); texts from the tokenizer vectors; option strings.
+added tokens that only name kept tokens); texts from the tokenizer vectors; option strings; KV
+snapshots of the tiny sliding-window model, written by the headinfer CLI ($HEADINFER_BIN, default
+build/src/cli/headinfer; without it the committed kv_snapshot seeds are kept as they are).
 Usage: tests/fuzz/make_corpus.py [TESTDATA]   (default ../shared/testdata beside the checkout)
 """
 import glob
@@ -12,7 +14,9 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTDATA = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(ROOT), "shared", "testdata")
@@ -129,12 +133,36 @@ def options_corpus():
         put("options", "ids-%d" % i, b"\2" + s.encode())
 
 
+def kv_snapshot_corpus():
+    # Byte 0: odd = repair the checksums first, even = the file as it is (fuzz_kv_snapshot.cpp).
+    # 59 positions (past the window of 48: each layer keeps its last 47 rows) and 19 (all rows).
+    cli = os.environ.get("HEADINFER_BIN", os.path.join(ROOT, "build", "src", "cli", "headinfer"))
+    if not os.access(cli, os.X_OK):
+        print("make_corpus.py: no headinfer CLI at %s; kv_snapshot seeds kept" % cli)
+        return
+    model = os.path.join(TESTDATA, "models", "tiny", "mistral_swa-f32")
+    shutil.rmtree(os.path.join(OUT, "kv_snapshot"), ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, n, step, modes in [("window59", 59, 7, (1, 0)), ("short19", 19, 11, (1,))]:
+            ids = ",".join(str(3 + i * step % 300) for i in range(n))
+            path = os.path.join(tmp, name + ".snap")
+            subprocess.run([cli, "generate", "-m", model, "--prompt-ids", ids, "-n", "1", "--device", "cpu",
+                            "--ctx", "96", "--kv-save", path, "--json"], check=True, stdout=subprocess.DEVNULL)
+            data = open(path, "rb").read()
+            for mode in modes:
+                put("kv_snapshot", "%s_%s" % (name, "repair" if mode else "raw"), bytes([mode]) + data)
+
+
 if __name__ == "__main__":
-    shutil.rmtree(OUT, ignore_errors=True)
+    # Every seed is remade but the regression inputs added by hand (regression-*).
+    for path in glob.glob(os.path.join(OUT, "*", "*")):
+        if not os.path.basename(path).startswith("regression-") and "kv_snapshot" not in path:
+            os.remove(path)
     safetensors_corpus()
     config_corpus()
     tokenizer_corpus()
     codec_corpus()
     options_corpus()
+    kv_snapshot_corpus()
     total = sum(os.path.getsize(p) for p in glob.glob(os.path.join(OUT, "*", "*")))
     print("corpus: %d files, %d bytes" % (len(glob.glob(os.path.join(OUT, "*", "*"))), total))

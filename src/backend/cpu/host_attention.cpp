@@ -19,6 +19,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(HEADINFER_HOST_X86)
+#include <cpuid.h>
+#endif
+
 #include "headinfer/error.h"
 #include "host_attention_job.h"
 #include "thread_pool.h"
@@ -63,13 +67,21 @@ std::string_view host_isa_name(HostIsa isa) {
   return "?";
 }
 
+#if defined(HEADINFER_HOST_X86)
+// F16C by CPUID (leaf 1, ECX): clang 14's __builtin_cpu_supports does not know "f16c".
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+}
+#endif
+
 bool host_isa_supported(HostIsa isa) {
   switch (isa) {
     case HostIsa::Auto:
     case HostIsa::Scalar: return true;
 #if defined(HEADINFER_HOST_X86)
     case HostIsa::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case HostIsa::Avx512: return __builtin_cpu_supports("avx512f");
 #endif
     default: return false;

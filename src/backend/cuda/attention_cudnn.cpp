@@ -20,6 +20,7 @@
 #include <future>
 #include <map>
 #include <optional>
+#include <system_error>
 
 #include "attention_internal.h"
 #include "cuda_ops.h"
@@ -128,21 +129,33 @@ struct CudnnSdpa::Impl {
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess) return;
     const std::shared_future<std::optional<CachedGraph>> before = last;
-    last = std::async(std::launch::async,
-                      [this, before, key, kv_dtype, scale, softcap, device]() -> std::optional<CachedGraph> {
-                        if (before.valid()) before.wait();
-                        try {
-                          if (cudaSetDevice(device) != cudaSuccess) return std::nullopt;
-                          if (builder_handle == nullptr && cudnnCreate(&builder_handle) != CUDNN_STATUS_SUCCESS) {
-                            builder_handle = nullptr;
-                            return std::nullopt;
-                          }
-                          return build_graph(key, kv_dtype, scale, softcap, builder_handle);
-                        } catch (...) {  // the main thread builds it itself if it needs it
-                          return std::nullopt;
-                        }
-                      }).share();
+    std::shared_future<std::optional<CachedGraph>> next;
+    try {
+      next = std::async(std::launch::async, [this, before, key, kv_dtype, scale, softcap, device] {
+               return built_elsewhere(before, key, kv_dtype, scale, softcap, device);
+             }).share();
+    } catch (const std::system_error&) {  // no thread to be had: the graph is built when it is needed
+      return;
+    }
+    last = next;
     pending[key] = last;
+  }
+
+  // The builder thread's work: after the build queued before it, `key` on builder_handle.
+  std::optional<CachedGraph> built_elsewhere(const std::shared_future<std::optional<CachedGraph>>& before,
+                                             const GraphKey& key, DType kv_dtype, float scale, float softcap,
+                                             int device) {
+    if (before.valid()) before.wait();
+    try {
+      if (cudaSetDevice(device) != cudaSuccess) return std::nullopt;
+      if (builder_handle == nullptr && cudnnCreate(&builder_handle) != CUDNN_STATUS_SUCCESS) {
+        builder_handle = nullptr;
+        return std::nullopt;
+      }
+      return build_graph(key, kv_dtype, scale, softcap, builder_handle);
+    } catch (...) {  // the main thread builds it itself if it needs it
+      return std::nullopt;
+    }
   }
 
   CachedGraph build_graph(const GraphKey& key, DType kv_dtype, float scale, float softcap, cudnnHandle_t h) {

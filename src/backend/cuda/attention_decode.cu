@@ -14,6 +14,7 @@
 // H100 at 128K keys and 8 kv heads that measured the same as one wave per call (1952 against
 // 1978 GB/s, a third under the read floor), so the combine is not what limits this kernel.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "attention_internal.h"
@@ -369,9 +370,15 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
           constexpr int G = decltype(gtag)::value;
           constexpr size_t smem = decode_smem_bytes<KV, D, G>();
           // Past 48 KB of shared memory (dynamic + static) a kernel must ask for it: a host-side
-          // attribute of the kernel on the current device, no stream work.
-          HEADINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<KV, D, G>,
-                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+          // attribute of the kernel, set once per device (no stream work).
+          static std::atomic<uint64_t> opted_in{0};  // bit d: set on device d (< 64)
+          const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+          if (bit == 0 || (opted_in.load() & bit) == 0) {
+            HEADINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<KV, D, G>,
+                                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                      static_cast<int>(smem)));
+            opted_in.fetch_or(bit);
+          }
           decode_kernel<KV, D, G><<<grid, kDecodeThreads, smem, stream>>>(p);
         };
         if (a.n_q_heads == 1) launch(HeadDimTag<1>{});

@@ -172,6 +172,11 @@ class Ops {
   // In place, rotate-half convention: x F32 [T, n_heads * head_dim], row t at position pos0 + t.
   virtual void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) = 0;
   virtual void attention(const AttentionArgs& args) = 0;
+  // Plans the call attention(args) would make, for its shapes alone (the views' memory is not
+  // read, and may be null), so that its first run does not wait for the plan: the CUDA backend
+  // builds the cuDNN graph on a thread of its own. Runs nothing; the result of a later call is the
+  // same with or without it.
+  virtual void prepare_attention(const AttentionArgs& args) {}
   // Merges part b into part a: (out_a, lse_a) := softmax-weighted union of a and b.
   virtual void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b,
                                const MatView& lse_b, int64_t head_dim) = 0;

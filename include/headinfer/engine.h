@@ -30,6 +30,10 @@ struct EngineOptions {
   // Decode steps as one device graph where the device has them and every head block is resident
   // (streamed and hybrid steps use copy streams and host tasks, which a graph does not record).
   bool step_graphs = true;
+  // The first prompt's length where the caller knows it (0: not known). The attention plans of its
+  // first chunk (the cuDNN graphs) are then built while the weights are copied to the device,
+  // instead of inside the first prefill. Any prompt may still follow; nothing else depends on it.
+  int64_t prompt_tokens = 0;
 };
 
 class Engine {

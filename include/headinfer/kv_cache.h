@@ -62,6 +62,10 @@ class KvCache {
   // positions at pos0 (HeadStore::make_room) before the step is recorded, so a recording never
   // holds a block's move (attend() makes the same room itself; then it is a no-op).
   virtual void prepare(int64_t pos0, int64_t n) {}
+  // Before the first prefill (Engine, from EngineOptions::prompt_tokens): plans the attention calls
+  // of a first chunk of n_tokens positions (Ops::prepare_attention) for the blocks that stay on the
+  // device; streamed groups are planned when they are first used. Changes nothing a forward sees.
+  virtual void prepare_first_chunk(int64_t n_tokens) {}
   // KV bytes held on the device and in host memory (metrics); host bytes are those allocated.
   virtual size_t bytes_device() const = 0;
   virtual size_t bytes_host() const = 0;
@@ -86,6 +90,10 @@ struct HeadBlocks {
 // over the same keys (a head's numbers never depend on how heads are grouped: Ops::attention).
 void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
                             const LayerAttention& args, const HeadBlocks& blocks);
+// The attention call store_and_attend_heads would make for the first chunk of a prompt
+// (n_tokens positions from 0) handed to Ops::prepare_attention: its plan is made, nothing runs.
+void prepare_heads_attention(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
+                             int64_t n_tokens, const HeadBlocks& blocks);
 
 // The caches of N devices the kv heads are split over (issue 16) seen as one: shard r's cache holds
 // kv heads [r * H / N, (r + 1) * H / N) of every layer, and read_rows / write_rows (snapshots) take

@@ -70,8 +70,11 @@ class Model {
   // (those already there, TensorView::on_device, are used in place).
   // With a shard of n_shards > 1, only its slice is copied (checkpoint tensors must then be in
   // host memory).
+  // defer_weight_copies: the constructor allocates every weight and the workspace but leaves the
+  // host-to-device copies to copy_weights() (Engine plans the first prefill meanwhile); the
+  // checkpoint's tensors must stay alive until then.
   Model(const Checkpoint& checkpoint, Device& device, const ForwardWorkspaceSizes& sizes,
-        const ModelShard& shard = {});
+        const ModelShard& shard = {}, bool defer_weight_copies = false);
   ~Model();  // releases the ops' workspace the constructor reserved (Ops::release_workspace)
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -82,6 +85,8 @@ class Model {
   size_t weight_bytes() const { return weight_bytes_; }  // every weight, copied or used in place
   size_t weights_in_place_bytes() const { return weights_in_place_bytes_; }  // not allocated through device()
   int64_t max_chunk() const { return sizes_.max_chunk; }
+  // The copies a constructor with defer_weight_copies left (none otherwise); forward() needs them done.
+  void copy_weights();
 
   // Runs ids (at positions pos0 ..) through the model, storing their K/V in `kv`, and writes the
   // logits of the last token to `logits` (host, [vocab]).
@@ -118,6 +123,14 @@ class Model {
   Device& device_;
   ForwardWorkspaceSizes sizes_;
   std::vector<DeviceBuffer> weight_buffers_;
+  struct PendingCopy {
+    void* dst;
+    const void* src;          // the checkpoint's bytes, or owned's
+    size_t bytes;
+    std::vector<char> owned;  // bytes the constructor made (converted norms, shard parts, rope tables)
+  };
+  std::vector<PendingCopy> pending_copies_;
+  bool defer_copies_ = false;
   size_t weight_bytes_ = 0;
   size_t weights_in_place_bytes_ = 0;
   ModelWeights weights_;

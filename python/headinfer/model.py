@@ -175,10 +175,11 @@ class HeadInferModel:
         """The placement the engine of the last generate() runs (None before the first)."""
         return None if self._engine is None else self._engine.placement()
 
-    def _engine_for(self, context: int):
+    def _engine_for(self, context: int, prompt_tokens: int = 0):
         if self._engine is None or self._engine.context < context:
             self._engine = None  # free the old KV cache before planning the new one
-            self._engine = _core.Engine(self._checkpoint, self._device, self._options, context)
+            # The prompt's length lets the engine plan its first chunk while the weights copy.
+            self._engine = _core.Engine(self._checkpoint, self._device, self._options, context, prompt_tokens)
         return self._engine
 
     def generate(self, input_ids: Any = None, attention_mask: Any = None, *, max_length: Optional[int] = None,
@@ -201,7 +202,7 @@ class HeadInferModel:
         if 0 < limit < context:
             warnings.warn(f"context {context} is beyond the config's max_position_embeddings ({limit})",
                           stacklevel=2)
-        engine = self._engine_for(context)
+        engine = self._engine_for(context, a.n_prompt)
         if streamer is not None:
             streamer.put(a.prompt_for_streamer)
         on_token = None

@@ -125,6 +125,9 @@ void run_bench(const BenchArgs& a) {
     eo.kv.offload = parse_offload_mode(a.offload, "--offload");
     eo.kv.kv_group = a.kv_group;
     eo.step_graphs = !a.no_graphs;
+    // The prompt's length is known before the engine is made (as in `generate`): its first chunk's
+    // attention plans are built while the weights copy.
+    if (!a.decode_only) eo.prompt_tokens = ctx;
     const auto t_load = std::chrono::steady_clock::now();
     Engine engine(*checkpoint, *device, eo);
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();

@@ -154,6 +154,8 @@ void run_generate(const GenerateArgs& a) {
   eo.kv = placement_options(a.placement, *device);
   eo.context = context;
   eo.chunk = a.chunk;
+  // The prompt's first chunk is planned while the weights copy (a loaded snapshot puts it elsewhere).
+  eo.prompt_tokens = a.kv_load.empty() ? static_cast<int64_t>(prompt.size()) : 0;
   Engine engine(*checkpoint, device_ptrs, eo);
 
   GenerateOptions go;

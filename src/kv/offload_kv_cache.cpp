@@ -210,6 +210,21 @@ class OffloadKvCache final : public KvCache {
   void prepare(int64_t pos0, int64_t n) override {
     for (int64_t l = 0; l < config_.n_layers; ++l) make_room(l, pos0, n);
   }
+  void prepare_first_chunk(int64_t n_tokens) override {
+    // A fresh store: every resident block starts at position 0, where a first chunk needs no room made.
+    if (n_tokens < 1 || n_tokens > plan_.chunk || n_tokens > store_.capacity() || store_.length() != 0) return;
+    for (int64_t l = 0; l < config_.n_layers; ++l)
+      for (int64_t g = 0; g < plan_.groups_per_layer; ++g) {
+        if (!plan_.is_resident(l, g)) continue;
+        const int64_t G = plan_.group_size;
+        const DeviceGroup dg = store_.resident_group(l, g);
+        char* k = static_cast<char*>(dg.base);
+        const size_t block = static_cast<size_t>(dg.rows) * store_.row_bytes();
+        prepare_heads_attention(device_.ops(), config_, l, g * G, G, n_tokens,
+                                HeadBlocks{k, k + static_cast<size_t>(G) * block, dg.rows * config_.head_dim,
+                                           dg.origin, store_.dtype()});
+      }
+  }
   size_t bytes_device() const override { return store_.bytes_gpu(); }
   size_t bytes_host() const override { return store_.bytes_host(); }
 

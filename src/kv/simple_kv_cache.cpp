@@ -104,8 +104,11 @@ class SimpleKvCache final : public KvCache {
 
 }  // namespace
 
-void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
-                            const LayerAttention& a, const HeadBlocks& blocks) {
+namespace {
+
+// The attention call store_and_attend_heads makes for a chunk of a.q.rows positions at a.pos0.
+AttentionArgs heads_attention_args(const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
+                                   const LayerAttention& a, const HeadBlocks& blocks) {
   const int64_t d = config.head_dim;
   const int64_t gs = config.group_size();
   const int64_t n_new = a.q.rows;
@@ -113,12 +116,12 @@ void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, 
   if (first < blocks.origin) throw Error("KV store: the keys a chunk sees start before the rows the store holds");
   const size_t e = dtype_size(blocks.dtype);
   auto row = [&](void* base, int64_t pos) { return static_cast<char*>(base) + static_cast<size_t>((pos - blocks.origin) * d) * e; };
-  ops.copy_heads(a.k_new.slice_cols(h0 * d, n_heads * d), n_heads,
-                 MatView{row(blocks.k, a.pos0), blocks.dtype, n_new, d, d}, blocks.head_stride);
-  ops.copy_heads(a.v_new.slice_cols(h0 * d, n_heads * d), n_heads,
-                 MatView{row(blocks.v, a.pos0), blocks.dtype, n_new, d, d}, blocks.head_stride);
+  // Views with no memory (prepare_heads_attention) keep their shapes and stay null.
+  auto cols = [](const MatView& m, int64_t c0, int64_t n) {
+    return m.data != nullptr ? m.slice_cols(c0, n) : MatView{nullptr, m.dtype, m.rows, n, m.row_stride};
+  };
   AttentionArgs args;
-  args.q = a.q.slice_cols(h0 * gs * d, n_heads * gs * d);
+  args.q = cols(a.q, h0 * gs * d, n_heads * gs * d);
   // Keys [first, pos0 + T) only: what the chunk sees, the same run whether the store keeps the
   // whole context or just the window.
   args.kv = KvHeadView{row(blocks.k, first), row(blocks.v, first), blocks.dtype, d};
@@ -133,9 +136,35 @@ void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, 
   args.window = config.window(layer);
   args.scale = config.attention_scale();  // transformers: head_dim (or query_pre_attn_scalar) ** -0.5
   args.softcap = config.attn_softcap;
-  args.out = a.out.slice_cols(h0 * gs * d, n_heads * gs * d);
-  args.lse = a.lse.slice_cols(h0 * gs, n_heads * gs);
+  args.out = cols(a.out, h0 * gs * d, n_heads * gs * d);
+  args.lse = cols(a.lse, h0 * gs, n_heads * gs);
+  return args;
+}
+
+}  // namespace
+
+void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
+                            const LayerAttention& a, const HeadBlocks& blocks) {
+  const int64_t d = config.head_dim;
+  const AttentionArgs args = heads_attention_args(config, layer, h0, n_heads, a, blocks);
+  const size_t e = dtype_size(blocks.dtype);
+  auto row = [&](void* base, int64_t pos) { return static_cast<char*>(base) + static_cast<size_t>((pos - blocks.origin) * d) * e; };
+  ops.copy_heads(a.k_new.slice_cols(h0 * d, n_heads * d), n_heads,
+                 MatView{row(blocks.k, a.pos0), blocks.dtype, a.q.rows, d, d}, blocks.head_stride);
+  ops.copy_heads(a.v_new.slice_cols(h0 * d, n_heads * d), n_heads,
+                 MatView{row(blocks.v, a.pos0), blocks.dtype, a.q.rows, d, d}, blocks.head_stride);
   ops.attention(args);
+}
+
+void prepare_heads_attention(Ops& ops, const ModelConfig& config, int64_t layer, int64_t h0, int64_t n_heads,
+                             int64_t n_tokens, const HeadBlocks& blocks) {
+  // Shapes only: views of n_tokens rows and no memory (the call is planned, never run).
+  LayerAttention a;
+  a.q = MatView{nullptr, DType::F32, n_tokens, config.q_dim(), config.q_dim()};
+  a.out = a.q;
+  a.lse = MatView{nullptr, DType::F32, n_tokens, config.n_heads, config.n_heads};
+  a.pos0 = 0;
+  ops.prepare_attention(heads_attention_args(config, layer, h0, n_heads, a, blocks));
 }
 
 std::unique_ptr<KvCache> make_simple_kv_cache(Device& device, const ModelConfig& config, int64_t capacity) {

@@ -22,8 +22,13 @@ struct Rows {
 
 }  // namespace
 
-Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes& sizes, const ModelShard& shard)
-    : shard_(shard), config_(shard_config(ckpt.config(), shard.rank, shard.n_shards)), device_(device), sizes_(sizes) {
+Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes& sizes, const ModelShard& shard,
+             bool defer_weight_copies)
+    : shard_(shard),
+      config_(shard_config(ckpt.config(), shard.rank, shard.n_shards)),
+      device_(device),
+      sizes_(sizes),
+      defer_copies_(defer_weight_copies) {
   const ModelConfig& c = config_;
   const ModelConfig& full = ckpt.config();
   if (sizes_.max_chunk < 1 || sizes_.max_mlp_chunk < 1) throw Error("chunk sizes must be positive");
@@ -31,6 +36,22 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   if (sharded && (shard_.all_reduce == nullptr || shard_.all_reduce->n_ranks() != shard_.n_shards))
     throw Error("a model split over " + std::to_string(shard_.n_shards) + " devices needs an all-reduce of as many ranks");
   const ShardSlice slice = shard_slice(full, shard_.rank, shard_.n_shards);
+  // A host-to-device copy now, or (defer_weight_copies) in copy_weights(); `keep` holds the bytes
+  // when they are the constructor's own (empty: src is the checkpoint's, alive until then).
+  auto put = [&](void* dst, const void* src, size_t bytes, std::vector<char>&& keep) {
+    if (!defer_copies_) {
+      device_.write_from_host(dst, src, bytes);
+      return;
+    }
+    PendingCopy c{dst, src, bytes, std::move(keep)};
+    if (!c.owned.empty()) c.src = c.owned.data();
+    pending_copies_.push_back(std::move(c));
+  };
+  auto owned_bytes = [&](const void* p, size_t bytes) {
+    if (!defer_copies_) return std::vector<char>{};
+    const char* b = static_cast<const char*>(p);
+    return std::vector<char>(b, b + bytes);
+  };
 
   // Copies one checkpoint tensor to the device after checking its shape; a tensor already on the
   // device (TensorView::on_device) is used in place.
@@ -43,7 +64,7 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
       return t.data;
     }
     weight_buffers_.emplace_back(device_, t.nbytes, "weights");
-    device_.write_from_host(weight_buffers_.back().data(), t.data, t.nbytes);
+    put(weight_buffers_.back().data(), t.data, t.nbytes, {});
     weight_bytes_ += t.nbytes;
     return weight_buffers_.back().data();
   };
@@ -65,7 +86,7 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
     convert_to_f32(t.dtype, t.data, w.data(), w.size());
     for (float& x : w) x = 1.0f + x;
     weight_buffers_.emplace_back(device_, w.size() * sizeof(float), "weights");
-    device_.write_from_host(weight_buffers_.back().data(), w.data(), w.size() * sizeof(float));
+    put(weight_buffers_.back().data(), w.data(), w.size() * sizeof(float), owned_bytes(w.data(), w.size() * sizeof(float)));
     weight_bytes_ += w.size() * sizeof(float);
     return VecView{weight_buffers_.back().data(), DType::F32, n};
   };
@@ -92,7 +113,8 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
       }
     }
     weight_buffers_.emplace_back(device_, part.size(), "weights");
-    device_.write_from_host(weight_buffers_.back().data(), part.data(), part.size());
+    const size_t part_bytes = part.size();
+    put(weight_buffers_.back().data(), part.data(), part_bytes, std::move(part));
     weight_bytes_ += part.size();
     return weight_buffers_.back().data();
   };
@@ -190,7 +212,7 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   auto rope_table = [&](const RopeConfig& rc, bool long_factors, DeviceBuffer& buf) {
     const std::vector<float> inv = rope_inv_freq(rc, c.rotary_dim, long_factors);
     buf = DeviceBuffer(device_, inv.size() * sizeof(float), "rope table");
-    device_.write_from_host(buf.data(), inv.data(), inv.size() * sizeof(float));
+    put(buf.data(), inv.data(), inv.size() * sizeof(float), owned_bytes(inv.data(), inv.size() * sizeof(float)));
     return RopeTable{buf.as<float>(), c.head_dim, static_cast<float>(rc.attention_factor), c.rotary_dim};
   };
   rope_ = rope_table(c.rope, false, inv_freq_);
@@ -215,6 +237,12 @@ Model::Model(const Checkpoint& ckpt, Device& device, const ForwardWorkspaceSizes
   // The ops' scratch (GEMM casts, split-KV partials) is taken now, so device.bytes_in_use() holds
   // it when the KV cache is planned and the token loop never grows it.
   device_.ops().reserve_workspace(ops_workspace_sizes(c, sizes_, weights_.embed.dtype));
+}
+
+void Model::copy_weights() {
+  for (const PendingCopy& c : pending_copies_) device_.write_from_host(c.dst, c.src, c.bytes);
+  pending_copies_.clear();
+  pending_copies_.shrink_to_fit();
 }
 
 Model::~Model() {
@@ -269,6 +297,7 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int
   const auto n = static_cast<int64_t>(ids.size());
   if (n < 1 || n > sizes_.max_chunk)
     throw Error("forward: chunk of " + std::to_string(n) + " tokens (1.." + std::to_string(sizes_.max_chunk) + ")");
+  if (!pending_copies_.empty()) throw Error("forward: the model's weights are not copied yet (Model::copy_weights)");
   Ops& ops = device_.ops();
   const float eps = static_cast<float>(c.rms_norm_eps);
   // transformers' longrope: the long factors when the call's max position + 1 passes the original

@@ -70,8 +70,8 @@ NB_MODULE(_core, m) {
       .def_prop_ro("eos_token_ids", [](const PyCheckpoint& c) { return c.checkpoint->config().eos_token_ids; });
 
   nb::class_<PySession>(m, "Engine")
-      .def(nb::init<PyCheckpoint&, PyDevice&, const PyOptions&, int64_t>(), "checkpoint"_a, "device"_a, "options"_a,
-           "context"_a, nb::keep_alive<1, 2>(), nb::keep_alive<1, 3>())
+      .def(nb::init<PyCheckpoint&, PyDevice&, const PyOptions&, int64_t, int64_t>(), "checkpoint"_a, "device"_a,
+           "options"_a, "context"_a, "prompt_tokens"_a = 0, nb::keep_alive<1, 2>(), nb::keep_alive<1, 3>())
       .def_prop_ro("context", &PySession::context)
       .def("placement", &PySession::placement)
       .def(

@@ -78,7 +78,8 @@ struct PyGenerateArgs {
 
 // An engine reserved for `context` positions on the model's device.
 struct PySession {
-  PySession(PyCheckpoint& checkpoint, PyDevice& device, const PyOptions& options, int64_t context);
+  PySession(PyCheckpoint& checkpoint, PyDevice& device, const PyOptions& options, int64_t context,
+            int64_t prompt_tokens = 0);
   int64_t context() const { return engine->context(); }
   // Runs from an empty context with the GIL released: (tokens, logits [n, vocab] or None, stats).
   nb::tuple generate(const std::vector<int64_t>& prompt, const PyGenerateArgs& args);

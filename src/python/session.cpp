@@ -146,9 +146,11 @@ std::string plan_json(const std::string& config_json, const std::string& source,
   return plan_report_json(plan_placement(r)).dump();
 }
 
-PySession::PySession(PyCheckpoint& checkpoint, PyDevice& d, const PyOptions& o, int64_t context) : device(d) {
+PySession::PySession(PyCheckpoint& checkpoint, PyDevice& d, const PyOptions& o, int64_t context, int64_t prompt_tokens)
+    : device(d) {
   EngineOptions eo;
   eo.context = context;
+  eo.prompt_tokens = prompt_tokens;  // the first chunk's attention plans are built while the weights copy
   if (o.chunk) eo.chunk = *o.chunk;
   // The device's budget is the cap the planner plans against, as in the CLI. Without gpu_mem a
   // CUDA device's budget is the free memory, which the weights used in place have already left.

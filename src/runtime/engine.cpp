@@ -86,13 +86,20 @@ Engine::Engine(const Checkpoint& checkpoint, std::span<Device* const> devices, c
       config_(checkpoint.config()),
       sharded_(devices.size() > 1 ? std::make_unique<ShardedModel>(checkpoint, devices, workspace_sizes(options_))
                                   : nullptr),
-      own_model_(devices.size() == 1 ? std::make_unique<Model>(checkpoint, *devices[0], workspace_sizes(options_))
-                                     : nullptr),
+      // One device: the weights are copied after the KV cache is made (the constructor's body), so
+      // the first chunk's plans can be built while they copy.
+      own_model_(devices.size() == 1
+                     ? std::make_unique<Model>(checkpoint, *devices[0], workspace_sizes(options_), ModelShard{}, true)
+                     : nullptr),
       model_(sharded_ ? sharded_->shard(0) : *own_model_),
       kv_(make_engine_kv(devices, checkpoint, options_, sharded_.get(), model_)),
       logits_(static_cast<size_t>(checkpoint.config().vocab_size)),
       model_id_(model_identity(checkpoint, devices[0])) {
   ids_.reserve(static_cast<size_t>(options_.context));  // nothing allocates in the token loop
+  if (own_model_) {
+    if (options_.prompt_tokens > 0) kv_->prepare_first_chunk(std::min(options_.prompt_tokens, options_.chunk));
+    own_model_->copy_weights();
+  }
   const Plan* plan = kv_cache_plan(*kv_);
   graphs_ = options_.step_graphs && !sharded_ && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;
 }

@@ -234,6 +234,12 @@ void CudaOps::attention(const AttentionArgs& a) {
   for (int64_t i = 0; i < a.n_kv_heads; ++i) attention_core(a.head(i));
 }
 
+void CudaOps::prepare_attention(const AttentionArgs& a) {
+  // The paths of attention() above: a one-row call is the decode kernel's (nothing to plan).
+  if (a.q.rows * a.n_q_heads == 0 || a.q.rows == 1 || a.q.rows < kCudnnMinQueries) return;
+  cudnn_.prepare(a);
+}
+
 void CudaOps::attention_core(const AttentionArgs& a) {
   const int64_t n_tasks = a.q.rows * a.n_q_heads;
   AttnParams p{static_cast<const float*>(a.q.data), a.q.row_stride, a.kv.k, a.kv.v, a.kv.row_stride,

@@ -223,37 +223,68 @@ CudnnSdpa::CudnnSdpa(Device& device, cudaStream_t stream) : impl_(std::make_uniq
 CudnnSdpa::~CudnnSdpa() = default;
 bool CudnnSdpa::available() { return true; }
 
-bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
-  if (a.kv.dtype != DType::BF16 && a.kv.dtype != DType::F16) return false;
+namespace {
+
+// What run() checks before it builds or takes a graph, and the graph's key: nullopt where cuDNN
+// cannot compute the call's mask exactly, or where the heads go one call each (`per_head`).
+std::optional<GraphKey> graph_key(const AttentionArgs& a, bool* per_head) {
+  *per_head = false;
+  if (a.kv.dtype != DType::BF16 && a.kv.dtype != DType::F16) return std::nullopt;
   const int64_t s_q = a.q.rows, d = a.head_dim, h_k = a.n_kv_heads, h_q = a.n_q_heads * h_k, kv_ld = a.kv.row_stride;
   // cuDNN's flash kernels take head dims in steps of 8 up to 256 and 16-byte aligned rows.
   if (s_q < 2 || d % 8 != 0 || d > 256 || kv_ld % 8 != 0 ||
       reinterpret_cast<uintptr_t>(a.kv.k) % 16 != 0 || reinterpret_cast<uintptr_t>(a.kv.v) % 16 != 0)
-    return false;
+    return std::nullopt;
   // Heads too far apart for 32-bit offsets inside the kernel go one call per head (what the call
   // computes per head is the same).
   if (h_k > 1 && (a.kv_head_stride % 8 != 0 || h_k * a.kv_head_stride > INT32_MAX)) {
-    for (int64_t i = 0; i < h_k; ++i)
-      if (!run(a.head(i), scratch)) throw Error("cuda backend: cuDNN SDPA declined one head of a group it took");
-    return true;
+    *per_head = true;
+    return std::nullopt;
   }
   const int64_t head_stride = h_k > 1 ? a.kv_head_stride : 0;
   const int64_t off = a.q_pos0 - a.k_pos0;
   const int64_t hi = std::min(a.n_keys, s_q + off);
   const int64_t lo = a.window > 0 ? std::max<int64_t>(0, off - a.window + 1) : 0;
   const int64_t s_kv = hi - lo;
-  if (s_kv < s_q || s_kv > INT32_MAX) return false;
+  if (s_kv < s_q || s_kv > INT32_MAX) return std::nullopt;
   const int64_t off_trim = off - lo;
   const int64_t rb = off_trim - (s_kv - s_q);
-  if (a.window > 0 && rb > a.window - 1) return false;  // the last queries would see no key
+  if (a.window > 0 && rb > a.window - 1) return std::nullopt;  // the last queries would see no key
   const bool masked = a.window > 0 || off_trim < s_kv - 1;
   const int64_t right_bound = masked ? rb : -1;
   const int64_t left_bound = masked && a.window > 0 ? a.window - rb : 0;
   uint32_t scale_bits = 0, softcap_bits = 0;
   std::memcpy(&scale_bits, &a.scale, sizeof(scale_bits));
   if (a.softcap > 0.0f) std::memcpy(&softcap_bits, &a.softcap, sizeof(softcap_bits));
-  const GraphKey key{s_q,         s_kv,       h_q, h_k, std::max(head_stride, s_kv * kv_ld), d, kv_ld, right_bound,
-                     left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits, softcap_bits};
+  return GraphKey{s_q,         s_kv,       h_q, h_k, std::max(head_stride, s_kv * kv_ld), d, kv_ld, right_bound,
+                  left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits, softcap_bits};
+}
+
+}  // namespace
+
+void CudnnSdpa::prepare(const AttentionArgs& a) {
+  bool per_head = false;
+  const std::optional<GraphKey> key = graph_key(a, &per_head);
+  if (per_head) {
+    for (int64_t i = 0; i < a.n_kv_heads; ++i) prepare(a.head(i));
+    return;
+  }
+  if (!key || impl_->graphs.count(*key) != 0 || impl_->pending.count(*key) != 0) return;
+  impl_->build_ahead(*key, a.kv.dtype, a.scale, a.softcap > 0.0f ? a.softcap : 0.0f);
+}
+
+bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
+  bool per_head = false;
+  const std::optional<GraphKey> found = graph_key(a, &per_head);
+  if (per_head) {
+    for (int64_t i = 0; i < a.n_kv_heads; ++i)
+      if (!run(a.head(i), scratch)) throw Error("cuda backend: cuDNN SDPA declined one head of a group it took");
+    return true;
+  }
+  if (!found) return false;
+  const GraphKey& key = *found;
+  const int64_t s_q = a.q.rows, d = a.head_dim, h_q = a.n_q_heads * a.n_kv_heads, kv_ld = a.kv.row_stride;
+  const int64_t lo = a.window > 0 ? std::max<int64_t>(0, a.q_pos0 - a.k_pos0 - a.window + 1) : 0;  // as graph_key
   const CachedGraph& cached = impl_->graph_for(key, a.kv.dtype, a.scale, a.softcap > 0.0f ? a.softcap : 0.0f);
   if (!cached.graph) return false;
   // Declining depends on the shape alone, so every placement still takes the same kernel.
@@ -301,7 +332,9 @@ void CudnnSdpa::warm_up(DType kv_dtype, int64_t head_dim, int64_t q_heads_per_kv
   std::memcpy(&scale_bits, &scale, sizeof(scale_bits));
   const GraphKey key{s, s, q_heads_per_kv_head, 1, s * head_dim, head_dim, head_dim, 0, 0,
                      static_cast<int64_t>(kv_dtype), scale_bits, 0};
-  impl_->graph_for(key, kv_dtype, scale, 0.0f);
+  // On the builder thread, so it overlaps the weights' upload; the first prepared or inline build
+  // after it finds cuDNN set up.
+  if (impl_->graphs.count(key) == 0 && impl_->pending.count(key) == 0) impl_->build_ahead(key, kv_dtype, scale, 0.0f);
 }
 
 #else  // no cuDNN in this build: every call takes the CUDA-core kernel
@@ -311,6 +344,7 @@ CudnnSdpa::CudnnSdpa(Device&, cudaStream_t) {}
 CudnnSdpa::~CudnnSdpa() = default;
 bool CudnnSdpa::available() { return false; }
 bool CudnnSdpa::run(const AttentionArgs&, Scratch&) { return false; }
+void CudnnSdpa::prepare(const AttentionArgs&) {}
 void CudnnSdpa::reserve_workspace(size_t) {}
 void CudnnSdpa::release_workspace() {}
 void CudnnSdpa::warm_up(DType, int64_t, int64_t, float) {}

@@ -28,13 +28,17 @@ class CudnnSdpa {
   // Runs `a` if cuDNN can compute exactly its mask (see attention_cudnn.cpp) for 16-bit KV; returns
   // false, having queued nothing, when it cannot.
   bool run(const AttentionArgs& a, Scratch& scratch);
+  // Queues the build of the graph run(a) would use on the builder thread, unless it is built or
+  // queued already (or run(a) would decline): a's shapes only, its memory is not touched.
+  void prepare(const AttentionArgs& a);
   // Takes `bytes` of cuDNN workspace now (Ops::reserve_workspace) and from then on declines graphs
   // that need more, so the workspace never grows inside the token loop or past the planned bytes.
   void reserve_workspace(size_t bytes);
   // Gives the workspace back (CudaOps::release_workspace); graphs stay cached.
   void release_workspace();
-  // Builds a small causal prefill graph for this dtype, head size, GQA ratio and scale now (at
-  // start-up), so cuDNN's one-time set-up is not paid inside the first prefill.
+  // Queues the build of a small causal prefill graph for this dtype, head size, GQA ratio and scale
+  // on the builder thread (at start-up), so cuDNN's one-time set-up is not paid inside the first
+  // prefill.
   void warm_up(DType kv_dtype, int64_t head_dim, int64_t q_heads_per_kv_head, float scale);
 
  private:

@@ -63,6 +63,7 @@ class CudaOps final : public Ops {
   void linear_multi(const MatView& x, std::span<const LinearOut> outs) override;
   void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) override;
   void attention(const AttentionArgs& args) override;
+  void prepare_attention(const AttentionArgs& args) override;
   void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b, const MatView& lse_b,
                        int64_t head_dim) override;
   void silu_mul(const MatView& gate, const MatView& up, const MatView& out) override;

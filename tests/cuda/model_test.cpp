@@ -12,6 +12,7 @@
 
 #include "cuda_test_util.h"
 #include "headinfer/checkpoint.h"
+#include "headinfer/engine.h"
 #include "headinfer/model.h"
 #include "testdata.h"
 
@@ -108,6 +109,39 @@ int check_model_folder(Device& gpu, Device& cpu, const fs::path& root) {
     ++n_models;
   }
   return n_models;
+}
+
+// EngineOptions::prompt_tokens builds the first chunk's cuDNN graphs while the weights copy: with
+// the prompt's length, another length, or none, the logits and the greedy ids are the same bits
+// (bf16 models, prompts past kCudnnMinQueries so the prefill attention is cuDNN's; mistral_swa's
+// window layers make a second graph kind).
+TEST_F(CudaTest, EnginePromptHintChangesNoBit) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* arch : {"llama3-bf16", "mistral_swa-bf16"}) {
+    const auto ckpt = Checkpoint::open(testdata_dir() / "models" / "tiny" / arch);
+    std::vector<int32_t> prompt;
+    for (int32_t i = 0; i < 70; ++i) prompt.push_back(1 + (i * 7) % 200);
+    for (int64_t chunk : {0, 32}) {
+      std::vector<std::vector<float>> logits;
+      std::vector<std::vector<int32_t>> greedy;
+      for (int64_t hint : {0, 70, 40, 1000}) {
+        EngineOptions eo;
+        eo.context = 80;
+        eo.chunk = chunk;
+        eo.prompt_tokens = hint;
+        Engine e(*ckpt, *gpu_, eo);
+        const auto l = e.prefill(prompt);
+        logits.emplace_back(l.begin(), l.end());
+        std::vector<int32_t> ids{argmax(logits.back())};
+        for (int i = 0; i < 6; ++i) ids.push_back(e.decode_greedy(ids.back()));
+        greedy.push_back(ids);
+      }
+      for (size_t k = 1; k < logits.size(); ++k) {
+        EXPECT_EQ(logits[k], logits[0]) << arch << " chunk " << chunk << " hint case " << k;
+        EXPECT_EQ(greedy[k], greedy[0]) << arch << " chunk " << chunk << " hint case " << k;
+      }
+    }
+  }
 }
 
 TEST_F(CudaTest, TinyModelsMatchCpu) {

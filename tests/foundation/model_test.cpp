@@ -166,6 +166,37 @@ TEST(Generate, TokenOutsideVocabularyIsAClearError) {
   EXPECT_THROW(generate(engine, prompt, GenerateOptions{}), Error);
 }
 
+// EngineOptions::prompt_tokens only plans work ahead (Engine copies the weights after planning the
+// first chunk): with the prompt's length, another length, or none, every logit is the same, on a
+// model with sliding-window layers and one without, whole-prompt and chunked.
+TEST(Engine, PromptHintChangesNoBit) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* arch : {"llama3-f32", "mistral_swa-f32"}) {
+    const auto ckpt = Checkpoint::open(tiny_dir(arch));
+    auto device = make_cpu_device({2, 0});
+    std::vector<int32_t> prompt;
+    for (int32_t i = 0; i < 37; ++i) prompt.push_back(1 + (i * 7) % 200);
+    for (int64_t chunk : {0, 16}) {
+      std::vector<std::vector<float>> logits;
+      std::vector<std::vector<int32_t>> greedy;
+      for (int64_t hint : {0, 37, 5, 1000}) {
+        EngineOptions eo = context_of(48, chunk);
+        eo.prompt_tokens = hint;
+        Engine e(*ckpt, *device, eo);
+        const auto l = e.prefill(prompt);
+        logits.emplace_back(l.begin(), l.end());
+        std::vector<int32_t> ids{argmax(l)};
+        for (int i = 0; i < 6; ++i) ids.push_back(e.decode_greedy(ids.back()));
+        greedy.push_back(ids);
+      }
+      for (size_t k = 1; k < logits.size(); ++k) {
+        EXPECT_EQ(logits[k], logits[0]) << arch << " chunk " << chunk << " hint case " << k;
+        EXPECT_EQ(greedy[k], greedy[0]) << arch << " chunk " << chunk << " hint case " << k;
+      }
+    }
+  }
+}
+
 TEST(RandomModel, BuiltInTinyShapeRoundTripsThroughTheLoader) {
   const fs::path dir = fs::temp_directory_path() / "headinfer_random_tiny";
   fs::remove_all(dir);

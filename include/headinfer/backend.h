@@ -169,6 +169,16 @@ class Ops {
   virtual void linear_multi(const MatView& x, std::span<const LinearOut> outs) {
     for (const LinearOut& o : outs) linear(x, *o.w, o.bias, o.y);
   }
+  // Plans the GEMMs linear_multi(x, outs) would run, so that its first call does not wait for
+  // them: the CUDA backend picks each new shape's cuBLASLt algorithm and runs it once (which loads
+  // its kernel) on a thread and stream of its own. That run reads x and the weights as they are
+  // (they need not hold data yet: the Engine calls this before the weights are copied) and writes
+  // garbage over the outputs' memory. The caller must leave those buffers alone until
+  // wait_prepared() returns (the next linear waits for it too); results of later calls are the
+  // same with or without it.
+  virtual void prepare_linear(const MatView& x, std::span<const LinearOut> outs) {}
+  // Returns once the work prepare_linear queued is done.
+  virtual void wait_prepared() {}
   // In place, rotate-half convention: x F32 [T, n_heads * head_dim], row t at position pos0 + t.
   virtual void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) = 0;
   virtual void attention(const AttentionArgs& args) = 0;

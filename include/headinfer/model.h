@@ -2,6 +2,7 @@
 // The model: weights on the device and one layer sequence for every supported architecture.
 // Architectural differences are ModelConfig flags (biases, q/k norm, rope scaling, windows,
 // tied embeddings), never a second forward.
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -86,7 +87,12 @@ class Model {
   size_t weights_in_place_bytes() const { return weights_in_place_bytes_; }  // not allocated through device()
   int64_t max_chunk() const { return sizes_.max_chunk; }
   // The copies a constructor with defer_weight_copies left (none otherwise); forward() needs them done.
+  // Returns once the work prepare_first_chunk queued is done too.
   void copy_weights();
+  // Plans the GEMMs of a first forward of n_tokens (Ops::prepare_linear), before copy_weights():
+  // on the CUDA backend their cuBLASLt algorithms are picked and their kernels loaded while the
+  // weights copy. Writes garbage over the activations; changes no later result.
+  void prepare_first_chunk(int64_t n_tokens);
 
   // Runs ids (at positions pos0 ..) through the model, storing their K/V in `kv`, and writes the
   // logits of the last token to `logits` (host, [vocab]).
@@ -113,6 +119,12 @@ class Model {
   void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
                        KvCache& kv, const MatView& xn);
   void mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const VecView* next_norm);
+  // The linears' outputs over n rows (the MLP's: m rows from row r0), as forward() passes them
+  // and prepare_first_chunk() plans them.
+  std::array<LinearOut, 3> qkv_outs(const LayerWeights& w, int64_t n) const;
+  LinearOut o_proj_out(const LayerWeights& w, int64_t n) const;
+  std::array<LinearOut, 2> gate_up_outs(const LayerWeights& w, int64_t m) const;
+  LinearOut down_out(const LayerWeights& w, int64_t r0, int64_t m) const;
   // x += partial, then out = norm(x) (nullptr: no norm), as add_rms_norm where it can.
   void residual(const MatView& x, const MatView& partial, const VecView* norm, const MatView& out);
   // Sums a partial o_proj / down_proj output over the shards in place (nothing with one shard).

@@ -243,6 +243,57 @@ void Model::copy_weights() {
   for (const PendingCopy& c : pending_copies_) device_.write_from_host(c.dst, c.src, c.bytes);
   pending_copies_.clear();
   pending_copies_.shrink_to_fit();
+  device_.ops().wait_prepared();
+}
+
+void Model::prepare_first_chunk(int64_t n) {
+  const ModelConfig& c = config_;
+  if (n < 1 || n > sizes_.max_chunk || c.n_layers == 0) return;
+  Ops& ops = device_.ops();
+  // The linears forward() runs, with its views: the same shapes, leading dimensions and memory.
+  const DType act = ops.linear_input_dtype(n, weights_.layers[0].wq.dtype);
+  const MatView xn{xn_.data(), act, n, c.hidden_size, c.hidden_size};
+  const int64_t m_max = std::min(sizes_.max_mlp_chunk, sizes_.max_chunk);
+  for (const LayerWeights& w : weights_.layers) {
+    ops.prepare_linear(xn, qkv_outs(w, n));
+    const LinearOut o = o_proj_out(w, n);
+    ops.prepare_linear(mat(attn_, n, c.q_dim()), std::span<const LinearOut>(&o, 1));
+    for (int64_t r0 = 0; r0 < n; r0 += m_max) {
+      const int64_t m = std::min(m_max, n - r0);
+      const auto gate_up = gate_up_outs(w, m);
+      ops.prepare_linear(xn.slice_rows(r0, m), gate_up);
+      const DType act_down = ops.linear_input_dtype(m, w.w_down.dtype);
+      const MatView h =
+          act_down == DType::F32 ? gate_up[0].y : ops.linear_input_scratch(m, c.intermediate_size, act_down);
+      const LinearOut down = down_out(w, r0, m);
+      ops.prepare_linear(h, std::span<const LinearOut>(&down, 1));
+    }
+  }
+}
+
+namespace {
+const VecView* bias_or_null(const VecView& b) { return b.data != nullptr ? &b : nullptr; }
+}  // namespace
+
+std::array<LinearOut, 3> Model::qkv_outs(const LayerWeights& w, int64_t n) const {
+  const ModelConfig& c = config_;
+  return {LinearOut{&w.wq, bias_or_null(w.bq), mat(q_, n, c.q_dim())},
+          LinearOut{&w.wk, bias_or_null(w.bk), mat(k_, n, c.kv_dim())},
+          LinearOut{&w.wv, bias_or_null(w.bv), mat(v_, n, c.kv_dim())}};
+}
+
+LinearOut Model::o_proj_out(const LayerWeights& w, int64_t n) const {
+  return {&w.wo, bias_or_null(w.bo), mat(proj_, n, config_.hidden_size)};
+}
+
+std::array<LinearOut, 2> Model::gate_up_outs(const LayerWeights& w, int64_t m) const {
+  const ModelConfig& c = config_;
+  return {LinearOut{&w.w_gate, bias_or_null(w.b_gate), mat(gate_, m, c.intermediate_size)},
+          LinearOut{&w.w_up, bias_or_null(w.b_up), mat(up_, m, c.intermediate_size)}};
+}
+
+LinearOut Model::down_out(const LayerWeights& w, int64_t r0, int64_t m) const {
+  return {&w.w_down, bias_or_null(w.b_down), mat(proj_, r0 + m, config_.hidden_size).slice_rows(r0, m)};
 }
 
 Model::~Model() {
@@ -332,9 +383,8 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
                             KvCache& kv, const MatView& xn) {
   const ModelConfig& c = config_;
   Ops& ops = device_.ops();
-  const MatView q = mat(q_, n, c.q_dim()), k = mat(k_, n, c.kv_dim()), v = mat(v_, n, c.kv_dim());
-  auto bias = [](const VecView& b) { return b.data != nullptr ? &b : nullptr; };
-  const LinearOut qkv[] = {{&w.wq, bias(w.bq), q}, {&w.wk, bias(w.bk), k}, {&w.wv, bias(w.bv), v}};
+  const auto qkv = qkv_outs(w, n);
+  const MatView q = qkv[0].y, k = qkv[1].y, v = qkv[2].y;
   ops.linear_multi(xn, qkv);
   if (c.qk_norm) {  // per head: view [n * heads, head_dim]
     const float eps = static_cast<float>(c.rms_norm_eps);
@@ -349,8 +399,9 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
   LayerAttention a{q, k, v, pos0, mat(attn_, n, c.q_dim()), mat(lse_, n, c.n_heads)};
   kv.attend(layer, a);
 
-  const MatView proj = mat(proj_, n, c.hidden_size);
-  ops.linear(a.out, w.wo, bias(w.bo), proj);
+  const LinearOut o = o_proj_out(w, n);
+  const MatView proj = o.y;
+  ops.linear(a.out, *o.w, o.bias, proj);
   all_reduce(proj);
   if (c.sandwich_norms) ops.rms_norm(proj, w.attn_out_norm, static_cast<float>(c.rms_norm_eps), proj);
   residual(mat(x_, n, c.hidden_size), proj, &w.post_attention_norm, xn);
@@ -359,15 +410,14 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
 void Model::mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const VecView* next_norm) {
   const ModelConfig& c = config_;
   Ops& ops = device_.ops();
-  auto bias = [](const VecView& b) { return b.data != nullptr ? &b : nullptr; };
   const int64_t m_max = std::min(sizes_.max_mlp_chunk, sizes_.max_chunk);
   // Sub-chunks keep the [rows, ffn] intermediates small on long prefills. Each sub-chunk's rows of
   // xn are read by its gate/up before its residual writes the next layer's normed rows over them.
   for (int64_t r0 = 0; r0 < n; r0 += m_max) {
     const int64_t m = std::min(m_max, n - r0);
     const MatView xm = xn.slice_rows(r0, m);
-    const MatView gate = mat(gate_, m, c.intermediate_size), up = mat(up_, m, c.intermediate_size);
-    const LinearOut gate_up[] = {{&w.w_gate, bias(w.b_gate), gate}, {&w.w_up, bias(w.b_up), up}};
+    const auto gate_up = gate_up_outs(w, m);
+    const MatView gate = gate_up[0].y, up = gate_up[1].y;
     ops.linear_multi(xm, gate_up);
     // The activation goes straight to the dtype down_proj reads: in place in F32, or into the ops'
     // 16-bit input scratch.
@@ -378,8 +428,9 @@ void Model::mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const
     } else {
       ops.silu_mul(gate, up, h);
     }
-    const MatView down = mat(proj_, n, c.hidden_size).slice_rows(r0, m);
-    ops.linear(h, w.w_down, bias(w.b_down), down);
+    const LinearOut d = down_out(w, r0, m);
+    const MatView down = d.y;
+    ops.linear(h, *d.w, d.bias, down);
     all_reduce(down);
     if (c.sandwich_norms) ops.rms_norm(down, w.mlp_out_norm, static_cast<float>(c.rms_norm_eps), down);
     residual(mat(x_, n, c.hidden_size).slice_rows(r0, m), down, next_norm, xm);

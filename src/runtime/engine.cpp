@@ -97,7 +97,11 @@ Engine::Engine(const Checkpoint& checkpoint, std::span<Device* const> devices, c
       model_id_(model_identity(checkpoint, devices[0])) {
   ids_.reserve(static_cast<size_t>(options_.context));  // nothing allocates in the token loop
   if (own_model_) {
-    if (options_.prompt_tokens > 0) kv_->prepare_first_chunk(std::min(options_.prompt_tokens, options_.chunk));
+    if (options_.prompt_tokens > 0) {
+      const int64_t first = std::min(options_.prompt_tokens, options_.chunk);
+      kv_->prepare_first_chunk(first);
+      own_model_->prepare_first_chunk(first);
+    }
     own_model_->copy_weights();
   }
   const Plan* plan = kv_cache_plan(*kv_);

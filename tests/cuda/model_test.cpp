@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cuda_ops.h"
 #include "cuda_test_util.h"
 #include "headinfer/checkpoint.h"
 #include "headinfer/engine.h"
@@ -140,6 +141,35 @@ TEST_F(CudaTest, EnginePromptHintChangesNoBit) {
         EXPECT_EQ(logits[k], logits[0]) << arch << " chunk " << chunk << " hint case " << k;
         EXPECT_EQ(greedy[k], greedy[0]) << arch << " chunk " << chunk << " hint case " << k;
       }
+    }
+  }
+}
+
+// With the prompt's length given, the first chunk's GEMMs are planned (and their kernels run once)
+// while the weights copy: the prefill plans none inline. Without it, it plans them itself. The
+// plans are cached per shape on the device, so each case has a prompt length of its own.
+TEST_F(CudaTest, EnginePromptHintPlansFirstChunkGemms) {
+  HEADINFER_REQUIRE_TESTDATA();
+  auto* ops = dynamic_cast<cuda::CudaOps*>(&gpu_->ops());
+  ASSERT_NE(ops, nullptr);
+  const auto ckpt = Checkpoint::open(testdata_dir() / "models" / "tiny" / "llama3-bf16");
+  for (const bool hint : {true, false}) {
+    const int32_t n = hint ? 61 : 59;  // past the GEMV's 8 rows: the prefill takes cuBLASLt
+    std::vector<int32_t> prompt;
+    for (int32_t i = 0; i < n; ++i) prompt.push_back(1 + (i * 11) % 200);
+    EngineOptions eo;
+    eo.context = 80;
+    eo.prompt_tokens = hint ? n : 0;
+    const int64_t inline0 = ops->gemm_plans_inline(), ahead0 = ops->gemm_plans_ahead();
+    Engine e(*ckpt, *gpu_, eo);
+    e.prefill(prompt);
+    const int64_t made_inline = ops->gemm_plans_inline() - inline0, ahead = ops->gemm_plans_ahead() - ahead0;
+    if (hint) {
+      EXPECT_EQ(made_inline, 0);
+      EXPECT_GE(ahead, 4);  // q/k/v, o_proj, gate/up, down at least
+    } else {
+      EXPECT_GE(made_inline, 4);
+      EXPECT_EQ(ahead, 0);
     }
   }
 }

@@ -45,6 +45,7 @@ size_t CudaOps::workspace_bytes(const OpsWorkspaceSizes& s) const {
 
 void CudaOps::release_workspace() {
   if (reservations_ > 0 && --reservations_ > 0) return;
+  wait_prepared();  // prepare_linear's runs use the GEMM workspace and cast scratch
   ids_.release();
   gemm_cast_.release();
   gemm_workspace_.release();

@@ -7,7 +7,10 @@
 
 #include <array>
 #include <cstdlib>
+#include <future>
 #include <map>
+#include <optional>
+#include <vector>
 
 #include "attention_cudnn.h"
 #include "headinfer/backend.h"
@@ -61,6 +64,12 @@ class CudaOps final : public Ops {
   DType linear_input_dtype(int64_t n_tokens, DType weight_dtype) const override;
   MatView linear_input_scratch(int64_t rows, int64_t cols, DType dtype) override;
   void linear_multi(const MatView& x, std::span<const LinearOut> outs) override;
+  void prepare_linear(const MatView& x, std::span<const LinearOut> outs) override;
+  void wait_prepared() override;
+  // cuBLASLt plans (one per new GEMM shape) made inline by a linear and found prepared ahead by
+  // prepare_linear: the first-use test reads them.
+  int64_t gemm_plans_inline() const { return gemm_plans_inline_; }
+  int64_t gemm_plans_ahead() const { return gemm_plans_ahead_; }
   void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) override;
   void attention(const AttentionArgs& args) override;
   void prepare_attention(const AttentionArgs& args) override;
@@ -80,9 +89,7 @@ class CudaOps final : public Ops {
   void reserve_workspace(const OpsWorkspaceSizes& sizes) override;
   void release_workspace() override;
   size_t workspace_bytes(const OpsWorkspaceSizes& sizes) const override;
-  ~CudaOps() override {
-    if (ids_pinned_ != nullptr) cudaFreeHost(ids_pinned_);
-  }
+  ~CudaOps() override;
 
  private:
   // linear, with x already rounded to w's dtype in `x_cast` ([T, in] contiguous; nullptr: cast here).
@@ -93,6 +100,23 @@ class CudaOps final : public Ops {
   // dimensions and pointer alignments (the heuristic's answer depends on all of them).
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,
                  int64_t n_tokens, int64_t k_in);
+  // One lt_matmul call: y = x W^T, x already in ab's dtype.
+  struct LtCall {
+    DType ab;
+    const void* w;
+    const void* x;
+    int64_t x_ld;
+    float* y;
+    int64_t y_ld, m_out, n_tokens, k_in;
+  };
+  using GemmKey = std::array<int64_t, 10>;
+  using PlannedAlgo = std::shared_future<std::optional<cublasLtMatmulAlgo_t>>;
+  // The lt_matmul calls linear_multi(x, outs) makes (none where the GEMV takes them).
+  std::vector<LtCall> lt_calls(const MatView& x, std::span<const LinearOut> outs);
+  // prepare_linear's work on the builder thread: after `before`, the heuristic's pick for `call`
+  // and one run of it on gemm_builder_stream_ (nullopt where anything failed: planned inline then).
+  std::optional<cublasLtMatmulAlgo_t> plan_elsewhere(const PlannedAlgo& before, const LtCall& call,
+                                                     const GemmKey& key, void* workspace, int device);
   void add_bias(const VecView& bias, const MatView& y);
   // rms_norm of x (after x += *y where y is given) into out (norm.cu).
   void norm_rows(const MatView& x, const MatView* y, const VecView& weight, float eps, const MatView& out);
@@ -117,7 +141,14 @@ class CudaOps final : public Ops {
                             // for cuDNN prefill, 16-bit Q and O [T, heads * head_dim] and F32 Stats
   Scratch sample_scratch_;  // sample.cu: sorted candidates, weights, running sums, CUB's storage
   CudnnSdpa cudnn_;         // cuDNN handle and SDPA graphs per shape (prefill on 16-bit KV)
-  std::map<std::array<int64_t, 10>, cublasLtMatmulAlgo_t> gemm_algos_;
+  std::map<GemmKey, cublasLtMatmulAlgo_t> gemm_algos_;
+  // prepare_linear: plans queued on the builder thread (one at a time, each after the one before),
+  // the one queued last, and the builder's own cuBLASLt handle and stream.
+  std::map<GemmKey, PlannedAlgo> gemm_pending_;
+  PlannedAlgo gemm_last_;
+  cublasLtHandle_t gemm_builder_lt_ = nullptr;
+  cudaStream_t gemm_builder_stream_ = nullptr;
+  int64_t gemm_plans_inline_ = 0, gemm_plans_ahead_ = 0;
   bool trace_ = std::getenv("HEADINFER_TRACE") != nullptr;  // time each new GEMM shape's heuristic
   int64_t reservations_ = 0;  // models alive that reserved the scratch (release_workspace)
 };

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <system_error>
 #include <type_traits>
 
 #include "cuda_common.h"
@@ -170,69 +171,202 @@ __global__ void add_bias_kernel(float* y, int64_t y_ld, const B* bias, int64_t r
 
 size_t gemm_workspace_bytes() { return kLtWorkspaceBytes; }
 
-void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld,
-                        int64_t m_out, int64_t n_tokens, int64_t k_in) {
-  const cudaDataType_t ab = cuda_type(ab_type);
-  // Column-major view: W^T is W [out, in] row-major read as [in, out] col-major, transposed;
-  // x [T, in] row-major is [in, T] col-major; y [T, out] row-major is [out, T] col-major.
+namespace {
+
+// The descriptors of y = x W^T for one shape (see lt_matmul for the layout), freed with the object.
+class LtDescs {
+ public:
+  LtDescs(DType ab_type, int64_t x_ld, int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
+    const cudaDataType_t ab = cuda_type(ab_type);
+    try {
+      check_lt(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+      const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+      check_lt(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)), "transa");
+      check_lt(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)), "transb");
+      check_lt(cublasLtMatrixLayoutCreate(&a, ab, static_cast<uint64_t>(k_in), static_cast<uint64_t>(m_out), k_in),
+               "A");
+      check_lt(
+          cublasLtMatrixLayoutCreate(&b, ab, static_cast<uint64_t>(k_in), static_cast<uint64_t>(n_tokens), x_ld), "B");
+      check_lt(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, static_cast<uint64_t>(m_out),
+                                          static_cast<uint64_t>(n_tokens), y_ld),
+               "C");
+    } catch (...) {
+      destroy();
+      throw;
+    }
+  }
+  ~LtDescs() { destroy(); }
+  LtDescs(const LtDescs&) = delete;
+  LtDescs& operator=(const LtDescs&) = delete;
+
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  check_lt(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
-  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-  check_lt(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)), "transa");
-  check_lt(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)), "transb");
-  check_lt(cublasLtMatrixLayoutCreate(&a, ab, static_cast<uint64_t>(k_in), static_cast<uint64_t>(m_out), k_in), "A");
-  check_lt(cublasLtMatrixLayoutCreate(&b, ab, static_cast<uint64_t>(k_in), static_cast<uint64_t>(n_tokens), x_ld),
-           "B");
-  check_lt(
-      cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, static_cast<uint64_t>(m_out), static_cast<uint64_t>(n_tokens), y_ld),
-      "C");
-  void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
 
-  const std::array<int64_t, 10> key{static_cast<int64_t>(ab), m_out,           n_tokens,
-                                    k_in,                     x_ld,            y_ld,
-                                    pointer_alignment(w),     pointer_alignment(x), pointer_alignment(y),
-                                    0};
+ private:
+  void destroy() {
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+    if (op != nullptr) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+// What the heuristic's answer depends on: the shape, the leading dimensions and the pointer
+// alignments.
+std::array<int64_t, 10> gemm_key(DType ab_type, const void* w, const void* x, int64_t x_ld, const float* y,
+                                 int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
+  return {static_cast<int64_t>(cuda_type(ab_type)),
+          m_out,
+          n_tokens,
+          k_in,
+          x_ld,
+          y_ld,
+          pointer_alignment(w),
+          pointer_alignment(x),
+          pointer_alignment(y),
+          0};
+}
+
+// The heuristic's first pick for `key` (the same on every handle of a device).
+cublasLtMatmulAlgo_t pick_algo(cublasLtHandle_t lt, const LtDescs& d, const std::array<int64_t, 10>& key) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  const uint64_t ws = kLtWorkspaceBytes;
+  const auto al_a = static_cast<uint32_t>(key[6]), al_b = static_cast<uint32_t>(key[7]),
+             al_c = static_cast<uint32_t>(key[8]);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, d.op, d.a, d.b, d.c, d.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (s != CUBLAS_STATUS_SUCCESS || found == 0)
+    throw Error("cuBLASLt has no algorithm for linear [" + std::to_string(key[2]) + " x " + std::to_string(key[3]) +
+                "] x [" + std::to_string(key[1]) + " x " + std::to_string(key[3]) + "]^T");
+  return result.algo;
+}
+
+}  // namespace
+
+void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld,
+                        int64_t m_out, int64_t n_tokens, int64_t k_in) {
+  // Column-major view: W^T is W [out, in] row-major read as [in, out] col-major, transposed;
+  // x [T, in] row-major is [in, T] col-major; y [T, out] row-major is [out, T] col-major.
+  const LtDescs d(ab_type, x_ld, y_ld, m_out, n_tokens, k_in);
+  // prepare_linear's runs use the workspace and the callers' buffers: they end before this one.
+  if (gemm_last_.valid()) wait_prepared();
+  void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
+  const GemmKey key = gemm_key(ab_type, w, x, x_ld, y, y_ld, m_out, n_tokens, k_in);
   auto it = gemm_algos_.find(key);
   if (it == gemm_algos_.end()) {
     const auto t0 = std::chrono::steady_clock::now();
-    cublasLtMatmulPreference_t pref = nullptr;
-    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
-    const uint64_t ws = kLtWorkspaceBytes;
-    const auto al_a = static_cast<uint32_t>(key[6]), al_b = static_cast<uint32_t>(key[7]),
-               al_c = static_cast<uint32_t>(key[8]);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, op, a, b, c, c, pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
-      cublasLtMatrixLayoutDestroy(a);
-      cublasLtMatrixLayoutDestroy(b);
-      cublasLtMatrixLayoutDestroy(c);
-      cublasLtMatmulDescDestroy(op);
-      throw Error("cuBLASLt has no algorithm for linear [" + std::to_string(n_tokens) + " x " + std::to_string(k_in) +
-                  "] x [" + std::to_string(m_out) + " x " + std::to_string(k_in) + "]^T");
+    std::optional<cublasLtMatmulAlgo_t> ahead;
+    if (auto p = gemm_pending_.find(key); p != gemm_pending_.end()) {
+      ahead = p->second.get();
+      gemm_pending_.erase(p);
     }
-    it = gemm_algos_.emplace(key, result.algo).first;
+    it = gemm_algos_.emplace(key, ahead ? *ahead : pick_algo(lt_, d, key)).first;
+    ++(ahead ? gemm_plans_ahead_ : gemm_plans_inline_);
     if (trace_)
-      std::fprintf(stderr, "[trace] cuBLASLt heuristic [%lld x %lld] x [%lld x %lld]^T: %.2f ms\n",
+      std::fprintf(stderr, "[trace] cuBLASLt heuristic [%lld x %lld] x [%lld x %lld]^T: %.2f ms%s\n",
                    static_cast<long long>(n_tokens), static_cast<long long>(k_in), static_cast<long long>(m_out),
                    static_cast<long long>(k_in),
-                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+                   ahead ? " (prepared ahead)" : "");
   }
   const float alpha = 1.0f, beta = 0.0f;
-  const cublasStatus_t s = cublasLtMatmul(lt_, op, &alpha, w, a, x, b, &beta, y, c, y, c, &it->second, workspace,
-                                          kLtWorkspaceBytes, stream_);
-  cublasLtMatrixLayoutDestroy(a);
-  cublasLtMatrixLayoutDestroy(b);
-  cublasLtMatrixLayoutDestroy(c);
-  cublasLtMatmulDescDestroy(op);
-  check_lt(s, "cublasLtMatmul");
+  check_lt(cublasLtMatmul(lt_, d.op, &alpha, w, d.a, x, d.b, &beta, y, d.c, y, d.c, &it->second, workspace,
+                          kLtWorkspaceBytes, stream_),
+           "cublasLtMatmul");
+}
+
+std::vector<CudaOps::LtCall> CudaOps::lt_calls(const MatView& x, std::span<const LinearOut> outs) {
+  std::vector<LtCall> calls;
+  if (x.dtype == DType::F32 && gemv_fits(x, outs)) return calls;
+  for (const LinearOut& o : outs) {  // as linear_multi and linear_cast choose
+    const WeightView& w = *o.w;
+    const int64_t n = x.rows, in = w.in_features, out = w.out_features;
+    if (n == 0 || out == 0 || x.cols != in || o.y.rows != n || o.y.cols != out) continue;
+    LtCall c{w.dtype, w.data, x.data, x.row_stride, static_cast<float*>(o.y.data), o.y.row_stride, out, n, in};
+    if (x.dtype == DType::F32 && w.dtype != DType::F32) {
+      if (n <= kGemvMaxTokens) continue;  // the GEMV
+      c.x = gemm_cast_.get(static_cast<size_t>(n * in) * dtype_size(w.dtype));  // where cast_input rounds x
+      c.x_ld = in;
+    }
+    calls.push_back(c);
+  }
+  return calls;
+}
+
+void CudaOps::prepare_linear(const MatView& x, std::span<const LinearOut> outs) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  for (const LtCall& c : lt_calls(x, outs)) {
+    const GemmKey key = gemm_key(c.ab, c.w, c.x, c.x_ld, c.y, c.y_ld, c.m_out, c.n_tokens, c.k_in);
+    if (gemm_algos_.count(key) != 0 || gemm_pending_.count(key) != 0) continue;
+    void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
+    const PlannedAlgo before = gemm_last_;
+    PlannedAlgo next;
+    try {
+      next = std::async(std::launch::async, [this, before, c, key, workspace, device] {
+               return plan_elsewhere(before, c, key, workspace, device);
+             }).share();
+    } catch (const std::system_error&) {  // no thread to be had: planned when it is first needed
+      return;
+    }
+    gemm_last_ = next;
+    gemm_pending_[key] = next;
+  }
+}
+
+std::optional<cublasLtMatmulAlgo_t> CudaOps::plan_elsewhere(const PlannedAlgo& before, const LtCall& c,
+                                                            const GemmKey& key, void* workspace, int device) {
+  if (before.valid()) before.wait();
+  try {
+    if (cudaSetDevice(device) != cudaSuccess) return std::nullopt;
+    if (gemm_builder_lt_ == nullptr && cublasLtCreate(&gemm_builder_lt_) != CUBLAS_STATUS_SUCCESS) {
+      gemm_builder_lt_ = nullptr;
+      return std::nullopt;
+    }
+    if (gemm_builder_stream_ == nullptr &&
+        cudaStreamCreateWithFlags(&gemm_builder_stream_, cudaStreamNonBlocking) != cudaSuccess) {
+      gemm_builder_stream_ = nullptr;
+      cudaGetLastError();
+      return std::nullopt;
+    }
+    const LtDescs d(c.ab, c.x_ld, c.y_ld, c.m_out, c.n_tokens, c.k_in);
+    const cublasLtMatmulAlgo_t algo = pick_algo(gemm_builder_lt_, d, key);
+    // One run on the caller's buffers loads the kernel (lazy module loading) now, not in the
+    // first prefill; its output is garbage the first forward overwrites.
+    const float alpha = 1.0f, beta = 0.0f;
+    if (cublasLtMatmul(gemm_builder_lt_, d.op, &alpha, c.w, d.a, c.x, d.b, &beta, c.y, d.c, c.y, d.c, &algo,
+                       workspace, kLtWorkspaceBytes, gemm_builder_stream_) != CUBLAS_STATUS_SUCCESS ||
+        cudaStreamSynchronize(gemm_builder_stream_) != cudaSuccess)
+      return std::nullopt;
+    return algo;
+  } catch (...) {  // the main thread plans it itself when it needs it
+    return std::nullopt;
+  }
+}
+
+void CudaOps::wait_prepared() {
+  if (!gemm_last_.valid()) return;
+  gemm_last_.wait();  // the runs are chained: the last one ends after all others
+  gemm_last_ = PlannedAlgo{};
+}
+
+CudaOps::~CudaOps() {
+  wait_prepared();
+  gemm_pending_.clear();
+  if (gemm_builder_lt_ != nullptr) cublasLtDestroy(gemm_builder_lt_);
+  if (gemm_builder_stream_ != nullptr) cudaStreamDestroy(gemm_builder_stream_);
+  if (ids_pinned_ != nullptr) cudaFreeHost(ids_pinned_);
 }
 
 void CudaOps::add_bias(const VecView& bias, const MatView& y) {

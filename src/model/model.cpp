@@ -269,6 +269,9 @@ void Model::prepare_first_chunk(int64_t n) {
       ops.prepare_linear(h, std::span<const LinearOut>(&down, 1));
     }
   }
+  if (shard_.rank != 0) return;  // only rank 0 makes logits
+  const LinearOut head{&weights_.lm_head, nullptr, mat(logits_, 1, c.vocab_size)};
+  ops.prepare_linear(mat(xn_, 1, c.hidden_size), std::span<const LinearOut>(&head, 1));
 }
 
 namespace {

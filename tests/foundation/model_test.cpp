@@ -16,10 +16,14 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <tuple>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "headinfer/engine.h"
 #include "headinfer/error.h"
+#include "headinfer/kv_cache.h"
+#include "headinfer/model.h"
 #include "headinfer/random_model.h"
 #include "greedy_run.h"
 #include "npy.h"
@@ -194,6 +198,118 @@ TEST(Engine, PromptHintChangesNoBit) {
         EXPECT_EQ(greedy[k], greedy[0]) << arch << " chunk " << chunk << " hint case " << k;
       }
     }
+  }
+}
+
+// The CPU's ops, with every linear a forward runs and every one prepare_linear is asked to plan
+// recorded: input (memory, dtype, shape, stride) and each output (weight, bias, memory, shape).
+class RecordingOps final : public Ops {
+ public:
+  explicit RecordingOps(Ops& cpu) : cpu_(cpu) {}
+  using Call = std::vector<std::tuple<const void*, DType, int64_t, int64_t, int64_t, const void*, const void*,
+                                      const void*, int64_t, int64_t, int64_t>>;
+  std::vector<Call> run, prepared;
+
+  void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) override {
+    const LinearOut o{&w, bias, y};
+    run.push_back(record(x, std::span<const LinearOut>(&o, 1)));
+    cpu_.linear(x, w, bias, y);
+  }
+  void linear_multi(const MatView& x, std::span<const LinearOut> outs) override {
+    run.push_back(record(x, outs));
+    cpu_.linear_multi(x, outs);
+  }
+  void prepare_linear(const MatView& x, std::span<const LinearOut> outs) override {
+    prepared.push_back(record(x, outs));
+  }
+  void embedding(std::span<const int32_t> ids, const WeightView& t, const MatView& out) override {
+    cpu_.embedding(ids, t, out);
+  }
+  void rms_norm(const MatView& x, const VecView& w, float eps, const MatView& out) override {
+    cpu_.rms_norm(x, w, eps, out);
+  }
+  void add_rms_norm(const MatView& x, const MatView& y, const VecView& w, float eps, const MatView& out) override {
+    cpu_.add_rms_norm(x, y, w, eps, out);
+  }
+  DType linear_input_dtype(int64_t n, DType w) const override { return cpu_.linear_input_dtype(n, w); }
+  void rope(const MatView& x, int64_t h, const RopeTable& r, int64_t pos0) override { cpu_.rope(x, h, r, pos0); }
+  void attention(const AttentionArgs& a) override { cpu_.attention(a); }
+  void attention_merge(const MatView& oa, const MatView& la, const MatView& ob, const MatView& lb,
+                       int64_t d) override {
+    cpu_.attention_merge(oa, la, ob, lb, d);
+  }
+  void silu_mul(const MatView& g, const MatView& u, const MatView& out) override { cpu_.silu_mul(g, u, out); }
+  void gelu_tanh_mul(const MatView& g, const MatView& u, const MatView& out) override {
+    cpu_.gelu_tanh_mul(g, u, out);
+  }
+  void scale(const MatView& x, float s) override { cpu_.scale(x, s); }
+  void softcap(const MatView& x, float cap) override { cpu_.softcap(x, cap); }
+  void add(const MatView& x, const MatView& y) override { cpu_.add(x, y); }
+  void copy(const MatView& src, const MatView& dst) override { cpu_.copy(src, dst); }
+  void copy_heads(const MatView& src, int64_t n, const MatView& dst, int64_t stride) override {
+    cpu_.copy_heads(src, n, dst, stride);
+  }
+  void argmax(const MatView& x, int32_t* out) override { cpu_.argmax(x, out); }
+  void reserve_workspace(const OpsWorkspaceSizes& s) override { cpu_.reserve_workspace(s); }
+  void release_workspace() override { cpu_.release_workspace(); }
+
+ private:
+  static Call record(const MatView& x, std::span<const LinearOut> outs) {
+    Call c;
+    for (const LinearOut& o : outs)
+      c.emplace_back(x.data, x.dtype, x.rows, x.cols, x.row_stride, o.w->data, o.bias != nullptr ? o.bias->data : nullptr,
+                     o.y.data, o.y.rows, o.y.cols, o.y.row_stride);
+    return c;
+  }
+  Ops& cpu_;
+};
+
+// The CPU device with RecordingOps in place of its ops.
+class RecordingDevice final : public Device {
+ public:
+  RecordingDevice() : cpu_(make_cpu_device({})), ops_(cpu_->ops()) {}
+  RecordingOps& recorder() { return ops_; }
+  std::string name() const override { return cpu_->name(); }
+  Ops& ops() override { return ops_; }
+  void* alloc(size_t bytes, const char* what) override { return cpu_->alloc(bytes, what); }
+  void free(void* p) override { cpu_->free(p); }
+  size_t bytes_in_use() const override { return cpu_->bytes_in_use(); }
+  size_t peak_bytes() const override { return cpu_->peak_bytes(); }
+  void read_to_host(void* dst, const void* src, size_t n) override { cpu_->read_to_host(dst, src, n); }
+  void write_from_host(void* dst, const void* src, size_t n) override { cpu_->write_from_host(dst, src, n); }
+  size_t memory_budget() const override { return cpu_->memory_budget(); }
+  std::unique_ptr<Transfer> make_transfer(const TransferOptions& o) override { return cpu_->make_transfer(o); }
+  DType kv_dtype(DType w) const override { return cpu_->kv_dtype(w); }
+
+ private:
+  std::unique_ptr<Device> cpu_;
+  RecordingOps ops_;
+};
+
+// Model::prepare_first_chunk plans exactly the linears the first forward runs, in its order, with
+// its memory (the CUDA backend's plans are keyed by shape, strides and alignment): q/k/v, o_proj,
+// each MLP sub-chunk's gate/up and down, lm_head. Biased q/k/v (qwen2) and a prompt cut into
+// three MLP sub-chunks, the last one short.
+TEST(Model, PrepareFirstChunkPlansTheFirstForwardsLinears) {
+  for (const char* type : {"llama", "qwen2"}) {
+    const nlohmann::json config = {{"model_type", type},        {"hidden_size", 64},      {"num_hidden_layers", 2},
+                                   {"num_attention_heads", 4},  {"num_key_value_heads", 2}, {"intermediate_size", 96},
+                                   {"vocab_size", 97},          {"max_position_embeddings", 128}};
+    auto ckpt = Checkpoint::random(config, DType::F32, 5);
+    RecordingDevice device;
+    const ForwardWorkspaceSizes sizes{40, 16};
+    Model model(*ckpt, device, sizes, ModelShard{}, true);
+    auto kv = make_simple_kv_cache(device, ckpt->config(), 64);
+    const int64_t n = 37;
+    model.prepare_first_chunk(n);
+    model.copy_weights();
+    std::vector<int32_t> ids;
+    for (int32_t i = 0; i < n; ++i) ids.push_back(1 + (i * 5) % 90);
+    model.forward(ids, 0, *kv);
+    RecordingOps& r = device.recorder();
+    EXPECT_EQ(r.prepared.size(), 2 * (2 + 2 * 3) + 1u) << type;  // per layer q/k/v, o, 3 x (gate/up, down); lm_head
+    EXPECT_EQ(r.prepared, r.run) << type;
+    if (std::string(type) == "qwen2") EXPECT_NE(std::get<6>(r.run.at(0).at(0)), nullptr);  // q's bias recorded
   }
 }
 

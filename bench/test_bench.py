@@ -1,7 +1,8 @@
 """Tests of the benchmark harness that run on a CPU in seconds (pytest; torch and transformers
 for the peer's smoke test, numpy for the GGUF writer):
-    /work/venv-hf/bin/python -m pytest bench/test_bench.py
+    "$(scripts/python-env.sh)" -m pytest bench/test_bench.py   (scripts/test.sh runs it)
 The GPU parts (floors, llama.cpp with CUDA, the 8B shapes) run only in bench/run_gpu.sh."""
+import csv
 import json
 import math
 import subprocess
@@ -235,3 +236,68 @@ def test_gguf_runs_in_llamacpp(tmp_path):
     assert [(x["pp"], x["tg"], x["n_kv"]) for x in rows] == [(48, 2, 50), (48, 2, 50)] and all(x["t_pp"] > 0 for x in rows)
     (l,) = report.llamacpp_rows("x", rows, "llama-batched-bench -npp 48,48", "")
     assert l["first_prefill_s"] == rows[0]["t_pp"] and l["prefill_s"] == rows[1]["t_pp"]
+
+
+# --- bench/profile_decode.py: one decode step out of an ncu log ---------------------------------
+
+def write_ncu_csv(path, kernels, shuffle=False):
+    """An Nsight Compute --csv log as ncu writes it: ==PROF== lines, a header, one metric a kernel."""
+    head = ["ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size",
+            "Grid Size", "Device", "CC", "Section Name", "Metric Name", "Metric Unit", "Metric Value"]
+    rows = [[str(i), "1", "headinfer", "h", name, "1", "7", "(256, 1, 1)", "(8, 1, 1)", "0", "9.0",
+             "Command line profiler metrics", "gpu__time_duration.sum", "nsecond", f"{ns:,.0f}"]
+            for i, (name, ns) in enumerate(kernels)]
+    if shuffle:
+        rows = rows[1::2] + rows[0::2]  # the reader orders by ID
+    with open(path, "w", newline="") as f:
+        f.write("==PROF== Connected to process 1 (/bin/headinfer)\n")
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(head)
+        w.writerows(rows)
+        f.write("==PROF== Disconnected from process 1\n")
+
+
+def test_profile_decode_finds_the_step_and_splits_it(tmp_path):
+    import profile_decode as pd
+    setup = [("void fill_random_kernel<float>(float*, long)", 500000)] * 7
+    layer = [("void gemv_kernel<__nv_bfloat16, true, 1>(const float*, long)", 20000),
+             ("rope_kernel(float*, int)", 2000), ("copy_heads_kernel<float, __nv_bfloat16>(...)", 1500),
+             ("void decode_attention_kernel<128, 4>(Params)", 10000), ("decode_combine_kernel<128>(...)", 3000),
+             ("add_rms_norm_kernel(float*)", 3000), ("silu_mul_kernel(float*)", 2500)]
+    step = layer * 32 + [("argmax_kernel(const float*)", 5000)]
+    path = tmp_path / "hi.csv"
+    write_ncu_csv(path, setup + step * 5, shuffle=True)
+    r = pd.summarize(pd.read_ncu(str(path)))
+    assert r["kernels_per_step"] == len(step)
+    assert r["step_ms"] == pytest.approx(sum(ns for _, ns in step) / 1e6)
+    cats = r["by_category_ms"]
+    assert cats["gemv"] == pytest.approx(32 * 20000 / 1e6)
+    assert cats["attention"] == pytest.approx(32 * 10000 / 1e6)
+    assert cats["attention combine"] == pytest.approx(32 * 3000 / 1e6)
+    assert cats["kv store"] == pytest.approx(32 * 1500 / 1e6)
+    assert r["kernels_by_category"] == {"gemv": 32, "rope": 32, "kv store": 32, "attention": 32,
+                                        "attention combine": 32, "norm": 32, "activation": 32,
+                                        "logits / sampling": 1}
+    assert "fill_random_kernel" not in " ".join(r["top_kernels_ms"])
+
+
+def test_profile_decode_names_llamacpp_kernels():
+    import profile_decode as pd
+    assert pd.category("void mul_mat_vec_f<__half, float, 1, 256>") == "gemv"
+    assert pd.category("void flash_attn_ext_vec<128, 1, (ggml_type)1>") == "attention"
+    assert pd.category("void flash_attn_combine_results<128>") == "attention combine"
+    assert pd.category("void rms_norm_f32<1024>") == "norm"
+    assert pd.category("void rope_neox<true, float>") == "rope"
+    assert pd.category("void k_set_rows<float, __half>") == "kv store"
+    assert pd.category("void k_bin_bcast<&op_add, float, float, float>") == "add / mul"
+    assert pd.category("void swiglu_kernel<float>") == "activation"
+    assert pd.short("void f<int, (a)1>(float*, int)") == "void f<int, (a)1>"
+
+
+def test_profile_decode_refuses_a_log_without_a_repeating_step(tmp_path):
+    import profile_decode as pd
+    path = tmp_path / "short.csv"
+    write_ncu_csv(path, [("a_kernel(int)", 1.0), ("b_kernel(int)", 2.0)] * 2)  # two periods, not three
+    with pytest.raises(ValueError, match="no repeating decode step"):
+        pd.summarize(pd.read_ncu(str(path)))
+    assert pd.main([f"x={path}"]) == 1

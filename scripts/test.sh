@@ -12,6 +12,8 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DHEADINFER_PYTHON=ON -DPython_EX
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure -j"$(nproc)"
 PYTHONPATH="$PWD/build/python" "$PY" -m pytest tests/python -q -p no:cacheprovider
+# The benchmark harness (report, peers, GGUF writer, profile parsing): CPU-only, ~25 s.
+"$PY" -m pytest bench/test_bench.py -q -p no:cacheprovider
 
 # `headinfer serve` with the openai client (issue 13): a venv in build/ with the pinned client,
 # then tests/server/*.py against this build's binary.

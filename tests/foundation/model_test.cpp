@@ -309,7 +309,9 @@ TEST(Model, PrepareFirstChunkPlansTheFirstForwardsLinears) {
     RecordingOps& r = device.recorder();
     EXPECT_EQ(r.prepared.size(), 2 * (2 + 2 * 3) + 1u) << type;  // per layer q/k/v, o, 3 x (gate/up, down); lm_head
     EXPECT_EQ(r.prepared, r.run) << type;
-    if (std::string(type) == "qwen2") EXPECT_NE(std::get<6>(r.run.at(0).at(0)), nullptr);  // q's bias recorded
+    if (std::string(type) == "qwen2") {
+      EXPECT_NE(std::get<6>(r.run.at(0).at(0)), nullptr);  // q's bias recorded
+    }
   }
 }
 

@@ -15,15 +15,17 @@ import json
 import re
 import sys
 
-# What a kernel does, from its name: headinfer's names first, then llama.cpp's (ggml-cuda).
+# What a kernel does, from its name (headinfer's and llama.cpp's), first match wins: combines
+# before attention ("flash_attn_combine_results" is a combine), GEMV before add / mul
+# ("mul_mat_vec"), activation before add / mul ("silu_mul").
 CATEGORIES = [
-    ("gemv", r"gemv|mul_mat_vec|mmv|gemm|gemv|cutlass|sm90_xmma|cublas"),
-    ("attention", r"decode_attention|attention_decode|decode_split|flash_attn|fattn|sdpa|attention"),
-    ("attention combine", r"combine|merge|flash_attn_combine|fattn_combine|stream_k_fixup"),
+    ("attention combine", r"combine|merge|stream_k_fixup"),
+    ("gemv", r"gemv|gemm|mul_mat_vec|mmv|cutlass|sm90_xmma|cublas"),
+    ("attention", r"attention|decode_split|flash_attn|fattn|sdpa"),
     ("norm", r"norm"),
     ("rope", r"rope"),
     ("kv store", r"copy_heads|set_rows|cpy|copy"),
-    ("activation", r"silu|swiglu|gelu|glu"),
+    ("activation", r"silu|glu|gelu"),
     ("add / mul", r"add|bin_bcast|scale|mul"),
     ("logits / sampling", r"argmax|softcap|sample|topk|radix|scan"),
 ]
@@ -31,11 +33,7 @@ CATEGORIES = [
 
 def category(name):
     n = name.lower()
-    # combine before attention: "flash_attn_combine_results" is a combine
-    for cat, pat in [CATEGORIES[2]] + CATEGORIES[:2] + CATEGORIES[3:]:
-        if re.search(pat, n):
-            return cat
-    return "other"
+    return next((cat for cat, pat in CATEGORIES if re.search(pat, n)), "other")
 
 
 def read_ncu(path):

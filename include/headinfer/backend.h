@@ -181,6 +181,13 @@ class Ops {
   virtual void wait_prepared() {}
   // In place, rotate-half convention: x F32 [T, n_heads * head_dim], row t at position pos0 + t.
   virtual void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) = 0;
+  // rope(q, n_q_heads, table, pos0) and rope(k, n_kv_heads, table, pos0) (q and k of the same rows):
+  // one launch where the backend can, every element rotated exactly as rope() rotates it.
+  virtual void rope_qk(const MatView& q, int64_t n_q_heads, const MatView& k, int64_t n_kv_heads,
+                       const RopeTable& table, int64_t pos0) {
+    rope(q, n_q_heads, table, pos0);
+    rope(k, n_kv_heads, table, pos0);
+  }
   virtual void attention(const AttentionArgs& args) = 0;
   // Plans the call attention(args) would make, for its shapes alone (the views' memory is not
   // read, and may be null), so that its first run does not wait for the plan: the CUDA backend
@@ -212,6 +219,13 @@ class Ops {
       d.data = static_cast<char*>(dst.data) + i * dst_head_stride * e;
       copy(src.slice_cols(i * dst.cols, dst.cols), d);
     }
+  }
+  // copy_heads(k_src, n_heads, k_dst, dst_head_stride), then the same for v (a step's keys and
+  // values into the cache): one launch where the backend can, each element as copy_heads() gives it.
+  virtual void copy_heads_kv(const MatView& k_src, const MatView& v_src, int64_t n_heads, const MatView& k_dst,
+                             const MatView& v_dst, int64_t dst_head_stride) {
+    copy_heads(k_src, n_heads, k_dst, dst_head_stride);
+    copy_heads(v_src, n_heads, v_dst, dst_head_stride);
   }
   // out[0] = the index of the largest element of x (F32 [1, n], device memory), the first one on
   // ties; NaNs lose, unless x[0] is NaN (then 0): the host sampler's argmax, on the device.

@@ -373,12 +373,12 @@ class OffloadKvCache final : public KvCache {
     Ops& ops = device_.ops();
     const DType kv = store_.dtype();
     int64_t i = 0;
-    for (int64_t g : groups)
-      for (int64_t h = g * G; h < (g + 1) * G; ++h, ++i) {
-        char* k_row = staging_.as<char>() + static_cast<size_t>(2 * i) * rb;
-        ops.copy(a.k_new.slice_cols(h * d, d), MatView{k_row, kv, 1, d, d});
-        ops.copy(a.v_new.slice_cols(h * d, d), MatView{k_row + rb, kv, 1, d, d});
-      }
+    for (int64_t g : groups) {  // a group's G heads: K rows 2i, 2i + 2, ..., V rows one after each
+      char* k_row = staging_.as<char>() + static_cast<size_t>(2 * i) * rb;
+      ops.copy_heads_kv(a.k_new.slice_cols(g * G * d, G * d), a.v_new.slice_cols(g * G * d, G * d), G,
+                        MatView{k_row, kv, 1, d, d}, MatView{k_row + rb, kv, 1, d, d}, 2 * d);
+      i += G;
+    }
     transfer_->compute_stream().record(*q_ready_);
     d2h_->wait(*q_ready_);
     i = 0;

@@ -149,10 +149,9 @@ void store_and_attend_heads(Ops& ops, const ModelConfig& config, int64_t layer, 
   const AttentionArgs args = heads_attention_args(config, layer, h0, n_heads, a, blocks);
   const size_t e = dtype_size(blocks.dtype);
   auto row = [&](void* base, int64_t pos) { return static_cast<char*>(base) + static_cast<size_t>((pos - blocks.origin) * d) * e; };
-  ops.copy_heads(a.k_new.slice_cols(h0 * d, n_heads * d), n_heads,
-                 MatView{row(blocks.k, a.pos0), blocks.dtype, a.q.rows, d, d}, blocks.head_stride);
-  ops.copy_heads(a.v_new.slice_cols(h0 * d, n_heads * d), n_heads,
-                 MatView{row(blocks.v, a.pos0), blocks.dtype, a.q.rows, d, d}, blocks.head_stride);
+  ops.copy_heads_kv(a.k_new.slice_cols(h0 * d, n_heads * d), a.v_new.slice_cols(h0 * d, n_heads * d), n_heads,
+                    MatView{row(blocks.k, a.pos0), blocks.dtype, a.q.rows, d, d},
+                    MatView{row(blocks.v, a.pos0), blocks.dtype, a.q.rows, d, d}, blocks.head_stride);
   ops.attention(args);
 }
 

@@ -396,8 +396,7 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
     ops.rms_norm(qh, w.q_norm, eps, qh);
     ops.rms_norm(kh, w.k_norm, eps, kh);
   }
-  ops.rope(q, c.n_heads, rope, pos0);
-  ops.rope(k, c.n_kv_heads, rope, pos0);
+  ops.rope_qk(q, c.n_heads, k, c.n_kv_heads, rope, pos0);
 
   LayerAttention a{q, k, v, pos0, mat(attn_, n, c.q_dim()), mat(lse_, n, c.n_heads)};
   kv.attend(layer, a);

@@ -303,6 +303,62 @@ TEST_F(CudaTest, RopePartialRotary) {
       for (int64_t i = rotary; i < head_dim; ++i) EXPECT_EQ(ref[t * cols + h * head_dim + i], x[t * cols + h * head_dim + i]);
 }
 
+// rope_qk (q and k rotated by one launch) equals rope() of q and rope() of k, bit for bit, with
+// the views' own strides, partial rotary and one row or several; the columns past the heads stay.
+TEST_F(CudaTest, RopeQkEqualsTwoRopes) {
+  for (const int64_t rows : {1, 7})
+    for (const int64_t rotary : {64, 128}) {
+      const int64_t head_dim = 128, nq = 8, nk = 2, q_cols = nq * head_dim + 4, k_cols = nk * head_dim + 12;
+      std::vector<float> inv_freq(rotary / 2);
+      for (int64_t i = 0; i < rotary / 2; ++i)
+        inv_freq[i] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * i / rotary));
+      const auto q = random_floats(rows * q_cols, -3.0f, 3.0f), k = random_floats(rows * k_cols, -3.0f, 3.0f);
+      auto d_f = upload(inv_freq);
+      auto q1 = upload(q), k1 = upload(k), q2 = upload(q), k2 = upload(k);
+      const RopeTable table{d_f.as<float>(), head_dim, 1.1f, rotary};
+      gpu_->ops().rope_qk(view(q1.data(), rows, q_cols, q_cols), nq, view(k1.data(), rows, k_cols, k_cols), nk, table,
+                          123457);
+      gpu_->ops().rope(view(q2.data(), rows, q_cols, q_cols), nq, table, 123457);
+      gpu_->ops().rope(view(k2.data(), rows, k_cols, k_cols), nk, table, 123457);
+      const auto hq1 = download(q1, q.size()), hq2 = download(q2, q.size());
+      const auto hk1 = download(k1, k.size()), hk2 = download(k2, k.size());
+      EXPECT_EQ(hq1, hq2) << "rows=" << rows << " rotary=" << rotary;
+      EXPECT_EQ(hk1, hk2) << "rows=" << rows << " rotary=" << rotary;
+      EXPECT_NE(hq1, q);  // something turned
+      EXPECT_NE(hk1, k);
+      EXPECT_EQ(hk1[static_cast<size_t>(k_cols - 1)], k[static_cast<size_t>(k_cols - 1)]);  // past the heads
+    }
+}
+
+// copy_heads_kv equals copy_heads of the keys and copy_heads of the values, bit for bit: one launch
+// when the two pairs of views differ only in their pointers, two when they differ in more.
+TEST_F(CudaTest, CopyHeadsKvEqualsTwoCopyHeads) {
+  for (const bool same_shape : {true, false}) {
+    const int64_t rows = 3, d = 128, H = 4, stride = 2000, src_ld = H * d + 16;
+    const auto k = random_floats(rows * src_ld), v = random_floats(rows * src_ld);
+    auto d_k = upload(k), d_v = upload(v);
+    std::vector<uint16_t> zero(static_cast<size_t>(H * stride + rows * (d + 8)), 0);
+    auto ka = upload(zero), va = upload(zero), kb = upload(zero), vb = upload(zero);
+    const MatView ks = view(d_k.data(), rows, H * d, src_ld), vs = view(d_v.data(), rows, H * d, src_ld);
+    const int64_t v_ld = same_shape ? d : d + 8;  // another row stride for V: the two-launch path
+    gpu_->ops().copy_heads_kv(ks, vs, H, MatView{ka.data(), DType::BF16, rows, d, d},
+                              MatView{va.data(), DType::BF16, rows, d, v_ld}, stride);
+    gpu_->ops().copy_heads(ks, H, MatView{kb.data(), DType::BF16, rows, d, d}, stride);
+    gpu_->ops().copy_heads(vs, H, MatView{vb.data(), DType::BF16, rows, d, v_ld}, stride);
+    auto host = [&](const DeviceBuffer& b) {
+      std::vector<uint16_t> h(zero.size());
+      gpu_->read_to_host(h.data(), b.data(), h.size() * 2);
+      return h;
+    };
+    const auto hka = host(ka), hva = host(va);
+    EXPECT_EQ(hka, host(kb)) << "same_shape=" << same_shape;
+    EXPECT_EQ(hva, host(vb)) << "same_shape=" << same_shape;
+    EXPECT_NE(hka[static_cast<size_t>(3 * stride)], 0);
+    EXPECT_NE(hva[static_cast<size_t>(3 * stride)], 0);
+    EXPECT_NE(hka, hva);
+  }
+}
+
 // q/k/v and gate/up in one launch give each output exactly what its own linear() gives.
 TEST_F(CudaTest, LinearMultiEqualsSeparateLinears) {
   for (DType dt : {DType::BF16, DType::F16, DType::F32})

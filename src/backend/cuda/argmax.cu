@@ -20,6 +20,8 @@ __device__ __forceinline__ bool beats(float v, int64_t i, float best_v, int64_t 
 
 // One block: each thread scans a strided part, then the block reduces (value, index) pairs.
 __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* x, int64_t n, int32_t* out) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float val_s[kArgmaxThreads / 32];
   __shared__ int64_t idx_s[kArgmaxThreads / 32];
   float best_v = NAN;
@@ -57,7 +59,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* x, 
 
 void CudaOps::argmax(const MatView& x, int32_t* out) {
   if (x.dtype != DType::F32 || x.rows != 1 || x.cols < 1) throw Error("cuda backend: argmax needs one F32 row");
-  argmax_kernel<<<1, kArgmaxThreads, 0, stream_>>>(static_cast<const float*>(x.data), x.cols, out);
+  launch_pdl(argmax_kernel, 1, kArgmaxThreads, 0, stream_, static_cast<const float*>(x.data), x.cols, out);
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 

@@ -85,6 +85,8 @@ constexpr size_t decode_smem_bytes() {
 
 template <typename KV, int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
+  pdl_wait();
+  pdl_trigger();
   constexpr int kVec = KvVec<KV>::kN;
   constexpr int kLanesPerKey = D / kVec;
   constexpr int kKeysPerWarp = 32 / kLanesPerKey;
@@ -249,6 +251,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
 template <int D>
 __global__ void __launch_bounds__(kCombineWarps * 32)
     decode_combine_kernel(const float* partials, int n_splits, int n_heads, float* out, float* lse) {
+  pdl_wait();
+  pdl_trigger();
   constexpr int kPerLane = (D + 31) / 32;
   __shared__ float red_s[kCombineWarps];
   __shared__ float o_s[kCombineWarps][D];
@@ -379,7 +383,7 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
                                                       static_cast<int>(smem)));
             opted_in.fetch_or(bit);
           }
-          decode_kernel<KV, D, G><<<grid, kDecodeThreads, smem, stream>>>(p);
+          launch_pdl(decode_kernel<KV, D, G>, grid, kDecodeThreads, smem, stream, p);
         };
         if (a.n_q_heads == 1) launch(HeadDimTag<1>{});
         else if (a.n_q_heads == 2) launch(HeadDimTag<2>{});
@@ -388,8 +392,7 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
         HEADINFER_CUDA_CHECK_LAUNCH();
         if (n_splits > 1) {
           const int n_heads = static_cast<int>(a.n_q_heads * a.n_kv_heads);
-          decode_combine_kernel<D><<<static_cast<unsigned>(n_heads), kCombineWarps * 32, 0, stream>>>(
-              p.partials, static_cast<int>(n_splits), n_heads, p.out, p.lse);
+          launch_pdl(decode_combine_kernel<D>, static_cast<unsigned>(n_heads), kCombineWarps * 32, 0, stream, p.partials, static_cast<int>(n_splits), n_heads, p.out, p.lse);
           HEADINFER_CUDA_CHECK_LAUNCH();
         }
         launched = true;

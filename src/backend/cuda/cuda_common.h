@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "headinfer/dtype.h"
 #include "headinfer/error.h"
@@ -82,6 +83,45 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+}
+
+// Programmatic dependent launch (PDL, sm_90+). A kernel launched by launch_pdl() may be scheduled
+// while the kernel before it on the stream is still running, so its launch and set-up overlap that
+// kernel's tail: a decode step is ~350 short kernels, and each boundary costs a few microseconds.
+// Every kernel launched by launch_pdl() must call pdl_wait() before it touches global memory
+// (griddepcontrol.wait returns once the kernels before it have finished and their writes are
+// visible); pdl_trigger() lets the next kernel be scheduled early (its blocks only wait). Both are
+// no-ops for a kernel launched the ordinary way and on cards before sm_90, so calling them first in
+// every kernel costs nothing. The arithmetic is untouched: results are the same with or without.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Whether launch_pdl() sets the attribute on the current device: compute capability 9.0 or later,
+// unless HEADINFER_PDL=0 (for A/B measurements).
+bool pdl_on_current_device();
+
+// kernel<<<grid, block, smem, stream>>>(args...), launched with programmatic stream serialisation
+// where pdl_on_current_device(); the kernel must begin with pdl_wait().
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_on_current_device() ? 1 : 0;
+  HEADINFER_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 inline unsigned grid_1d(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }

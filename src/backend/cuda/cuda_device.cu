@@ -3,7 +3,10 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 
 #include "../budgeted_pool.h"
@@ -19,6 +22,27 @@ namespace cuda {
 void throw_cuda_error(cudaError_t e, const char* expr, const char* file, int line) {
   throw Error(std::string("CUDA error: ") + cudaGetErrorString(e) + " in " + expr + " (" + file + ":" +
               std::to_string(line) + ")");
+}
+
+bool pdl_on_current_device() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("HEADINFER_PDL");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  if (!allowed) return false;
+  // Per device (ordinals < 64): bit 2d set once known, bit 2d + 1 when it is sm_90 or later.
+  static std::atomic<uint64_t> known{0}, capable{0};
+  int device = 0;
+  HEADINFER_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= 64) return false;
+  const uint64_t bit = uint64_t{1} << device;
+  if ((known.load(std::memory_order_acquire) & bit) == 0) {
+    int major = 0;
+    HEADINFER_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major >= 9) capable.fetch_or(bit);
+    known.fetch_or(bit, std::memory_order_release);
+  }
+  return (capable.load(std::memory_order_relaxed) & bit) != 0;
 }
 
 void Scratch::release() {

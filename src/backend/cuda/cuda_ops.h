@@ -71,6 +71,8 @@ class CudaOps final : public Ops {
   int64_t gemm_plans_inline() const { return gemm_plans_inline_; }
   int64_t gemm_plans_ahead() const { return gemm_plans_ahead_; }
   void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) override;
+  void rope_qk(const MatView& q, int64_t n_q_heads, const MatView& k, int64_t n_kv_heads, const RopeTable& table,
+               int64_t pos0) override;
   void attention(const AttentionArgs& args) override;
   void prepare_attention(const AttentionArgs& args) override;
   void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b, const MatView& lse_b,
@@ -82,6 +84,8 @@ class CudaOps final : public Ops {
   void add(const MatView& x, const MatView& y) override;
   void copy(const MatView& src, const MatView& dst) override;
   void copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) override;
+  void copy_heads_kv(const MatView& k_src, const MatView& v_src, int64_t n_heads, const MatView& k_dst,
+                     const MatView& v_dst, int64_t dst_head_stride) override;
   void argmax(const MatView& x, int32_t* out) override;
   bool samples_on_device() const override { return true; }
   void sample_token(const MatView& x, float temperature, int64_t top_k, float top_p, double uniform,

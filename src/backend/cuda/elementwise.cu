@@ -18,6 +18,8 @@ dim3 row_grid(int64_t rows, int64_t cols) {
 template <typename T>
 __global__ void embedding_kernel(const int32_t* ids, int64_t n_ids, const T* table, int64_t hidden, float* out,
                                  int64_t out_stride) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= hidden) return;
   for (int64_t t = blockIdx.y; t < n_ids; t += gridDim.y)
@@ -27,6 +29,8 @@ __global__ void embedding_kernel(const int32_t* ids, int64_t n_ids, const T* tab
 template <typename O>
 __global__ void silu_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride, O* out,
                                 int64_t out_stride, int64_t rows, int64_t cols) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -40,6 +44,8 @@ __global__ void silu_mul_kernel(const float* gate, int64_t gate_stride, const fl
 template <typename O>
 __global__ void gelu_tanh_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride,
                                      O* out, int64_t out_stride, int64_t rows, int64_t cols, float beta) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -65,6 +71,8 @@ __global__ void softcap_kernel(float* x, int64_t x_stride, int64_t rows, int64_t
 }
 
 __global__ void add_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, int64_t rows, int64_t cols) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) x[r * x_stride + c] += y[r * y_stride + c];
@@ -73,20 +81,29 @@ __global__ void add_kernel(float* x, int64_t x_stride, const float* y, int64_t y
 template <typename S, typename D>
 __global__ void copy_kernel(const S* src, int64_t src_stride, D* dst, int64_t dst_stride, int64_t rows,
                             int64_t cols) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
     dst[r * dst_stride + c] = from_f32<D>(to_f32(src[r * src_stride + c]));
 }
 
-// copy_kernel for n_heads column blocks at once: grid.z is the head.
+// copy_kernel for column blocks of heads at once: grid.z is the head. Heads z < n_a copy from src to
+// dst, the others (copy_heads_kv's values) from src_b to dst_b; block z's columns start at
+// (z mod n_a) * cols of its source and (z mod n_a) * dst_head_stride of its destination.
 template <typename S, typename D>
-__global__ void copy_heads_kernel(const S* src, int64_t src_stride, D* dst, int64_t dst_stride, int64_t rows,
-                                  int64_t cols, int64_t dst_head_stride) {
+__global__ void copy_heads_kernel(const S* src, const S* src_b, int64_t src_stride, D* dst, D* dst_b,
+                                  int64_t dst_stride, int64_t rows, int64_t cols, int64_t dst_head_stride,
+                                  unsigned n_a) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
-  const S* s = src + blockIdx.z * cols;
-  D* d = dst + blockIdx.z * dst_head_stride;
+  const bool b = blockIdx.z >= n_a;
+  const unsigned z = b ? blockIdx.z - n_a : blockIdx.z;
+  const S* s = (b ? src_b : src) + z * cols;
+  D* d = (b ? dst_b : dst) + z * dst_head_stride;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) d[r * dst_stride + c] = from_f32<D>(to_f32(s[r * src_stride + c]));
 }
 
@@ -131,8 +148,7 @@ void CudaOps::embedding(std::span<const int32_t> ids, const WeightView& table, c
       cudaMemcpyAsync(d_ids, src, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   dispatch_dtype(table.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    embedding_kernel<T><<<row_grid(n, table.in_features), kThreads, 0, stream_>>>(
-        d_ids, n, static_cast<const T*>(table.data), table.in_features, static_cast<float*>(out.data),
+    launch_pdl(embedding_kernel<T>, row_grid(n, table.in_features), kThreads, 0, stream_, d_ids, n, static_cast<const T*>(table.data), table.in_features, static_cast<float*>(out.data),
         out.row_stride);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
@@ -143,8 +159,7 @@ void CudaOps::silu_mul(const MatView& gate, const MatView& up, const MatView& ou
   if (gate.rows == 0 || gate.cols == 0) return;
   dispatch_dtype(out.dtype, [&](auto tag) {
     using O = typename decltype(tag)::type;
-    silu_mul_kernel<O><<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
-        static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+    launch_pdl(silu_mul_kernel<O>, row_grid(gate.rows, gate.cols), kThreads, 0, stream_, static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
         static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
@@ -156,8 +171,7 @@ void CudaOps::gelu_tanh_mul(const MatView& gate, const MatView& up, const MatVie
   const float beta = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi), as torch's kBeta
   dispatch_dtype(out.dtype, [&](auto tag) {
     using O = typename decltype(tag)::type;
-    gelu_tanh_mul_kernel<O><<<row_grid(gate.rows, gate.cols), kThreads, 0, stream_>>>(
-        static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+    launch_pdl(gelu_tanh_mul_kernel<O>, row_grid(gate.rows, gate.cols), kThreads, 0, stream_, static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
         static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols, beta);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
@@ -182,7 +196,7 @@ void CudaOps::softcap(const MatView& x, float cap) {
 void CudaOps::add(const MatView& x, const MatView& y) {
   require_f32(x, "add");
   if (x.rows == 0 || x.cols == 0) return;
-  add_kernel<<<row_grid(x.rows, x.cols), kThreads, 0, stream_>>>(static_cast<float*>(x.data), x.row_stride,
+  launch_pdl(add_kernel, row_grid(x.rows, x.cols), kThreads, 0, stream_, static_cast<float*>(x.data), x.row_stride,
                                                                   static_cast<const float*>(y.data), y.row_stride,
                                                                   x.rows, x.cols);
   HEADINFER_CUDA_CHECK_LAUNCH();
@@ -195,8 +209,7 @@ void CudaOps::copy(const MatView& src, const MatView& dst) {
     dispatch_dtype(dst.dtype, [&](auto dtag) {
       using S = typename decltype(stag)::type;
       using D = typename decltype(dtag)::type;
-      copy_kernel<S, D><<<row_grid(src.rows, src.cols), kThreads, 0, stream_>>>(
-          static_cast<const S*>(src.data), src.row_stride, static_cast<D*>(dst.data), dst.row_stride, src.rows,
+      launch_pdl(copy_kernel<S, D>, row_grid(src.rows, src.cols), kThreads, 0, stream_, static_cast<const S*>(src.data), src.row_stride, static_cast<D*>(dst.data), dst.row_stride, src.rows,
           src.cols);
     });
   });
@@ -208,18 +221,39 @@ void CudaOps::copy(const MatView& src, const MatView& dst) {
 namespace headinfer::cuda {
 
 void CudaOps::copy_heads(const MatView& src, int64_t n_heads, const MatView& dst, int64_t dst_head_stride) {
+  copy_heads_kv(src, MatView{}, n_heads, dst, MatView{}, dst_head_stride);
+}
+
+// copy_heads of k, and of v where v_src.data is set: one launch where the two pairs of views differ
+// in their pointers only, two otherwise.
+void CudaOps::copy_heads_kv(const MatView& k_src, const MatView& v_src, int64_t n_heads, const MatView& k_dst,
+                            const MatView& v_dst, int64_t dst_head_stride) {
+  const MatView &src = k_src, &dst = k_dst;
   if (src.rows != dst.rows || src.cols != n_heads * dst.cols) throw Error("cuda backend: copy_heads shape mismatch");
+  const bool with_v = v_src.data != nullptr;
+  const bool same_shape = v_src.dtype == src.dtype && v_src.rows == src.rows && v_src.cols == src.cols &&
+                          v_src.row_stride == src.row_stride && v_dst.dtype == dst.dtype && v_dst.rows == dst.rows &&
+                          v_dst.cols == dst.cols && v_dst.row_stride == dst.row_stride;
+  if (with_v && !same_shape) {
+    copy_heads_kv(k_src, MatView{}, n_heads, k_dst, MatView{}, dst_head_stride);
+    copy_heads_kv(v_src, MatView{}, n_heads, v_dst, MatView{}, dst_head_stride);
+    return;
+  }
   if (src.rows == 0 || dst.cols == 0 || n_heads == 0) return;
-  if (n_heads > 65535) throw Error("cuda backend: copy_heads of more than 65535 heads");
+  const int64_t blocks_z = with_v ? 2 * n_heads : n_heads;
+  if (blocks_z > 65535) throw Error("cuda backend: copy_heads of more than 65535 heads");
   dispatch_dtype(src.dtype, [&](auto stag) {
     dispatch_dtype(dst.dtype, [&](auto dtag) {
       using S = typename decltype(stag)::type;
       using D = typename decltype(dtag)::type;
       dim3 grid = row_grid(src.rows, dst.cols);
-      grid.z = static_cast<unsigned>(n_heads);
-      copy_heads_kernel<S, D><<<grid, kThreads, 0, stream_>>>(static_cast<const S*>(src.data), src.row_stride,
-                                                              static_cast<D*>(dst.data), dst.row_stride, src.rows,
-                                                              dst.cols, dst_head_stride);
+      grid.z = static_cast<unsigned>(blocks_z);
+      const auto* s = static_cast<const S*>(src.data);
+      auto* d = static_cast<D*>(dst.data);
+      launch_pdl(copy_heads_kernel<S, D>, grid, kThreads, 0, stream_, s,
+                 with_v ? static_cast<const S*>(v_src.data) : s, src.row_stride, d,
+                 with_v ? static_cast<D*>(v_dst.data) : d, dst.row_stride, src.rows, dst.cols, dst_head_stride,
+                 static_cast<unsigned>(n_heads));
     });
   });
   HEADINFER_CUDA_CHECK_LAUNCH();

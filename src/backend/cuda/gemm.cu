@@ -83,6 +83,8 @@ __device__ __forceinline__ void widen8(const uint4& raw, float* wf) {
 template <typename W, bool VEC, int TOKENS>
 __global__ void __launch_bounds__(32 * kGemvWarps)
     gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t row = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= seg.end[2]) return;  // unused segments repeat the last end
@@ -161,6 +163,8 @@ __global__ void cast_rows_kernel(const float* x, int64_t x_ld, D* dst, int64_t c
 
 template <typename B>
 __global__ void add_bias_kernel(float* y, int64_t y_ld, const B* bias, int64_t rows, int64_t cols) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (idx >= rows * cols) return;
   const int64_t r = idx / cols, c = idx % cols;
@@ -372,8 +376,7 @@ CudaOps::~CudaOps() {
 void CudaOps::add_bias(const VecView& bias, const MatView& y) {
   dispatch_dtype(bias.dtype, [&](auto tag) {
     using B = typename decltype(tag)::type;
-    add_bias_kernel<B><<<grid_1d(y.rows * y.cols, 256), 256, 0, stream_>>>(
-        static_cast<float*>(y.data), y.row_stride, static_cast<const B*>(bias.data), y.rows, y.cols);
+    launch_pdl(add_bias_kernel<B>, grid_1d(y.rows * y.cols, 256), 256, 0, stream_, static_cast<float*>(y.data), y.row_stride, static_cast<const B*>(bias.data), y.rows, y.cols);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
@@ -413,13 +416,13 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
     const unsigned blocks = grid_1d(rows, kGemvWarps);
     const int T = static_cast<int>(x.rows);
     if (vec && T == 1)
-      gemv_kernel<W, true, 1><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
+      launch_pdl(gemv_kernel<W, true, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
     else if (vec)
-      gemv_kernel<W, true, kGemvMaxTokens><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
+      launch_pdl(gemv_kernel<W, true, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
     else if (T == 1)
-      gemv_kernel<W, false, 1><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
+      launch_pdl(gemv_kernel<W, false, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
     else
-      gemv_kernel<W, false, kGemvMaxTokens><<<blocks, 32 * kGemvWarps, 0, stream_>>>(xp, x.row_stride, seg, in, T);
+      launch_pdl(gemv_kernel<W, false, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
   for (const LinearOut& o : outs)

@@ -12,6 +12,8 @@ constexpr int kWarpsPerBlock = 4;
 __global__ void merge_kernel(float* out_a, int64_t out_a_stride, float* lse_a, int64_t lse_a_stride,
                              const float* out_b, int64_t out_b_stride, const float* lse_b, int64_t lse_b_stride,
                              int64_t rows, int64_t n_heads, int64_t head_dim) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t task = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (task >= rows * n_heads) return;
@@ -46,8 +48,7 @@ void CudaOps::attention_merge(const MatView& out_a, const MatView& lse_a, const 
     throw Error("cuda backend: attention_merge shape mismatch");
   const int64_t n = out_a.rows * n_heads;
   if (n == 0) return;
-  merge_kernel<<<grid_1d(n, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_>>>(
-      static_cast<float*>(out_a.data), out_a.row_stride, static_cast<float*>(lse_a.data), lse_a.row_stride,
+  launch_pdl(merge_kernel, grid_1d(n, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, static_cast<float*>(out_a.data), out_a.row_stride, static_cast<float*>(lse_a.data), lse_a.row_stride,
       static_cast<const float*>(out_b.data), out_b.row_stride, static_cast<const float*>(lse_b.data),
       lse_b.row_stride, out_a.rows, n_heads, head_dim);
   HEADINFER_CUDA_CHECK_LAUNCH();

@@ -15,6 +15,8 @@ constexpr int kWarpsPerBlock = 4;
 template <typename W, typename O, bool ADD>
 __global__ void rms_norm_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, const W* weight,
                                 float eps, O* out, int64_t out_stride, int64_t rows, int64_t cols) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -48,6 +50,8 @@ template <typename W, typename O, bool ADD>
 __global__ void __launch_bounds__(kWideThreads)
     rms_norm_wide_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, const W* weight, float eps,
                          O* out, int64_t out_stride, int64_t cols) {
+  pdl_wait();
+  pdl_trigger();
   __shared__ float part_s[kWideThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * x_stride;
@@ -105,11 +109,9 @@ void CudaOps::norm_rows(const MatView& x, const MatView* y, const VecView& weigh
       auto launch = [&](auto add) {
         constexpr bool ADD = decltype(add)::value;
         if (x.cols > kWideCols) {
-          rms_norm_wide_kernel<W, O, ADD><<<static_cast<unsigned>(x.rows), kWideThreads, 0, stream_>>>(
-              xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols);
+          launch_pdl(rms_norm_wide_kernel<W, O, ADD>, static_cast<unsigned>(x.rows), kWideThreads, 0, stream_, xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols);
         } else {
-          rms_norm_kernel<W, O, ADD><<<grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_>>>(
-              xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.rows, x.cols);
+          launch_pdl(rms_norm_kernel<W, O, ADD>, grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.rows, x.cols);
         }
       };
       if (y != nullptr)

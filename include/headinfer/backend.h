@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 
+#include "headinfer/config.h"
 #include "headinfer/dtype.h"
 #include "headinfer/error.h"
 
@@ -202,6 +203,21 @@ class Ops {
   virtual void silu_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
   // out = gelu_tanh(gate) * up (torch's gelu approximate='tanh'), elementwise. out as silu_mul's.
   virtual void gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
+  // The MLP's gated input: linear_multi(x, gate_up) (gate first, then up), then silu_mul or
+  // gelu_tanh_mul of the two into out, bit for bit; in one launch where the backend can (the CUDA
+  // decode GEMV computes a gate row and its up row in one warp and writes the product only).
+  // out as the activation's out: F32 (it may alias gate_up[0].y), or a 16-bit
+  // linear_input_scratch() when x is already in the weights' 16-bit dtype. gate_up's outputs may be
+  // left unwritten.
+  virtual void linear_gated(const MatView& x, std::span<const LinearOut, 2> gate_up, Activation act,
+                            const MatView& out) {
+    linear_multi(x, gate_up);
+    if (act == Activation::GeluTanh) {
+      gelu_tanh_mul(gate_up[0].y, gate_up[1].y, out);
+    } else {
+      silu_mul(gate_up[0].y, gate_up[1].y, out);
+    }
+  }
   // x *= s (gemma's embedding scale); x F32.
   virtual void scale(const MatView& x, float s) = 0;
   // x := tanh(x / cap) * cap, elementwise in fp32 (gemma's final logit soft-capping).

@@ -419,17 +419,11 @@ void Model::mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const
     const int64_t m = std::min(m_max, n - r0);
     const MatView xm = xn.slice_rows(r0, m);
     const auto gate_up = gate_up_outs(w, m);
-    const MatView gate = gate_up[0].y, up = gate_up[1].y;
-    ops.linear_multi(xm, gate_up);
     // The activation goes straight to the dtype down_proj reads: in place in F32, or into the ops'
-    // 16-bit input scratch.
+    // 16-bit input scratch (xm is then 16-bit too, so the linears leave the scratch alone).
     const DType act = ops.linear_input_dtype(m, w.w_down.dtype);
-    const MatView h = act == DType::F32 ? gate : ops.linear_input_scratch(m, c.intermediate_size, act);
-    if (c.activation == Activation::GeluTanh) {
-      ops.gelu_tanh_mul(gate, up, h);
-    } else {
-      ops.silu_mul(gate, up, h);
-    }
+    const MatView h = act == DType::F32 ? gate_up[0].y : ops.linear_input_scratch(m, c.intermediate_size, act);
+    ops.linear_gated(xm, gate_up, c.activation, h);
     const LinearOut d = down_out(w, r0, m);
     const MatView down = d.y;
     ops.linear(h, *d.w, d.bias, down);

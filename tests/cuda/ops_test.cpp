@@ -1,6 +1,7 @@
 // Every CUDA op except attention against the CPU reference, on fresh random inputs and awkward
 // sizes; tolerances come from the arithmetic each op does (see each test).
 #include <algorithm>
+#include <array>
 #include <random>
 #include <tuple>
 #include <cmath>
@@ -357,6 +358,45 @@ TEST_F(CudaTest, CopyHeadsKvEqualsTwoCopyHeads) {
     EXPECT_NE(hva[static_cast<size_t>(3 * stride)], 0);
     EXPECT_NE(hka, hva);
   }
+}
+
+// linear_gated (the decode GEMV that computes gate and up rows in one warp and writes only the
+// activation's product) equals linear_multi then silu_mul / gelu_tanh_mul, bit for bit: one token
+// (the fused kernel), three tokens and a bias (the two-op path), both activations, 16-bit weights,
+// an output row count that leaves the last block part empty; the result is the F32 h down_proj reads.
+TEST_F(CudaTest, LinearGatedEqualsLinearsThenActivation) {
+  for (DType dt : {DType::BF16, DType::F16})
+    for (Activation act : {Activation::Silu, Activation::GeluTanh})
+      for (int64_t T : {1, 3})
+        for (bool bias : {false, true}) {
+          const int64_t in = 2048 + 8, ffn = 1000 + 4;
+          const auto x = random_floats(T * in, -2.0f, 2.0f);
+          auto d_x = upload(x);
+          auto wg_f = random_floats(ffn * in, -0.1f, 0.1f), wu_f = random_floats(ffn * in, -0.1f, 0.1f);
+          auto bg_f = random_floats(ffn), bu_f = random_floats(ffn);
+          auto wg = upload(encode(wg_f, dt)), wu = upload(encode(wu_f, dt));
+          auto bg = upload(encode(bg_f, dt)), bu = upload(encode(bu_f, dt));
+          const WeightView wgv{wg.data(), dt, ffn, in}, wuv{wu.data(), dt, ffn, in};
+          const VecView bgv{bg.data(), dt, ffn}, buv{bu.data(), dt, ffn};
+          auto ga = poisoned(T * ffn), ua = poisoned(T * ffn), gb = poisoned(T * ffn), ub = poisoned(T * ffn);
+          const MatView xv = view(d_x.data(), T, in, in);
+          const std::array<LinearOut, 2> a{LinearOut{&wgv, bias ? &bgv : nullptr, view(ga.data(), T, ffn, ffn)},
+                                           LinearOut{&wuv, bias ? &buv : nullptr, view(ua.data(), T, ffn, ffn)}};
+          const std::array<LinearOut, 2> b{LinearOut{&wgv, bias ? &bgv : nullptr, view(gb.data(), T, ffn, ffn)},
+                                           LinearOut{&wuv, bias ? &buv : nullptr, view(ub.data(), T, ffn, ffn)}};
+          gpu_->ops().linear_gated(xv, a, act, a[0].y);  // in place over gate, as the model runs it
+          gpu_->ops().linear_multi(xv, b);
+          if (act == Activation::GeluTanh) {
+            gpu_->ops().gelu_tanh_mul(b[0].y, b[1].y, b[0].y);
+          } else {
+            gpu_->ops().silu_mul(b[0].y, b[1].y, b[0].y);
+          }
+          const auto ha = download(ga, T * ffn), hb = download(gb, T * ffn);
+          EXPECT_EQ(0, std::memcmp(ha.data(), hb.data(), ha.size() * 4))
+              << dtype_name(dt) << " T=" << T << " bias=" << bias << " gelu=" << (act == Activation::GeluTanh);
+          EXPECT_FALSE(std::isnan(ha[0]));
+          EXPECT_FALSE(std::isnan(ha[static_cast<size_t>(T * ffn - 1)]));
+        }
 }
 
 // q/k/v and gate/up in one launch give each output exactly what its own linear() gives.

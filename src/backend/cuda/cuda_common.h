@@ -85,6 +85,16 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The gated activations, shared by the element-wise kernels and the decode GEMV that fuses them,
+// so both round alike. silu: expf, not __expf (the CPU reference uses std::exp). gelu: torch's
+// gelu(approximate='tanh') in fp32 with tanhf, each operation rounded as the CPU reference rounds.
+__device__ __forceinline__ float silu_times(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
+__device__ __forceinline__ float gelu_tanh_times(float g, float u, float beta) {
+  const float inner = __fmul_rn(beta, __fadd_rn(g, __fmul_rn(0.044715f, __fmul_rn(__fmul_rn(g, g), g))));
+  return __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, tanhf(inner))), u);
+}
+constexpr float kGeluTanhBeta = 0.7978845608028654f;  // sqrt(2 / pi), as torch's kBeta
+
 // Programmatic dependent launch (PDL, sm_90+). A kernel launched by launch_pdl() may be scheduled
 // while the kernel before it on the stream is still running, so its launch and set-up overlap that
 // kernel's tail: a decode step is ~350 short kernels, and each boundary costs a few microseconds.

@@ -64,6 +64,8 @@ class CudaOps final : public Ops {
   DType linear_input_dtype(int64_t n_tokens, DType weight_dtype) const override;
   MatView linear_input_scratch(int64_t rows, int64_t cols, DType dtype) override;
   void linear_multi(const MatView& x, std::span<const LinearOut> outs) override;
+  void linear_gated(const MatView& x, std::span<const LinearOut, 2> gate_up, Activation act,
+                    const MatView& out) override;
   void prepare_linear(const MatView& x, std::span<const LinearOut> outs) override;
   void wait_prepared() override;
   // cuBLASLt plans (one per new GEMM shape) made inline by a linear and found prepared ahead by

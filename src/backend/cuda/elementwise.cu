@@ -34,13 +34,11 @@ __global__ void silu_mul_kernel(const float* gate, int64_t gate_stride, const fl
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float g = gate[r * gate_stride + c];
-    // expf, not __expf: the CPU reference uses std::exp.
-    out[r * out_stride + c] = from_f32<O>(g * (1.0f / (1.0f + expf(-g))) * up[r * up_stride + c]);
+    out[r * out_stride + c] = from_f32<O>(silu_times(gate[r * gate_stride + c], up[r * up_stride + c]));
   }
 }
 
-// torch's gelu(approximate='tanh') in fp32, as the CPU reference: tanhf, not the fast intrinsic.
+// torch's gelu(approximate='tanh') in fp32, as the CPU reference (gelu_tanh_times).
 template <typename O>
 __global__ void gelu_tanh_mul_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride,
                                      O* out, int64_t out_stride, int64_t rows, int64_t cols, float beta) {
@@ -49,10 +47,7 @@ __global__ void gelu_tanh_mul_kernel(const float* gate, int64_t gate_stride, con
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float g = gate[r * gate_stride + c];
-    const float inner = __fmul_rn(beta, __fadd_rn(g, __fmul_rn(0.044715f, __fmul_rn(__fmul_rn(g, g), g))));
-    out[r * out_stride + c] =
-        from_f32<O>(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, tanhf(inner))), up[r * up_stride + c]));
+    out[r * out_stride + c] = from_f32<O>(gelu_tanh_times(gate[r * gate_stride + c], up[r * up_stride + c], beta));
   }
 }
 
@@ -168,7 +163,7 @@ void CudaOps::silu_mul(const MatView& gate, const MatView& up, const MatView& ou
 void CudaOps::gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) {
   check_gated(gate, up, out, "gelu_tanh_mul");
   if (gate.rows == 0 || gate.cols == 0) return;
-  const float beta = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi), as torch's kBeta
+  const float beta = kGeluTanhBeta;
   dispatch_dtype(out.dtype, [&](auto tag) {
     using O = typename decltype(tag)::type;
     launch_pdl(gelu_tanh_mul_kernel<O>, row_grid(gate.rows, gate.cols), kThreads, 0, stream_, static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,

@@ -80,6 +80,14 @@ __device__ __forceinline__ void widen8(const uint4& raw, float* wf) {
   }
 }
 
+// x[0..8) . wf[0..8), x 16-byte aligned: the GEMV's one sum, in one order for every kernel below.
+__device__ __forceinline__ float dot8(const float* x, const float* wf) {
+  const float4 x0 = *reinterpret_cast<const float4*>(x);
+  const float4 x1 = *reinterpret_cast<const float4*>(x + 4);
+  return x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] + x1.z * wf[6] +
+         x1.w * wf[7];
+}
+
 template <typename W, bool VEC, int TOKENS>
 __global__ void __launch_bounds__(32 * kGemvWarps)
     gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens) {
@@ -113,10 +121,7 @@ __global__ void __launch_bounds__(32 * kGemvWarps)
 #pragma unroll
         for (int t = 0; t < TOKENS; ++t) {
           if (t >= n_tokens) break;
-          const float4 x0 = *reinterpret_cast<const float4*>(x + t * x_ld + i);
-          const float4 x1 = *reinterpret_cast<const float4*>(x + t * x_ld + i + 4);
-          acc[t] += x0.x * wf[0] + x0.y * wf[1] + x0.z * wf[2] + x0.w * wf[3] + x1.x * wf[4] + x1.y * wf[5] +
-                    x1.z * wf[6] + x1.w * wf[7];
+          acc[t] += dot8(x + t * x_ld + i, wf);
         }
       }
     }
@@ -138,6 +143,46 @@ __global__ void __launch_bounds__(32 * kGemvWarps)
     const float sum = warp_sum(acc[t]);
     if (lane == 0) y[t * y_ld + j] = sum;
   }
+}
+
+// The MLP's gated input for one token (decode): warp j computes gate row j and up row j as
+// gemv_kernel<W, true, 1> computes each (the same loads per lane, the same dot8 sums in the same
+// order, the same warp_sum), both rows' loads in flight together, and writes only
+// act(gate) * up, as silu_mul / gelu_tanh_mul would from the two stored rows: one launch and one
+// pass over the [ffn] vectors fewer per layer, the same bits.
+template <typename W, bool GELU>
+__global__ void __launch_bounds__(32 * kGemvWarps)
+    gemv_gated_kernel(const float* x, const W* w_gate, const W* w_up, float* out, int64_t rows, int64_t in) {
+  pdl_wait();
+  pdl_trigger();
+  const int64_t j = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (j >= rows) return;
+  const W* wg = w_gate + j * in;
+  const W* wu = w_up + j * in;
+  float acc_g = 0.0f, acc_u = 0.0f;
+  constexpr int64_t kStride = 32 * 8;
+  for (int64_t base = int64_t{lane} * 8; base < in; base += kStride * kGemvUnroll) {
+    uint4 raw_g[kGemvUnroll], raw_u[kGemvUnroll];
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) {
+      const int64_t i = base + u * kStride;
+      raw_g[u] = i < in ? __ldg(reinterpret_cast<const uint4*>(wg + i)) : make_uint4(0, 0, 0, 0);
+      raw_u[u] = i < in ? __ldg(reinterpret_cast<const uint4*>(wu + i)) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) {
+      const int64_t i = base + u * kStride;
+      if (i >= in) break;
+      float wf[8];
+      widen8<W>(raw_g[u], wf);
+      acc_g += dot8(x + i, wf);
+      widen8<W>(raw_u[u], wf);
+      acc_u += dot8(x + i, wf);
+    }
+  }
+  const float g = warp_sum(acc_g), up = warp_sum(acc_u);
+  if (lane == 0) out[j] = GELU ? gelu_tanh_times(g, up, kGeluTanhBeta) : silu_times(g, up);
 }
 
 // x F32 [rows, cols] (rows x_ld apart) -> dst [rows, cols] contiguous in D. One row per blockIdx.y,
@@ -427,6 +472,34 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
   HEADINFER_CUDA_CHECK_LAUNCH();
   for (const LinearOut& o : outs)
     if (o.bias != nullptr) add_bias(*o.bias, o.y);
+}
+
+void CudaOps::linear_gated(const MatView& x, std::span<const LinearOut, 2> gate_up, Activation act,
+                           const MatView& out) {
+  const WeightView &wg = *gate_up[0].w, &wu = *gate_up[1].w;
+  // Where gemv() would take gate and up in its vector kernel for one token: the fused kernel's
+  // sums are that kernel's.
+  const bool fused = x.rows == 1 && gemv_fits(x, gate_up) && gate_up[0].bias == nullptr &&
+                     gate_up[1].bias == nullptr && wg.out_features == wu.out_features && x.cols % 8 == 0 && x.row_stride % 4 == 0 &&
+                     pointer_alignment(x.data) >= 16 && pointer_alignment(wg.data) >= 16 &&
+                     pointer_alignment(wu.data) >= 16 && out.dtype == DType::F32 && out.rows == 1 &&
+                     out.cols == wg.out_features;
+  if (!fused) {
+    Ops::linear_gated(x, gate_up, act, out);
+    return;
+  }
+  if (wg.out_features == 0) return;
+  dispatch_dtype(wg.dtype, [&](auto tag) {
+    using W = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<W, float>) {  // gemv_fits: 16-bit weights only
+      const unsigned blocks = grid_1d(wg.out_features, kGemvWarps);
+      auto* kernel = act == Activation::GeluTanh ? gemv_gated_kernel<W, true> : gemv_gated_kernel<W, false>;
+      launch_pdl(kernel, blocks, 32 * kGemvWarps, 0, stream_, static_cast<const float*>(x.data),
+                 static_cast<const W*>(wg.data), static_cast<const W*>(wu.data), static_cast<float*>(out.data),
+                 wg.out_features, wg.in_features);
+    }
+  });
+  HEADINFER_CUDA_CHECK_LAUNCH();
 }
 
 DType CudaOps::linear_input_dtype(int64_t n_tokens, DType weight_dtype) const {

@@ -385,14 +385,17 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
           }
           launch_pdl(decode_kernel<KV, D, G>, grid, kDecodeThreads, smem, stream, p);
         };
-        if (a.n_q_heads == 1) launch(HeadDimTag<1>{});
-        else if (a.n_q_heads == 2) launch(HeadDimTag<2>{});
+        if (a.n_q_heads == 1)
+          launch(HeadDimTag<1>{});
+        else if (a.n_q_heads == 2)
+          launch(HeadDimTag<2>{});
         else if (a.n_q_heads <= 4) launch(HeadDimTag<4>{});
         else launch(HeadDimTag<8>{});
         HEADINFER_CUDA_CHECK_LAUNCH();
         if (n_splits > 1) {
           const int n_heads = static_cast<int>(a.n_q_heads * a.n_kv_heads);
-          launch_pdl(decode_combine_kernel<D>, static_cast<unsigned>(n_heads), kCombineWarps * 32, 0, stream, p.partials, static_cast<int>(n_splits), n_heads, p.out, p.lse);
+          launch_pdl(decode_combine_kernel<D>, static_cast<unsigned>(n_heads), kCombineWarps * 32, 0, stream,
+                     p.partials, static_cast<int>(n_splits), n_heads, p.out, p.lse);
           HEADINFER_CUDA_CHECK_LAUNCH();
         }
         launched = true;

@@ -143,8 +143,8 @@ void CudaOps::embedding(std::span<const int32_t> ids, const WeightView& table, c
       cudaMemcpyAsync(d_ids, src, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   dispatch_dtype(table.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    launch_pdl(embedding_kernel<T>, row_grid(n, table.in_features), kThreads, 0, stream_, d_ids, n, static_cast<const T*>(table.data), table.in_features, static_cast<float*>(out.data),
-        out.row_stride);
+    launch_pdl(embedding_kernel<T>, row_grid(n, table.in_features), kThreads, 0, stream_, d_ids, n,
+               static_cast<const T*>(table.data), table.in_features, static_cast<float*>(out.data), out.row_stride);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
@@ -154,8 +154,9 @@ void CudaOps::silu_mul(const MatView& gate, const MatView& up, const MatView& ou
   if (gate.rows == 0 || gate.cols == 0) return;
   dispatch_dtype(out.dtype, [&](auto tag) {
     using O = typename decltype(tag)::type;
-    launch_pdl(silu_mul_kernel<O>, row_grid(gate.rows, gate.cols), kThreads, 0, stream_, static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
-        static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols);
+    launch_pdl(silu_mul_kernel<O>, row_grid(gate.rows, gate.cols), kThreads, 0, stream_,
+               static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+               static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
@@ -166,8 +167,9 @@ void CudaOps::gelu_tanh_mul(const MatView& gate, const MatView& up, const MatVie
   const float beta = kGeluTanhBeta;
   dispatch_dtype(out.dtype, [&](auto tag) {
     using O = typename decltype(tag)::type;
-    launch_pdl(gelu_tanh_mul_kernel<O>, row_grid(gate.rows, gate.cols), kThreads, 0, stream_, static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
-        static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols, beta);
+    launch_pdl(gelu_tanh_mul_kernel<O>, row_grid(gate.rows, gate.cols), kThreads, 0, stream_,
+               static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
+               static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols, beta);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
@@ -192,8 +194,7 @@ void CudaOps::add(const MatView& x, const MatView& y) {
   require_f32(x, "add");
   if (x.rows == 0 || x.cols == 0) return;
   launch_pdl(add_kernel, row_grid(x.rows, x.cols), kThreads, 0, stream_, static_cast<float*>(x.data), x.row_stride,
-                                                                  static_cast<const float*>(y.data), y.row_stride,
-                                                                  x.rows, x.cols);
+             static_cast<const float*>(y.data), y.row_stride, x.rows, x.cols);
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 
@@ -204,8 +205,8 @@ void CudaOps::copy(const MatView& src, const MatView& dst) {
     dispatch_dtype(dst.dtype, [&](auto dtag) {
       using S = typename decltype(stag)::type;
       using D = typename decltype(dtag)::type;
-      launch_pdl(copy_kernel<S, D>, row_grid(src.rows, src.cols), kThreads, 0, stream_, static_cast<const S*>(src.data), src.row_stride, static_cast<D*>(dst.data), dst.row_stride, src.rows,
-          src.cols);
+      launch_pdl(copy_kernel<S, D>, row_grid(src.rows, src.cols), kThreads, 0, stream_, static_cast<const S*>(src.data),
+                 src.row_stride, static_cast<D*>(dst.data), dst.row_stride, src.rows, src.cols);
     });
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
@@ -245,10 +246,9 @@ void CudaOps::copy_heads_kv(const MatView& k_src, const MatView& v_src, int64_t 
       grid.z = static_cast<unsigned>(blocks_z);
       const auto* s = static_cast<const S*>(src.data);
       auto* d = static_cast<D*>(dst.data);
-      launch_pdl(copy_heads_kernel<S, D>, grid, kThreads, 0, stream_, s,
-                 with_v ? static_cast<const S*>(v_src.data) : s, src.row_stride, d,
-                 with_v ? static_cast<D*>(v_dst.data) : d, dst.row_stride, src.rows, dst.cols, dst_head_stride,
-                 static_cast<unsigned>(n_heads));
+      launch_pdl(copy_heads_kernel<S, D>, grid, kThreads, 0, stream_, s, with_v ? static_cast<const S*>(v_src.data) : s,
+                 src.row_stride, d, with_v ? static_cast<D*>(v_dst.data) : d, dst.row_stride, src.rows, dst.cols,
+                 dst_head_stride, static_cast<unsigned>(n_heads));
     });
   });
   HEADINFER_CUDA_CHECK_LAUNCH();

@@ -421,7 +421,8 @@ CudaOps::~CudaOps() {
 void CudaOps::add_bias(const VecView& bias, const MatView& y) {
   dispatch_dtype(bias.dtype, [&](auto tag) {
     using B = typename decltype(tag)::type;
-    launch_pdl(add_bias_kernel<B>, grid_1d(y.rows * y.cols, 256), 256, 0, stream_, static_cast<float*>(y.data), y.row_stride, static_cast<const B*>(bias.data), y.rows, y.cols);
+    launch_pdl(add_bias_kernel<B>, grid_1d(y.rows * y.cols, 256), 256, 0, stream_, static_cast<float*>(y.data),
+               y.row_stride, static_cast<const B*>(bias.data), y.rows, y.cols);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
@@ -463,11 +464,13 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
     if (vec && T == 1)
       launch_pdl(gemv_kernel<W, true, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
     else if (vec)
-      launch_pdl(gemv_kernel<W, true, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
+      launch_pdl(gemv_kernel<W, true, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in,
+                 T);
     else if (T == 1)
       launch_pdl(gemv_kernel<W, false, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
     else
-      launch_pdl(gemv_kernel<W, false, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
+      launch_pdl(gemv_kernel<W, false, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in,
+                 T);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
   for (const LinearOut& o : outs)
@@ -479,8 +482,8 @@ void CudaOps::linear_gated(const MatView& x, std::span<const LinearOut, 2> gate_
   const WeightView &wg = *gate_up[0].w, &wu = *gate_up[1].w;
   // Where gemv() would take gate and up in its vector kernel for one token: the fused kernel's
   // sums are that kernel's.
-  const bool fused = x.rows == 1 && gemv_fits(x, gate_up) && gate_up[0].bias == nullptr &&
-                     gate_up[1].bias == nullptr && wg.out_features == wu.out_features && x.cols % 8 == 0 && x.row_stride % 4 == 0 &&
+  const bool fused = x.rows == 1 && gemv_fits(x, gate_up) && gate_up[0].bias == nullptr && gate_up[1].bias == nullptr &&
+                     wg.out_features == wu.out_features && x.cols % 8 == 0 && x.row_stride % 4 == 0 &&
                      pointer_alignment(x.data) >= 16 && pointer_alignment(wg.data) >= 16 &&
                      pointer_alignment(wu.data) >= 16 && out.dtype == DType::F32 && out.rows == 1 &&
                      out.cols == wg.out_features;

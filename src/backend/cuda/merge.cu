@@ -48,9 +48,9 @@ void CudaOps::attention_merge(const MatView& out_a, const MatView& lse_a, const 
     throw Error("cuda backend: attention_merge shape mismatch");
   const int64_t n = out_a.rows * n_heads;
   if (n == 0) return;
-  launch_pdl(merge_kernel, grid_1d(n, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, static_cast<float*>(out_a.data), out_a.row_stride, static_cast<float*>(lse_a.data), lse_a.row_stride,
-      static_cast<const float*>(out_b.data), out_b.row_stride, static_cast<const float*>(lse_b.data),
-      lse_b.row_stride, out_a.rows, n_heads, head_dim);
+  launch_pdl(merge_kernel, grid_1d(n, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, static_cast<float*>(out_a.data),
+             out_a.row_stride, static_cast<float*>(lse_a.data), lse_a.row_stride, static_cast<const float*>(out_b.data),
+             out_b.row_stride, static_cast<const float*>(lse_b.data), lse_b.row_stride, out_a.rows, n_heads, head_dim);
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 

@@ -109,9 +109,11 @@ void CudaOps::norm_rows(const MatView& x, const MatView* y, const VecView& weigh
       auto launch = [&](auto add) {
         constexpr bool ADD = decltype(add)::value;
         if (x.cols > kWideCols) {
-          launch_pdl(rms_norm_wide_kernel<W, O, ADD>, static_cast<unsigned>(x.rows), kWideThreads, 0, stream_, xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols);
+          launch_pdl(rms_norm_wide_kernel<W, O, ADD>, static_cast<unsigned>(x.rows), kWideThreads, 0, stream_, xp,
+                     x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols);
         } else {
-          launch_pdl(rms_norm_kernel<W, O, ADD>, grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, xp, x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.rows, x.cols);
+          launch_pdl(rms_norm_kernel<W, O, ADD>, grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, xp,
+                     x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.rows, x.cols);
         }
       };
       if (y != nullptr)

@@ -17,13 +17,15 @@ import sys
 
 # What a kernel does, from its name (headinfer's and llama.cpp's), first match wins: combines
 # before attention ("flash_attn_combine_results" is a combine), GEMV before add / mul
-# ("mul_mat_vec"), activation before add / mul ("silu_mul").
+# ("mul_mat_vec"; headinfer's gemv_gated_kernel, gate and up with the activation, is a GEMV),
+# rope before norm (llama.cpp's "rope_norm" is RoPE in its "norm" layout), activation before add /
+# mul ("silu_mul"). headinfer's split-KV decode attention is "decode_kernel".
 CATEGORIES = [
     ("attention combine", r"combine|merge|stream_k_fixup"),
     ("gemv", r"gemv|gemm|mul_mat_vec|mmv|cutlass|sm90_xmma|cublas"),
-    ("attention", r"attention|decode_split|flash_attn|fattn|sdpa"),
-    ("norm", r"norm"),
+    ("attention", r"attention|decode_kernel|decode_split|flash_attn|fattn|sdpa"),
     ("rope", r"rope"),
+    ("norm", r"norm"),
     ("kv store", r"copy_heads|set_rows|cpy|copy"),
     ("activation", r"silu|glu|gelu"),
     ("add / mul", r"add|bin_bcast|scale|mul"),

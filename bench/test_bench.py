@@ -288,6 +288,9 @@ def test_profile_decode_names_llamacpp_kernels():
     assert pd.category("void flash_attn_combine_results<128>") == "attention combine"
     assert pd.category("void rms_norm_f32<1024>") == "norm"
     assert pd.category("void rope_neox<true, float>") == "rope"
+    assert pd.category("void rope_norm<1, 1, float, __half>") == "rope"  # RoPE, not a norm
+    assert pd.category("void decode_kernel<__nv_bfloat16, 128, 4>(DecodeParams)") == "attention"
+    assert pd.category("void gemv_gated_kernel<__nv_bfloat16, 0>(const float *)") == "gemv"
     assert pd.category("void k_set_rows<float, __half>") == "kv store"
     assert pd.category("void k_bin_bcast<&op_add, float, float, float>") == "add / mul"
     assert pd.category("void swiglu_kernel<float>") == "activation"

@@ -30,7 +30,8 @@ bool pdl_on_current_device() {
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   if (!allowed) return false;
-  // Per device (ordinals < 64): bit 2d set once known, bit 2d + 1 when it is sm_90 or later.
+  // Per device (ordinals < 64): bit d of `known` once its compute capability was read, bit d of
+  // `capable` when that is 9.0 or later.
   static std::atomic<uint64_t> known{0}, capable{0};
   int device = 0;
   HEADINFER_CUDA_CHECK(cudaGetDevice(&device));

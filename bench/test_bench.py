@@ -304,3 +304,29 @@ def test_profile_decode_refuses_a_log_without_a_repeating_step(tmp_path):
     with pytest.raises(ValueError, match="no repeating decode step"):
         pd.summarize(pd.read_ncu(str(path)))
     assert pd.main([f"x={path}"]) == 1
+
+
+def test_decode_ab_report_means_changes_and_floor_shares(tmp_path):
+    # bench/decode_ab.sh's runs.jsonl and floors.json, with this session's H100 figures (2026-12-07)
+    import decode_ab_report as ab
+    runs = [("base", 8192, 1, 7.003), ("candidate", 8192, 1, 6.744), ("base", 131072, 1, 13.414),
+            ("candidate", 131072, 1, 13.043), ("base", 8192, 2, 6.982), ("candidate", 8192, 2, 6.706),
+            ("base", 131072, 2, 13.348), ("candidate", 131072, 2, 13.070), ("candidate[X=0]", 8192, 1, None)]
+    with open(tmp_path / "runs.jsonl", "w") as f:
+        for label, ctx, rnd, v in runs:
+            f.write(json.dumps({"label": label, "env": "-", "ctx": ctx, "round": rnd, "ms_per_token": v}) + "\n")
+    (tmp_path / "floors.json").write_text(json.dumps({"floors": {"device_copy_gbps": 3006.84, "pinned_h2d_gbps": 55.5}}))
+    out = tmp_path / "ab.json"
+    assert ab.main([str(tmp_path), "85a6e46", "--json", str(out)]) == 0
+    rows = {(r["label"], r["ctx"]): r for r in json.loads(out.read_text())["rows"]}
+    c128, b128 = rows[("candidate", 131072)], rows[("base", 131072)]
+    assert math.isclose(c128["mean_ms"], 13.0565) and math.isclose(b128["mean_ms"], 13.381)
+    assert math.isclose(c128["vs_base"], 13.0565 / 13.381 - 1)
+    w, kv = report.shape_bytes("llama3-8b")
+    assert math.isclose(c128["floor_ms"], (w + kv * 131072) / 3006.84e9 * 1e3)
+    assert 10.6 < c128["floor_ms"] < 10.8 and 0.81 < c128["share_of_floor"] < 0.83  # the note's 0.82
+    b8 = rows[("base", 8192)]
+    assert math.isclose(b8["weights_floor_ms"], w / 3006.84e9 * 1e3) and 4.9 < b8["weights_floor_ms"] < 5.1
+    assert 0.70 < rows[("candidate", 8192)]["share_of_weights_floor"] < 0.75  # the note's 0.74
+    failed = rows[("candidate[X=0]", 8192)]  # a run that wrote no JSON shows as missing, not as zero
+    assert failed["mean_ms"] is None and failed["vs_base"] is None

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Decode A/B in one call (issue 11): the working tree against a base commit, on the same card, in
+# alternating order, with the floors measured in the same call. What a decode change needs before it
+# lands: its CUDA tests on the card, and its ms per token beside the code it replaces.
+#
+# Here (the dev machine), once per base:
+#   bench/decode_ab.sh --prepare [BASE]   # git archive of BASE (default HEAD~1) -> .carry/ab-base.tar.gz,
+#                                         # its commit -> .carry/ab-base.txt
+# then on the GPU machine, with carry [".carry"] (scripts/gpu_check.sh --prepare made the rest):
+#   bench/decode_ab.sh                    # ~4 min on an H100: both builds side by side (~90 s), the
+#                                         # candidate's cuda_ops_tests (~40 s), the A/B, the floors
+# Knobs: CTXS ("8192 131072"), ROUNDS (2), N_DECODE (32), SHAPE (llama3-8b), VARIANTS (extra runs of
+# the candidate, each a space-free list of VAR=value joined by commas, e.g. "HEADINFER_PDL=0"),
+# TESTS=0 (skip the CUDA tests). Writes $OUT/decode-ab.{json,md} (ms per token per run, the means,
+# the floors) and the logs.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [[ "${1:-}" == "--prepare" ]]; then
+  base=${2:-HEAD~1}
+  sha=$(git -C "$ROOT" rev-parse --verify "$base^{commit}") || exit 1
+  mkdir -p "$ROOT/.carry"
+  git -C "$ROOT" archive --format=tar.gz --prefix=ab-base/ "$sha" -o "$ROOT/.carry/ab-base.tar.gz"
+  echo "$sha" >"$ROOT/.carry/ab-base.txt"
+  echo "base $sha -> .carry/ab-base.tar.gz ($(du -h "$ROOT/.carry/ab-base.tar.gz" | cut -f1))"
+  exit 0
+fi
+
+OUT=${OUT:-$ROOT/out}
+CTXS=${CTXS:-8192 131072}
+ROUNDS=${ROUNDS:-2}
+N_DECODE=${N_DECODE:-32}
+SHAPE=${SHAPE:-llama3-8b}
+VARIANTS=${VARIANTS:-}
+DEPS=$ROOT/.carry/deps/usr
+[[ -f "$ROOT/.carry/ab-base.tar.gz" ]] || { echo "error: no .carry/ab-base.tar.gz: run bench/decode_ab.sh --prepare here first" >&2; exit 1; }
+mkdir -p "$OUT/decode-ab"
+T0=$(date +%s)
+el() { echo $(($(date +%s) - T0)); }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/decode-ab/gpu.txt"
+CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)
+export HEADINFER_TESTDATA=${HEADINFER_TESTDATA:-$ROOT/.carry/testdata}
+export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${CUDNN_ROOT:+:$CUDNN_ROOT/lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
+BASE_DIR=$ROOT/build-ab/ab-base
+rm -rf "$ROOT/build-ab" && mkdir -p "$ROOT/build-ab" && tar xzf "$ROOT/.carry/ab-base.tar.gz" -C "$ROOT/build-ab"
+configure() {  # source dir
+  cmake -S "$1" -B "$1/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+    -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
+    -DHEADINFER_CUDNN_FRONTEND_INCLUDE="$ROOT/.carry/cudnn_frontend/include"
+}
+targets=(headinfer)
+[[ "${TESTS:-1}" != 0 ]] && targets+=(cuda_ops_tests)
+jobs=$(nproc)
+{ configure "$ROOT" && cmake --build "$ROOT/build-gpu" --target "${targets[@]}" -j$((jobs * 2 / 3 + 1)); } \
+  >"$OUT/decode-ab/build-candidate.log" 2>&1 &
+cand_pid=$!
+{ configure "$BASE_DIR" && cmake --build "$BASE_DIR/build-gpu" --target headinfer -j$((jobs / 3 + 1)); } \
+  >"$OUT/decode-ab/build-base.log" 2>&1 &
+base_pid=$!
+wait $cand_pid; cand_rc=$?
+wait $base_pid; base_rc=$?
+echo "builds at $(el) s: candidate rc=$cand_rc, base $(cat "$ROOT/.carry/ab-base.txt" 2>/dev/null) rc=$base_rc"
+grep -h -m1 "cuDNN SDPA prefill" "$OUT/decode-ab/build-candidate.log"
+((cand_rc == 0 && base_rc == 0)) || { tail -5 "$OUT/decode-ab/build-candidate.log" "$OUT/decode-ab/build-base.log"; exit 1; }
+
+if [[ "${TESTS:-1}" != 0 ]]; then
+  timeout 300 "$ROOT/build-gpu/tests/cuda/cuda_ops_tests" >"$OUT/decode-ab/cuda-tests.log" 2>&1
+  echo "cuda_ops_tests rc=$? at $(el) s: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/decode-ab/cuda-tests.log" | tr '\n' ' ')"
+  grep -E '^\[  FAILED  \] [A-Za-z]' "$OUT/decode-ab/cuda-tests.log" | head -20
+fi
+
+# One run: label, binary, env (comma-separated VAR=value or "-"), context -> a JSON line in runs.jsonl.
+run() {
+  local label=$1 bin=$2 envs=$3 ctx=$4 log
+  log="$OUT/decode-ab/$label-$ctx-r$r.json"
+  local -a e=()
+  [[ "$envs" != "-" ]] && IFS=, read -ra e <<<"$envs"
+  env "${e[@]}" timeout 120 "$bin" bench --shape "$SHAPE" --device cuda --ctx "$ctx" --decode-only \
+    --n-decode "$N_DECODE" --json >"$log" 2>"$log.err"
+  python3 - "$label" "$envs" "$ctx" "$r" "$log" >>"$OUT/decode-ab/runs.jsonl" <<'PY'
+import json, sys
+label, envs, ctx, rnd, path = sys.argv[1:]
+try:
+    ms = json.load(open(path))["results"][0]["decode_seconds_per_token"] * 1e3
+except Exception as e:  # a failed run is recorded as such
+    ms = None
+print(json.dumps({"label": label, "env": envs, "ctx": int(ctx), "round": int(rnd), "ms_per_token": ms}))
+PY
+  tail -1 "$OUT/decode-ab/runs.jsonl"
+}
+rm -f "$OUT/decode-ab/runs.jsonl"
+for ((r = 1; r <= ROUNDS; ++r)); do
+  for ctx in $CTXS; do
+    run base "$BASE_DIR/build-gpu/src/cli/headinfer" - "$ctx"
+    run candidate "$ROOT/build-gpu/src/cli/headinfer" - "$ctx"
+    for v in $VARIANTS; do run "candidate[$v]" "$ROOT/build-gpu/src/cli/headinfer" "$v" "$ctx"; done
+  done
+done
+echo "A/B at $(el) s"
+timeout 120 python3 "$ROOT/bench/peers.py" --shape "$SHAPE" --ctx 8192 --floors --floor-ctx 8192 \
+  >"$OUT/decode-ab/floors.json" 2>"$OUT/decode-ab/floors.err"
+echo "floors rc=$? at $(el) s"
+python3 "$ROOT/bench/decode_ab_report.py" "$OUT/decode-ab" "$(cat "$ROOT/.carry/ab-base.txt" 2>/dev/null)" \
+  --json "$OUT/decode-ab.json" | tee "$OUT/decode-ab.md"

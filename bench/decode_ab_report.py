@@ -1,0 +1,92 @@
+"""The table of bench/decode_ab.sh: ms per token of every run, the mean per (label, context), the
+change against the base, and the shares of two decode floors at the device copy rate measured in the
+same call, as bench/report.py computes them: the (weights + KV) bytes a step reads (issue 11's 128K
+bar) and the weight bytes alone (its 8K bar).
+
+usage: decode_ab_report.py DIR BASE_COMMIT [--json out.json]
+  DIR holds runs.jsonl (one JSON object a run: label, env, ctx, round, ms_per_token) and
+  floors.json (bench/peers.py --floors).
+"""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import shape_bytes  # noqa: E402
+
+
+def summarize(runs, floors, shape="llama3-8b"):
+    """{(label, ctx): mean ms} and the rows of the table, base first, in the order labels appear."""
+    labels, ctxs, by = [], [], {}
+    for r in runs:
+        if r["label"] not in labels:
+            labels.append(r["label"])
+        if r["ctx"] not in ctxs:
+            ctxs.append(r["ctx"])
+        by.setdefault((r["label"], r["ctx"]), []).append(r["ms_per_token"])
+    w_bytes, kv_tok = shape_bytes(shape)
+    bw = floors.get("device_copy_gbps") if floors else None
+    rows = []
+    for ctx in ctxs:
+        floor_ms = None if bw is None else (w_bytes + kv_tok * ctx) / (bw * 1e9) * 1e3
+        weights_ms = None if bw is None else w_bytes / (bw * 1e9) * 1e3
+        base = by.get(("base", ctx))
+        base_mean = statistics.mean(base) if base and None not in base else None
+        for label in labels:
+            v = by.get((label, ctx))
+            if not v:
+                continue
+            ok = None not in v
+            mean = statistics.mean(v) if ok else None
+            rows.append({
+                "ctx": ctx, "label": label, "runs_ms": v, "mean_ms": mean,
+                "vs_base": None if mean is None or base_mean is None else mean / base_mean - 1.0,
+                "floor_ms": floor_ms, "share_of_floor": None if mean is None or floor_ms is None else floor_ms / mean,
+                "weights_floor_ms": weights_ms,
+                "share_of_weights_floor": None if mean is None or weights_ms is None else weights_ms / mean,
+            })
+    return rows
+
+
+def markdown(rows, base_commit, floors):
+    f = lambda v, p="{:.3f}": "—" if v is None else p.format(v)  # noqa: E731
+    out = [f"Decode A/B against base `{base_commit[:7] or '?'}` (ms per token; mean of the rounds)", "",
+           "| context | build | runs | mean | vs base | share of the (weights + KV) floor | share of the weight-read floor |",
+           "|---:|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        runs = " / ".join(f(x) for x in r["runs_ms"])
+        out.append(f"| {r['ctx']} | {r['label']} | {runs} | {f(r['mean_ms'])} | {f(r['vs_base'], '{:+.1%}')} | "
+                   f"{f(r['share_of_floor'], '{:.3f}')} | {f(r['share_of_weights_floor'], '{:.3f}')} |")
+    if floors:
+        out += ["", "Floors in the same call: device copy {:.1f} GB/s, pinned H2D {:.1f} GB/s; a context's floors "
+                "are its (weights + KV) bytes and the weight bytes alone at the device copy rate.".format(floors["device_copy_gbps"],
+                                                                             floors["pinned_h2d_gbps"])]
+    return "\n".join(out)
+
+
+def main(argv):
+    json_out = None
+    if "--json" in argv:
+        i = argv.index("--json")
+        json_out = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    d, base_commit = Path(argv[0]), argv[1]
+    runs = [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines() if line.strip()]
+    floors = None
+    try:
+        floors = json.loads((d / "floors.json").read_text()).get("floors")
+    except (OSError, ValueError):
+        pass
+    rows = summarize(runs, floors)
+    print(markdown(rows, base_commit, floors))
+    if json_out:
+        Path(json_out).write_text(json.dumps({"base": base_commit, "floors": floors, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -31,6 +33,31 @@ std::string hex64(uint64_t x) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(x));
   return buf;
+}
+
+// The index's integers. nlohmann's get<integer>() of a JSON float casts it (undefined behaviour
+// past the integer's range: the fuzzer's 2.4e+49), so a float, or an integer outside T's range,
+// is refused here with the file's name.
+template <typename T>
+T index_integer(const nlohmann::json& j, const std::string& where, const std::string& what) {
+  if (j.is_number_unsigned()) {  // every non-negative integer the parser reads
+    const auto v = j.get<uint64_t>();
+    if (v <= static_cast<uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(v);
+  } else if (j.is_number_integer() && std::is_signed_v<T>) {
+    return static_cast<T>(j.get<int64_t>());
+  }
+  throw Error(where + "bad index: " + what + " is not an integer in range");
+}
+
+// A section's field: a key it lacks, or a section that is not an object, reads as 0 or "" (which
+// the layout check and the checksum then refuse); a value of another type is refused.
+uint64_t section_offset(const nlohmann::json& s, const char* key, const std::string& where) {
+  if (!s.is_object() || !s.contains(key)) return 0;
+  return index_integer<uint64_t>(s.at(key), where, std::string("section ") + key);
+}
+std::string section_text(const nlohmann::json& s, const char* key) {
+  if (!s.is_object() || !s.contains(key) || !s.at(key).is_string()) return {};
+  return s.at(key).get<std::string>();
 }
 
 // An open file descriptor, closed on every path.
@@ -286,9 +313,11 @@ Engine::SnapshotStats Engine::load_kv(const std::filesystem::path& path) {
   std::vector<int64_t> first;  // [n_layers]: the first position each layer's section holds
   try {
     index = nlohmann::json::parse(text);
-    positions = index.at("positions").get<int64_t>();
+    positions = index_integer<int64_t>(index.at("positions"), where, "positions");
     sections = index.at("sections").get<std::vector<nlohmann::json>>();
-    if (h.version >= 2) first = index.at("layer_first").get<std::vector<int64_t>>();
+    if (h.version >= 2)
+      for (const nlohmann::json& f : index.at("layer_first").get<std::vector<nlohmann::json>>())
+        first.push_back(index_integer<int64_t>(f, where, "layer_first"));
     if (index.at("model_id").get<std::string>() != model_id_)
       throw Error(where + "made with another model (identity " + index.at("model_id").get<std::string>() +
                   ", this model is " + model_id_ + ")");
@@ -314,15 +343,16 @@ Engine::SnapshotStats Engine::load_kv(const std::filesystem::path& path) {
   for (size_t i = 0; i < sections.size(); ++i) {
     const uint64_t want = i == 0 ? static_cast<uint64_t>(positions) * sizeof(int32_t)
                                  : 2 * static_cast<uint64_t>(c.n_kv_heads) * block_bytes(c, dtype, positions - first[i - 1]);
-    if (sections[i].value("offset", uint64_t{0}) != offset || sections[i].value("bytes", uint64_t{0}) != want)
+    if (section_offset(sections[i], "offset", where) != offset || section_offset(sections[i], "bytes", where) != want)
       throw Error(where + "section " + std::to_string(i) + " is not where the layout puts it");
     offset += want;
   }
   if (offset != h.index_offset) throw Error(where + "sections do not end at the index");
   auto expect_sum = [&](size_t i, uint64_t got) {
-    if (sections[i].value("checksum", std::string()) != hex64(got))
-      throw Error(where + "checksum mismatch in section '" + sections[i].value("name", std::string("?")) +
-                  "' (the file is corrupt)");
+    if (section_text(sections[i], "checksum") != hex64(got)) {
+      const std::string name = section_text(sections[i], "name");
+      throw Error(where + "checksum mismatch in section '" + (name.empty() ? "?" : name) + "' (the file is corrupt)");
+    }
   };
 
   std::vector<int32_t> ids(static_cast<size_t>(positions));

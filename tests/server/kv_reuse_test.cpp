@@ -379,6 +379,29 @@ class SnapshotErrors : public ::testing::Test {
     }
     return "";
   }
+  // file_ with its index JSON edited by `edit` and the header's version set to `version`, the index
+  // and header checksums recomputed as a writer would: the checks behind them are what is tested.
+  template <typename Edit>
+  void rewrite_index(Edit&& edit, uint32_t version = 2) {
+    std::vector<char> bytes(fs::file_size(file_));
+    std::ifstream(file_, std::ios::binary).read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    uint64_t index_offset = 0;
+    std::memcpy(&index_offset, bytes.data() + 16, 8);
+    nlohmann::json index =
+        nlohmann::json::parse(std::string(bytes.begin() + static_cast<std::ptrdiff_t>(index_offset), bytes.end()));
+    edit(index);
+    const std::string text = index.dump();
+    bytes.resize(index_offset);
+    bytes.insert(bytes.end(), text.begin(), text.end());
+    const uint64_t index_bytes = text.size(), index_sum = kv_checksum(text.data(), text.size());
+    std::memcpy(bytes.data() + 8, &version, 4);
+    std::memcpy(bytes.data() + 24, &index_bytes, 8);
+    std::memcpy(bytes.data() + 32, &index_sum, 8);
+    const uint64_t header_sum = kv_checksum(bytes.data(), 40);
+    std::memcpy(bytes.data() + 40, &header_sum, 8);
+    std::ofstream(file_, std::ios::binary | std::ios::trunc)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
   void flip_byte(uint64_t offset) {
     std::fstream f(file_, std::ios::in | std::ios::out | std::ios::binary);
     f.seekg(static_cast<std::streamoff>(offset));
@@ -432,34 +455,51 @@ TEST_F(SnapshotErrors, LongerThanTheContext) {
 // Files of version 1 (before window layers: every layer from position 0, no layer_first) load:
 // the fixture's file rewritten as version 1 continues exactly as the version 2 one.
 TEST_F(SnapshotErrors, Version1FilesStillLoad) {
-  std::vector<char> bytes(fs::file_size(file_));
-  std::ifstream(file_, std::ios::binary).read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  uint64_t index_offset = 0;
-  std::memcpy(&index_offset, bytes.data() + 16, 8);
-  nlohmann::json index = nlohmann::json::parse(std::string(bytes.begin() + static_cast<std::ptrdiff_t>(index_offset), bytes.end()));
-  ASSERT_TRUE(index.contains("layer_first"));
-  index.erase("layer_first");
-  const std::string text = index.dump();
-  bytes.resize(index_offset);
-  bytes.insert(bytes.end(), text.begin(), text.end());
-  const uint32_t version = 1;
-  const uint64_t index_bytes = text.size(), index_sum = kv_checksum(text.data(), text.size());
-  std::memcpy(bytes.data() + 8, &version, 4);
-  std::memcpy(bytes.data() + 24, &index_bytes, 8);
-  std::memcpy(bytes.data() + 32, &index_sum, 8);
-  const uint64_t header_sum = kv_checksum(bytes.data(), 40);
-  std::memcpy(bytes.data() + 40, &header_sum, 8);
-  const fs::path v1 = temp_path("v1");
-  std::ofstream(v1, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   EngineRun a = make_run(*ckpt_, 64, {}), b = make_run(*ckpt_, 64, {});
   a.engine->load_kv(file_);
-  b.engine->load_kv(v1);
-  fs::remove(v1);
+  rewrite_index(
+      [](nlohmann::json& index) {
+        ASSERT_TRUE(index.contains("layer_first"));
+        index.erase("layer_first");
+      },
+      1);
+  b.engine->load_kv(file_);
   ASSERT_EQ(b.engine->n_past(), 41);
   const auto first = a.engine->decode(5);
   const std::vector<float> want(first.begin(), first.end());
   const auto got = b.engine->decode(5);
   EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+}
+
+// Numbers of the index that are floats, negative or past their integer's range are one clear
+// error, never a cast: the fuzzer's finding was "positions" or a section's offset of 2.4e+49, which
+// nlohmann's get<integer>() converts with undefined behaviour (UBSan: float-cast-overflow).
+TEST_F(SnapshotErrors, IndexNumbersThatAreNotIntegersInRange) {
+  struct Edit {
+    std::string where;
+    nlohmann::json value;
+    std::string error;
+  };
+  const std::vector<Edit> edits = {
+      {"/positions", 2.4e49, "bad index: positions is not an integer in range"},
+      {"/positions", 41.0, "bad index: positions is not an integer in range"},
+      {"/positions", -1, "do not fit the context"},
+      {"/layer_first/0", 1e30, "bad index: layer_first is not an integer in range"},
+      {"/sections/1/offset", 2.4e49, "bad index: section offset is not an integer in range"},
+      {"/sections/1/bytes", -5, "bad index: section bytes is not an integer in range"},
+      {"/sections/0/checksum", 7, "checksum mismatch in section 'ids'"}};
+  const std::vector<char> original = [&] {
+    std::vector<char> b(fs::file_size(file_));
+    std::ifstream(file_, std::ios::binary).read(b.data(), static_cast<std::streamsize>(b.size()));
+    return b;
+  }();
+  for (const Edit& edit : edits) {
+    std::ofstream(file_, std::ios::binary | std::ios::trunc)
+        .write(original.data(), static_cast<std::streamsize>(original.size()));
+    rewrite_index([&](nlohmann::json& index) { index[nlohmann::json::json_pointer(edit.where)] = edit.value; });
+    const std::string e = load_error();
+    EXPECT_NE(e.find(edit.error), std::string::npos) << edit.where << " = " << edit.value.dump() << ": " << e;
+  }
 }
 
 TEST_F(SnapshotErrors, SaveNeverLeavesAPartialFile) {

@@ -96,6 +96,11 @@ TEST(Malformed, InconsistentFields) {
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}})", "id 0 is used by two tokens");
   expect_error(tiny_json("", R"( "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {}},)"),
                "special token '<bos>' is not listed in special_tokens");
+  // Ids past int32 are refused at load, not wrapped to negative ids that encode would emit.
+  expect_error(tiny_json("", R"( "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [4294967295], "tokens": ["<s>"]}}},)"),
+               "special_tokens.<s>.ids: expected token ids");
+  expect_error(tiny_json("", R"( "post_processor": {"type": "BertProcessing", "sep": ["<s>", 2147483648], "cls": ["<s>", 5]},)"),
+               "sep: expected [token, id]");
   expect_error(R"([1, 2])", "expected a JSON object");
 }
 

@@ -7,6 +7,7 @@ usage: decode_ab_report.py DIR BASE_COMMIT [--json out.json]
   DIR holds runs.jsonl (one JSON object a run: label, env, ctx, round, ms_per_token) and
   floors.json (bench/peers.py --floors).
 """
+import argparse
 import json
 import statistics
 import sys
@@ -59,22 +60,19 @@ def markdown(rows, base_commit, floors):
         out.append(f"| {r['ctx']} | {r['label']} | {runs} | {f(r['mean_ms'])} | {f(r['vs_base'], '{:+.1%}')} | "
                    f"{f(r['share_of_floor'], '{:.3f}')} | {f(r['share_of_weights_floor'], '{:.3f}')} |")
     if floors:
-        out += ["", "Floors in the same call: device copy {:.1f} GB/s, pinned H2D {:.1f} GB/s; a context's floors "
-                "are its (weights + KV) bytes and the weight bytes alone at the device copy rate.".format(floors["device_copy_gbps"],
-                                                                             floors["pinned_h2d_gbps"])]
+        out += ["", f"Floors in the same call: device copy {floors['device_copy_gbps']:.1f} GB/s, pinned H2D "
+                f"{floors['pinned_h2d_gbps']:.1f} GB/s; a context's floors are its (weights + KV) bytes and the "
+                "weight bytes alone at the device copy rate."]
     return "\n".join(out)
 
 
 def main(argv):
-    json_out = None
-    if "--json" in argv:
-        i = argv.index("--json")
-        json_out = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    d, base_commit = Path(argv[0]), argv[1]
+    p = argparse.ArgumentParser(description="bench/decode_ab.sh's table")
+    p.add_argument("dir", type=Path, help="holds runs.jsonl and floors.json")
+    p.add_argument("base_commit")
+    p.add_argument("--json", dest="json_out", help="also write the rows as JSON here")
+    a = p.parse_args(argv)
+    d, base_commit, json_out = a.dir, a.base_commit, a.json_out
     runs = [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines() if line.strip()]
     floors = None
     try:

@@ -385,10 +385,8 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
           }
           launch_pdl(decode_kernel<KV, D, G>, grid, kDecodeThreads, smem, stream, p);
         };
-        if (a.n_q_heads == 1)
-          launch(HeadDimTag<1>{});
-        else if (a.n_q_heads == 2)
-          launch(HeadDimTag<2>{});
+        if (a.n_q_heads == 1) launch(HeadDimTag<1>{});
+        else if (a.n_q_heads == 2) launch(HeadDimTag<2>{});
         else if (a.n_q_heads <= 4) launch(HeadDimTag<4>{});
         else launch(HeadDimTag<8>{});
         HEADINFER_CUDA_CHECK_LAUNCH();

@@ -11,7 +11,7 @@
 #                                         # candidate's cuda_ops_tests (~40 s), the A/B, the floors
 # Knobs: CTXS ("8192 131072"), ROUNDS (2), N_DECODE (32), SHAPE (llama3-8b), VARIANTS (extra runs of
 # the candidate, each a space-free list of VAR=value joined by commas, e.g. "HEADINFER_PDL=0"),
-# TESTS=0 (skip the CUDA tests). Writes $OUT/decode-ab.{json,md} (ms per token per run, the means,
+# TESTS=0 (skip the CUDA tests), TEST_FILTER (a --gtest_filter for them, when device time is short). Writes $OUT/decode-ab.{json,md} (ms per token per run, the means,
 # the floors) and the logs.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,7 +65,8 @@ grep -h -m1 "cuDNN SDPA prefill" "$OUT/decode-ab/build-candidate.log"
 ((cand_rc == 0 && base_rc == 0)) || { tail -5 "$OUT/decode-ab/build-candidate.log" "$OUT/decode-ab/build-base.log"; exit 1; }
 
 if [[ "${TESTS:-1}" != 0 ]]; then
-  timeout 300 "$ROOT/build-gpu/tests/cuda/cuda_ops_tests" >"$OUT/decode-ab/cuda-tests.log" 2>&1
+  timeout 300 "$ROOT/build-gpu/tests/cuda/cuda_ops_tests" ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} \
+    >"$OUT/decode-ab/cuda-tests.log" 2>&1
   echo "cuda_ops_tests rc=$? at $(el) s: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/decode-ab/cuda-tests.log" | tr '\n' ' ')"
   grep -E '^\[  FAILED  \] [A-Za-z]' "$OUT/decode-ab/cuda-tests.log" | head -20
 fi

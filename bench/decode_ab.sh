@@ -7,12 +7,14 @@
 #   bench/decode_ab.sh --prepare [BASE]   # git archive of BASE (default HEAD~1) -> .carry/ab-base.tar.gz,
 #                                         # its commit -> .carry/ab-base.txt
 # then on the GPU machine, with carry [".carry"] (scripts/gpu_check.sh --prepare made the rest):
-#   bench/decode_ab.sh                    # ~4 min on an H100: both builds side by side (~90 s), the
-#                                         # candidate's cuda_ops_tests (~40 s), the A/B, the floors
+#   bench/decode_ab.sh                    # H100, 2026-12-07: both builds side by side 116 s, the
+#                                         # candidate's cuda_ops_tests 41 s, then ~11 s a decode run
+#                                         # (base, candidate and 4 variants at 8K and 128K, 2 rounds:
+#                                         # 464 s in all), the floors 7 s
 # Knobs: CTXS ("8192 131072"), ROUNDS (2), N_DECODE (32), SHAPE (llama3-8b), VARIANTS (extra runs of
 # the candidate, each a space-free list of VAR=value joined by commas, e.g. "HEADINFER_PDL=0"),
-# TESTS=0 (skip the CUDA tests), TEST_FILTER (a --gtest_filter for them, when device time is short). Writes $OUT/decode-ab.{json,md} (ms per token per run, the means,
-# the floors) and the logs.
+# TESTS=0 (skip the CUDA tests), TEST_FILTER (a --gtest_filter for them, when device time is
+# short). Writes $OUT/decode-ab.{json,md} (ms per token per run, the means, the floors) and the logs.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [[ "${1:-}" == "--prepare" ]]; then

@@ -117,19 +117,16 @@ BpeModel::BpeModel(const Json& node, ModelTables tables, std::string_view where_
   if (!tables.present) tables_from_json(node, where, tables);
 
   vocab_.reserve(tables.vocab.size());
-  int64_t max_id = -1;
   for (auto& [token, id] : tables.vocab) {
     if (id < 0 || id > INT32_MAX) throw Error(where + ".vocab: token '" + token + "' has an invalid id");
-    max_id = std::max(max_id, id);
+    max_id_ = std::max(max_id_, id);
     if (!vocab_.emplace(std::move(token), int32_t(id)))
       throw Error(where + ".vocab: a token is listed twice");
   }
-  id_to_token_.resize(size_t(max_id + 1));
-  has_id_.assign(size_t(max_id + 1), false);
+  id_to_token_.reserve(vocab_.size());
   vocab_.for_each([&](const std::string& token, int32_t id) {
-    if (has_id_[id]) throw Error(where + ".vocab: id " + std::to_string(id) + " is used by two tokens");
-    id_to_token_[id] = token;
-    has_id_[id] = true;
+    if (!id_to_token_.emplace(id, token).second)
+      throw Error(where + ".vocab: id " + std::to_string(id) + " is used by two tokens");
   });
 
   if (!unk_token_.empty()) {

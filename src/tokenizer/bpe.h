@@ -106,10 +106,11 @@ class BpeModel {
   // stand for their byte-level character.
   void tokenize(std::string_view piece, bool byte_level_input, std::vector<int32_t>& out) const;
 
-  size_t vocab_size() const { return id_to_token_.size(); }  // largest id + 1
-  size_t vocab_count() const { return vocab_.size(); }       // number of tokens
+  size_t vocab_size() const { return size_t(max_id_ + 1); }  // largest id + 1
+  size_t vocab_count() const { return vocab_.size(); }        // number of tokens
   const std::string* id_to_token(int32_t id) const {
-    return id >= 0 && size_t(id) < id_to_token_.size() && has_id_[id] ? &id_to_token_[id] : nullptr;
+    const auto it = id_to_token_.find(id);
+    return it == id_to_token_.end() ? nullptr : &it->second;
   }
   bool token_to_id(std::string_view token, int32_t& id) const;
 
@@ -119,8 +120,10 @@ class BpeModel {
   void merge_long(std::vector<int32_t>& symbols) const;
 
   StringIdMap vocab_;
-  std::vector<std::string> id_to_token_;  // [max id + 1]; holes are empty with has_id_ false
-  std::vector<bool> has_id_;
+  // Keyed by id, as tokenizers' vocab_r: ids need not be dense (a table of [max id + 1] strings
+  // for one token of id 1111111111 asked for 35 GB; fuzz_tokenizer_load found it).
+  std::unordered_map<int32_t, std::string> id_to_token_;
+  int64_t max_id_ = -1;
   MergeTable merges_;
   std::string unk_token_;
   int32_t unk_id_ = -1;

@@ -39,6 +39,19 @@ TEST(TinyTokenizer, LoadsAndMerges) {
   EXPECT_EQ(tok.vocab_size(), 6);
 }
 
+TEST(TinyTokenizer, SparseIdsAreKeptAsTheyAre) {
+  // Ids need not be dense (tokenizers keeps vocab_r as a map): one token of id 2e9 is loaded,
+  // encoded and decoded like the others, without a table of [2e9 + 1] strings (fuzz finding).
+  std::string json = tiny_json();
+  json.replace(json.find(R"("abc": 4)"), 8, R"("abc": 2000000000)");
+  Tokenizer tok = Tokenizer::from_json(json);
+  EXPECT_EQ(ids_to_string(tok.encode("abcab", false)), "2000000000 3");
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{2000000000, 5, 3}), "abc <s> ab");
+  EXPECT_EQ(tok.vocab_size(), 2000000001);
+  EXPECT_EQ(tok.id_to_token(4), std::nullopt);
+  EXPECT_EQ(tok.token_to_id("<s>"), std::optional<int32_t>(5));  // HF's rule: the model's count of tokens
+}
+
 TEST(TinyTokenizer, DigitsSplitsEveryUnicodeNumber) {
   // Rust's char::is_numeric, as HF's Digits uses: ARABIC-INDIC THREE splits like an ASCII digit.
   Tokenizer tok = Tokenizer::from_json(

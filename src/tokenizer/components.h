@@ -21,6 +21,8 @@ using Json = nlohmann::json;
 const Json& require_field(const Json& node, const char* key, std::string_view where);
 std::string require_string(const Json& node, const char* key, std::string_view where);
 bool optional_bool(const Json& node, const char* key, bool fallback, std::string_view where);
+// A token id as the files write it: a non-negative integer within int32 (ids are int32 throughout).
+bool is_token_id(const Json& value);
 std::string type_of(const Json& node, std::string_view where);
 // A {"String": s} or {"Regex": r} pattern node: fills exactly one of `literal` and `regex`.
 void parse_pattern(const Json& node, std::string_view where, std::string& literal,

@@ -22,7 +22,7 @@ std::vector<tok::AddedToken> parse_added_tokens(const tok::Json& root, const std
     const tok::Json& node = list[i];
     tok::AddedToken token;
     const tok::Json& id = tok::require_field(node, "id", item_where);
-    if (!id.is_number_unsigned() || id.get<uint64_t>() > INT32_MAX) throw Error(item_where + ".id: expected a token id");
+    if (!tok::is_token_id(id)) throw Error(item_where + ".id: expected a token id");
     token.id = id.get<int32_t>();
     token.content = tok::require_string(node, "content", item_where);
     if (token.content.empty()) throw Error(item_where + ".content: empty added token");

@@ -27,6 +27,8 @@ bool optional_bool(const Json& node, const char* key, bool fallback, std::string
   return value.get<bool>();
 }
 
+bool is_token_id(const Json& value) { return value.is_number_unsigned() && value.get<uint64_t>() <= INT32_MAX; }
+
 std::string type_of(const Json& node, std::string_view where) {
   if (!node.is_object()) throw Error(std::string(where) + ": expected an object");
   return require_string(node, "type", where);

@@ -1,7 +1,5 @@
 // Post-processors: TemplateProcessing, ByteLevel (offsets only: no-op on ids), Sequence,
 // RobertaProcessing and BertProcessing (cls A sep).
-#include <cstdint>
-
 #include <nlohmann/json.hpp>
 
 #include "components.h"
@@ -85,8 +83,7 @@ std::unique_ptr<PostProcessor> make_template(const Json& node, const std::string
       if (!ids.is_array()) throw Error(where + ".special_tokens." + name + ".ids: expected an array");
       TemplateProcessor::Item special{false, {}};
       for (const Json& id : ids) {
-        if (!id.is_number_unsigned() || id.get<uint64_t>() > INT32_MAX)  // ids are int32, as the vocabulary's
-          throw Error(where + ".special_tokens." + name + ".ids: expected token ids");
+        if (!is_token_id(id)) throw Error(where + ".special_tokens." + name + ".ids: expected token ids");
         special.ids.push_back(id.get<int32_t>());
       }
       items.push_back(std::move(special));
@@ -100,7 +97,7 @@ std::unique_ptr<PostProcessor> make_template(const Json& node, const std::string
 // ["token", id] pairs of RobertaProcessing / BertProcessing.
 int32_t token_pair_id(const Json& node, const char* key, const std::string& where) {
   const Json& pair = require_field(node, key, where);
-  if (!pair.is_array() || pair.size() != 2 || !pair[1].is_number_unsigned() || pair[1].get<uint64_t>() > INT32_MAX)
+  if (!pair.is_array() || pair.size() != 2 || !is_token_id(pair[1]))
     throw Error(where + "." + key + ": expected [token, id]");
   return pair[1].get<int32_t>();
 }

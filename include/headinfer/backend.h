@@ -97,6 +97,10 @@ struct AttentionArgs {
   int64_t window = 0;
   float scale = 1.0f;
   float softcap = 0.0f;  // > 0: scores := tanh(scores * scale / softcap) * softcap (gemma2)
+  // Keys [0, settled_keys) of the view were in place before the op queued just before this call
+  // began, so a backend may start reading them while that op still runs (store_and_attend_heads:
+  // the copy before its attention writes only the chunk's new rows). 0: no such promise.
+  int64_t settled_keys = 0;
   MatView out;          // F32 [n_queries, n_kv_heads * n_q_heads * head_dim]
   MatView lse;          // F32 [n_queries, n_kv_heads * n_q_heads]: natural log-sum-exp of the scaled
                         //     scores (-inf where a query sees no key of this part)

@@ -136,6 +136,9 @@ AttentionArgs heads_attention_args(const ModelConfig& config, int64_t layer, int
   args.window = config.window(layer);
   args.scale = config.attention_scale();  // transformers: head_dim (or query_pre_attn_scalar) ** -0.5
   args.softcap = config.attn_softcap;
+  // store_and_attend_heads queues the copy of the chunk's rows right before this call; every key
+  // before them is already in place.
+  args.settled_keys = a.pos0 - first;
   args.out = cols(a.out, h0 * gs * d, n_heads * gs * d);
   args.lse = cols(a.lse, h0 * gs, n_heads * gs);
   return args;

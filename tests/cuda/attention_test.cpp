@@ -193,6 +193,67 @@ TEST_P(CudaGroupedAttentionTest, EqualsOneCallPerHead) {
   EXPECT_FALSE(std::isnan(go[0])) << "the output was never written";
 }
 
+// The decode kernel copies settled keys before the op ahead of it has finished
+// (AttentionArgs::settled_keys), as store_and_attend_heads calls it: copy_heads_kv writes the step's
+// row over a stale one, then the attention runs with every earlier row settled. It gives the bits of
+// a call with nothing settled on the same keys uploaded whole, and so does a call with every key
+// settled (every stage copied early). A stage counted wrong, or the new row read early, shows here.
+TEST_P(CudaGroupedAttentionTest, SettledKeysChangeNoBit) {
+  const GroupCase c = GetParam();
+  if (c.n_queries != 1) GTEST_SKIP() << "settled_keys concerns the one-row (decode) kernel";
+  const int64_t d = 128, gs = 4, H = c.n_kv_heads, n = c.n_keys, last = c.q_pos0;
+  const int64_t capacity = n + 40, q_cols = H * gs * d;
+  auto q = random_floats(q_cols, -3.0f, 3.0f);
+  auto k = random_floats(H * capacity * d), v = random_floats(H * capacity * d);
+  auto k_new = random_floats(H * d), v_new = random_floats(H * d);
+  auto stale_k = k, stale_v = v;
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < d; ++i) {
+      const size_t at = static_cast<size_t>((h * capacity + last) * d + i);
+      k[at] = k_new[static_cast<size_t>(h * d + i)];
+      v[at] = v_new[static_cast<size_t>(h * d + i)];
+      stale_k[at] = 100.0f;  // a row the early copies must not take
+      stale_v[at] = -100.0f;
+    }
+  auto d_q = upload(q), d_k = upload(encode(k, c.kv_dtype)), d_v = upload(encode(v, c.kv_dtype));
+  auto d_sk = upload(encode(stale_k, c.kv_dtype)), d_sv = upload(encode(stale_v, c.kv_dtype));
+  auto d_kn = upload(k_new), d_vn = upload(v_new);
+  AttentionArgs a;
+  a.n_keys = n;
+  a.head_dim = d;
+  a.n_q_heads = gs;
+  a.n_kv_heads = H;
+  a.layer_kv_heads = H;
+  a.kv_head_stride = capacity * d;
+  a.q_pos0 = c.q_pos0;
+  a.scale = 0.088f;
+  a.q = view(d_q.data(), 1, q_cols, q_cols);
+  auto run = [&](const DeviceBuffer& kb, const DeviceBuffer& vb, int64_t settled, bool copy_first) {
+    auto out = poisoned(q_cols), lse = poisoned(H * gs);
+    if (copy_first) {
+      const size_t row = static_cast<size_t>(last * d) * dtype_size(c.kv_dtype);
+      gpu_->ops().copy_heads_kv(view(d_kn.data(), 1, H * d, H * d), view(d_vn.data(), 1, H * d, H * d), H,
+                                MatView{static_cast<char*>(kb.data()) + row, c.kv_dtype, 1, d, d},
+                                MatView{static_cast<char*>(vb.data()) + row, c.kv_dtype, 1, d, d}, capacity * d);
+    }
+    AttentionArgs b = a;
+    b.kv = KvHeadView{kb.data(), vb.data(), c.kv_dtype, d};
+    b.settled_keys = settled;
+    b.out = view(out.data(), 1, q_cols, q_cols);
+    b.lse = view(lse.data(), 1, H * gs, H * gs);
+    gpu_->ops().attention(b);
+    auto o = download(out, q_cols), l = download(lse, H * gs);
+    o.insert(o.end(), l.begin(), l.end());
+    return o;
+  };
+  const auto ref = run(d_k, d_v, 0, false);
+  const auto all_settled = run(d_k, d_v, n, false);
+  const auto stepped = run(d_sk, d_sv, last, true);
+  EXPECT_FALSE(std::isnan(ref[0])) << "the output was never written";
+  EXPECT_EQ(0, std::memcmp(ref.data(), all_settled.data(), ref.size() * sizeof(float))) << "all keys settled differs";
+  EXPECT_EQ(0, std::memcmp(ref.data(), stepped.data(), ref.size() * sizeof(float))) << "copy, then settled keys differs";
+}
+
 INSTANTIATE_TEST_SUITE_P(Groups, CudaGroupedAttentionTest,
                          ::testing::Values(GroupCase{1, 8192, 8191, 8, DType::BF16}, GroupCase{1, 37, 36, 2, DType::BF16},
                                            GroupCase{1, 3000, 2999, 4, DType::F32},

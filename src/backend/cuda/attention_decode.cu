@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "attention_internal.h"
 #include "cuda_common.h"
@@ -45,6 +47,7 @@ struct DecodeParams {
   int n_q_heads;
   int64_t j0, j1;       // the visible keys [j0, j1)
   int64_t keys_per_split;
+  int64_t settled;      // keys below this may be read before pdl_wait() (AttentionArgs::settled_keys)
   float scale_log2;     // scale * log2(e): scores come out in base 2
   // Soft-capping (gemma2) in base 2: s2 := tanh(s2 * cap_inv) * cap_mul with cap_mul = cap * log2(e)
   // and cap_inv = 1 / cap_mul, i.e. tanh(s / cap) * cap in natural units. cap_mul 0: none.
@@ -59,6 +62,16 @@ struct KvVec {
   static constexpr int kN = 16 / sizeof(KV);
   KV x[kN];
 };
+
+// EXPERIMENT (branch prefetch): HEADINFER_EXP_ATTN_PREFETCH=0 turns the early K/V copies off.
+bool exp_attn_prefetch() {
+  static const bool on = [] {
+    const char* v = std::getenv("HEADINFER_EXP_ATTN_PREFETCH");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+__device__ __forceinline__ bool exp_attn_prefetch_on(const DecodeParams& p) { return p.settled > 0; }
 
 // cp.async (sm_80+): 16 bytes from global to shared memory without passing through registers.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -85,8 +98,6 @@ constexpr size_t decode_smem_bytes() {
 
 template <typename KV, int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) {
-  pdl_wait();
-  pdl_trigger();
   constexpr int kVec = KvVec<KV>::kN;
   constexpr int kLanesPerKey = D / kVec;
   constexpr int kKeysPerWarp = 32 / kLanesPerKey;
@@ -110,18 +121,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   const int64_t hi = min(p.j1, lo + p.keys_per_split);
 
   const int64_t head0 = blockIdx.y * int64_t{p.n_q_heads};  // this kv head's first q head in the call
-  const float* q_row = p.q + head0 * D;
-  float q[G][kVec], acc[G][kVec], m[G], l[G];
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      q[h][e] = h < p.n_q_heads ? q_row[h * D + sub * kVec + e] * p.scale_log2 : 0.0f;
-      acc[h][e] = 0.0f;
-    }
-  }
   const KV* kg = static_cast<const KV*>(p.k) + blockIdx.y * p.kv_head_stride;
   const KV* vg = static_cast<const KV*>(p.v) + blockIdx.y * p.kv_head_stride;
 
@@ -140,10 +139,42 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
       cp_async16(vs + r * D + piece * kVec, vg + row * p.kv_ld + piece * kVec);
     }
   };
+  // The first stages whose rows are all settled are copied before pdl_wait(), so under PDL they
+  // land while the kernel before (the copy of this step's rows) still runs; the rest after it. One
+  // commit group per stage either way, in stage order.
+  int early = 0;
+  if (exp_attn_prefetch_on(p)) {
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st)
+      if (early == st && st < n_iter && min(hi, lo + (st + 1) * kStep) <= p.settled) early = st + 1;
+  }
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
-    if (st < n_iter) issue(st);
-    cp_async_commit();  // empty groups keep the count uniform
+    if (st < early) {
+      issue(st);
+      cp_async_commit();
+    }
+  }
+  pdl_wait();
+  pdl_trigger();
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st >= early) {
+      if (st < n_iter) issue(st);
+      cp_async_commit();  // empty groups keep the count uniform
+    }
+  }
+  const float* q_row = p.q + head0 * D;
+  float q[G][kVec], acc[G][kVec], m[G], l[G];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      q[h][e] = h < p.n_q_heads ? q_row[h * D + sub * kVec + e] * p.scale_log2 : 0.0f;
+      acc[h][e] = 0.0f;
+    }
   }
 
   for (int64_t it = 0; it < n_iter; ++it) {
@@ -339,6 +370,7 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
   }
   p.out = static_cast<float*>(a.out.data);
   p.lse = static_cast<float*>(a.lse.data);
+  p.settled = exp_attn_prefetch() ? std::clamp<int64_t>(a.settled_keys, 0, a.n_keys) : 0;
   const int64_t n = p.j1 - p.j0;
   int64_t n_splits = 1;
   p.keys_per_split = std::max<int64_t>(n, 1);

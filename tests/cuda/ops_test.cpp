@@ -75,7 +75,7 @@ TEST_F(CudaTest, Embedding) {
 // halved by the square root, plus a few roundings in the final products.
 TEST_F(CudaTest, RmsNorm) {
   for (DType wt : {DType::F32, DType::BF16}) {
-    for (int64_t cols : {16, 97, 1500, 4096}) {
+    for (int64_t cols : {16, 97, 1500, 4096, 5003}) {  // 5003: past the wide kernel's first chunk
       for (int64_t rows : {1, 17, 97}) {
         const int64_t stride = cols + 3;  // a strided input catches row-indexing mistakes
         auto x = random_floats(rows * stride, -3.0f, 3.0f);
@@ -451,7 +451,7 @@ TEST_F(CudaTest, FusedNormAndSixteenBitInputsAreBitIdenticalToThePlainOps) {
     return bytes(d, rows * cols * 2);
   };
   for (DType wt : {DType::F32, DType::BF16})
-    for (int64_t cols : {16, 97, 1500, 4096})
+    for (int64_t cols : {16, 97, 1500, 4096, 5003})
       for (int64_t rows : {1, 17}) {
         const std::string what = std::string(dtype_name(wt)) + " " + std::to_string(rows) + "x" + std::to_string(cols);
         const int64_t stride = cols + 3;

@@ -3,6 +3,8 @@
 // q/k norm), one block per row for the hidden size. out is F32 or the 16-bit dtype the next
 // linear reads (each element rounded from the F32 value). The fused and plain kernels sum in the
 // same order, so add_rms_norm gives what add() then rms_norm() give, bit for bit.
+#include <cstdlib>
+
 #include "cuda_common.h"
 #include "cuda_ops.h"
 
@@ -49,13 +51,24 @@ constexpr int64_t kWideCols = 512;  // rows wider than this take the block kerne
 template <typename W, typename O, bool ADD>
 __global__ void __launch_bounds__(kWideThreads)
     rms_norm_wide_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, const W* weight, float eps,
-                         O* out, int64_t out_stride, int64_t cols) {
+                         O* out, int64_t out_stride, int64_t cols, int early_weights) {
+  // The first kWideUnroll weights of this thread are read before pdl_wait() (weights are written by
+  // no kernel of a step; see pdl_wait), and the first chunk's x values stay in registers for the
+  // output, so neither is a dependent load after the reduction. Same values, same arithmetic.
+  if (!early_weights) pdl_wait();
+  float w0[kWideUnroll];
+#pragma unroll
+  for (int u = 0; u < kWideUnroll; ++u) {
+    const int64_t i = threadIdx.x + int64_t{u} * kWideThreads;
+    w0[u] = i < cols ? to_f32(weight[i]) : 0.0f;
+  }
   pdl_wait();
   pdl_trigger();
   __shared__ float part_s[kWideThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * x_stride;
   float sum_sq = 0.0f;
+  float x0[kWideUnroll];
   for (int64_t i0 = threadIdx.x; i0 < cols; i0 += kWideThreads * kWideUnroll) {
     float v[kWideUnroll];
 #pragma unroll
@@ -69,6 +82,10 @@ __global__ void __launch_bounds__(kWideThreads)
         }
       }
     }
+    if (i0 == threadIdx.x) {
+#pragma unroll
+      for (int u = 0; u < kWideUnroll; ++u) x0[u] = v[u];
+    }
 #pragma unroll
     for (int u = 0; u < kWideUnroll; ++u) sum_sq += v[u] * v[u];
   }
@@ -81,7 +98,22 @@ __global__ void __launch_bounds__(kWideThreads)
   const float inv = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
   O* o = out + r * out_stride;
   // x and out may alias (F32 out): each thread rewrites only the elements it has read itself.
-  for (int64_t i = threadIdx.x; i < cols; i += kWideThreads) o[i] = from_f32<O>(to_f32(weight[i]) * (xr[i] * inv));
+#pragma unroll
+  for (int u = 0; u < kWideUnroll; ++u) {
+    const int64_t i = threadIdx.x + int64_t{u} * kWideThreads;
+    if (i < cols) o[i] = from_f32<O>(w0[u] * (x0[u] * inv));
+  }
+  for (int64_t i = threadIdx.x + int64_t{kWideUnroll} * kWideThreads; i < cols; i += kWideThreads)
+    o[i] = from_f32<O>(to_f32(weight[i]) * (xr[i] * inv));
+}
+
+// EXPERIMENT (branch prefetch): HEADINFER_EXP_NORM_EARLY=0 reads the norm's weights after the wait.
+int exp_norm_early() {
+  static const int on = [] {
+    const char* v = std::getenv("HEADINFER_EXP_NORM_EARLY");
+    return v == nullptr || v[0] != '0' ? 1 : 0;
+  }();
+  return on;
 }
 
 }  // namespace
@@ -110,7 +142,7 @@ void CudaOps::norm_rows(const MatView& x, const MatView* y, const VecView& weigh
         constexpr bool ADD = decltype(add)::value;
         if (x.cols > kWideCols) {
           launch_pdl(rms_norm_wide_kernel<W, O, ADD>, static_cast<unsigned>(x.rows), kWideThreads, 0, stream_, xp,
-                     x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols);
+                     x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols, exp_norm_early());
         } else {
           launch_pdl(rms_norm_kernel<W, O, ADD>, grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, xp,
                      x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.rows, x.cols);

@@ -16,8 +16,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
 #include "attention_internal.h"
 #include "cuda_common.h"
@@ -62,16 +60,6 @@ struct KvVec {
   static constexpr int kN = 16 / sizeof(KV);
   KV x[kN];
 };
-
-// EXPERIMENT (branch prefetch): HEADINFER_EXP_ATTN_PREFETCH=0 turns the early K/V copies off.
-bool exp_attn_prefetch() {
-  static const bool on = [] {
-    const char* v = std::getenv("HEADINFER_EXP_ATTN_PREFETCH");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return on;
-}
-__device__ __forceinline__ bool exp_attn_prefetch_on(const DecodeParams& p) { return p.settled > 0; }
 
 // cp.async (sm_80+): 16 bytes from global to shared memory without passing through registers.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -143,11 +131,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams p) 
   // land while the kernel before (the copy of this step's rows) still runs; the rest after it. One
   // commit group per stage either way, in stage order.
   int early = 0;
-  if (exp_attn_prefetch_on(p)) {
 #pragma unroll
-    for (int st = 0; st < kStages - 1; ++st)
-      if (early == st && st < n_iter && min(hi, lo + (st + 1) * kStep) <= p.settled) early = st + 1;
-  }
+  for (int st = 0; st < kStages - 1; ++st)
+    if (early == st && st < n_iter && min(hi, lo + (st + 1) * kStep) <= p.settled) early = st + 1;
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (st < early) {
@@ -370,7 +356,7 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
   }
   p.out = static_cast<float*>(a.out.data);
   p.lse = static_cast<float*>(a.lse.data);
-  p.settled = exp_attn_prefetch() ? std::clamp<int64_t>(a.settled_keys, 0, a.n_keys) : 0;
+  p.settled = std::clamp<int64_t>(a.settled_keys, 0, a.n_keys);
   const int64_t n = p.j1 - p.j0;
   int64_t n_splits = 1;
   p.keys_per_split = std::max<int64_t>(n, 1);

@@ -106,9 +106,9 @@ constexpr float kGeluTanhBeta = 0.7978845608028654f;  // sqrt(2 / pi), as torch'
 // every kernel costs nothing. The arithmetic is untouched: results are the same with or without.
 // One exception: memory that the kernel just before cannot be writing may be read before the wait.
 // Every kernel here calls pdl_trigger() only after its own wait, so when a kernel starts, every
-// kernel before the one just ahead of it has finished; only that one may still run. The decode
-// GEMVs load their first weights early (no kernel writes weights), and the decode attention its
-// settled keys (AttentionArgs::settled_keys: the op just ahead writes only the new rows).
+// kernel before the one just ahead of it has finished; only that one may still run. The wide
+// RMSNorm reads its weights early (no kernel writes weights), and the decode attention copies its
+// settled keys (AttentionArgs::settled_keys: the op just ahead writes only the step's new rows).
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <system_error>
 #include <type_traits>
 
@@ -89,33 +88,18 @@ __device__ __forceinline__ float dot8(const float* x, const float* wf) {
          x1.w * wf[7];
 }
 
-// Before pdl_wait(): asks L2 for the first lines * 32 cache lines (128 bytes each) of a weight row,
-// one line per lane per pass, so under PDL the row's first rounds come from memory while the kernel
-// before still runs (no kernel of a step writes weights; see pdl_wait). No register holds them and
-// the loads after the wait are unchanged: the same values, the same sums.
-template <typename W>
-__device__ __forceinline__ void gemv_prefetch_row(const W* w, int64_t in, int lane, int lines) {
-  constexpr int64_t kLine = 128 / sizeof(W);
-  for (int k = 0; k < lines; ++k) {
-    const int64_t i = (int64_t{k} * 32 + lane) * kLine;
-    if (i >= in) break;
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
-  }
-}
-
 template <typename W, bool VEC, int TOKENS>
 __global__ void __launch_bounds__(32 * kGemvWarps)
-    gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens, int pre_lines) {
+    gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t row = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (row >= seg.end[2]) return;  // unused segments repeat the last end; an exited thread needs no wait
+  if (row >= seg.end[2]) return;  // unused segments repeat the last end
   // The segment by comparisons, not an indexed parameter array (which would live in local memory).
   const int s = row < seg.end[0] ? 0 : row < seg.end[1] ? 1 : 2;
   const int64_t j = row - (s == 0 ? 0 : s == 1 ? seg.end[0] : seg.end[1]);
   const W* wr = (s == 0 ? seg.w[0] : s == 1 ? seg.w[1] : seg.w[2]) + j * in;
-  gemv_prefetch_row(wr, in, lane, pre_lines);
-  pdl_wait();
-  pdl_trigger();
   float acc[TOKENS];
 #pragma unroll
   for (int t = 0; t < TOKENS; ++t) acc[t] = 0.0f;
@@ -168,17 +152,14 @@ __global__ void __launch_bounds__(32 * kGemvWarps)
 // pass over the [ffn] vectors fewer per layer, the same bits.
 template <typename W, bool GELU>
 __global__ void __launch_bounds__(32 * kGemvWarps)
-    gemv_gated_kernel(const float* x, const W* w_gate, const W* w_up, float* out, int64_t rows, int64_t in,
-                      int pre_lines) {
+    gemv_gated_kernel(const float* x, const W* w_gate, const W* w_up, float* out, int64_t rows, int64_t in) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t j = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (j >= rows) return;
   const W* wg = w_gate + j * in;
   const W* wu = w_up + j * in;
-  gemv_prefetch_row(wg, in, lane, pre_lines);
-  gemv_prefetch_row(wu, in, lane, pre_lines);
-  pdl_wait();
-  pdl_trigger();
   float acc_g = 0.0f, acc_u = 0.0f;
   constexpr int64_t kStride = 32 * 8;
   for (int64_t base = int64_t{lane} * 8; base < in; base += kStride * kGemvUnroll) {
@@ -238,18 +219,6 @@ __global__ void add_bias_kernel(float* y, int64_t y_ld, const B* bias, int64_t r
 }  // namespace
 
 size_t gemm_workspace_bytes() { return kLtWorkspaceBytes; }
-
-namespace {
-// EXPERIMENT (branch prefetch): HEADINFER_EXP_GEMV_PREFETCH=N asks L2 for N x 4 KB of each weight
-// row before pdl_wait() (default 1; 0: none).
-int exp_gemv_prefetch_lines() {
-  static const int n = [] {
-    const char* v = std::getenv("HEADINFER_EXP_GEMV_PREFETCH");
-    return v == nullptr ? 1 : std::atoi(v);
-  }();
-  return n;
-}
-}  // namespace
 
 namespace {
 
@@ -492,17 +461,16 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
     if (rows == 0) return;
     const unsigned blocks = grid_1d(rows, kGemvWarps);
     const int T = static_cast<int>(x.rows);
-    const int pre = exp_gemv_prefetch_lines();
     if (vec && T == 1)
-      launch_pdl(gemv_kernel<W, true, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T, pre);
+      launch_pdl(gemv_kernel<W, true, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
     else if (vec)
       launch_pdl(gemv_kernel<W, true, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in,
-                 T, pre);
+                 T);
     else if (T == 1)
-      launch_pdl(gemv_kernel<W, false, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T, pre);
+      launch_pdl(gemv_kernel<W, false, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
     else
       launch_pdl(gemv_kernel<W, false, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in,
-                 T, pre);
+                 T);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
   for (const LinearOut& o : outs)
@@ -531,7 +499,7 @@ void CudaOps::linear_gated(const MatView& x, std::span<const LinearOut, 2> gate_
       auto* kernel = act == Activation::GeluTanh ? gemv_gated_kernel<W, true> : gemv_gated_kernel<W, false>;
       launch_pdl(kernel, blocks, 32 * kGemvWarps, 0, stream_, static_cast<const float*>(x.data),
                  static_cast<const W*>(wg.data), static_cast<const W*>(wu.data), static_cast<float*>(out.data),
-                 wg.out_features, wg.in_features, exp_gemv_prefetch_lines());
+                 wg.out_features, wg.in_features);
     }
   });
   HEADINFER_CUDA_CHECK_LAUNCH();

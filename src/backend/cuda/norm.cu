@@ -3,8 +3,6 @@
 // q/k norm), one block per row for the hidden size. out is F32 or the 16-bit dtype the next
 // linear reads (each element rounded from the F32 value). The fused and plain kernels sum in the
 // same order, so add_rms_norm gives what add() then rms_norm() give, bit for bit.
-#include <cstdlib>
-
 #include "cuda_common.h"
 #include "cuda_ops.h"
 
@@ -51,11 +49,10 @@ constexpr int64_t kWideCols = 512;  // rows wider than this take the block kerne
 template <typename W, typename O, bool ADD>
 __global__ void __launch_bounds__(kWideThreads)
     rms_norm_wide_kernel(float* x, int64_t x_stride, const float* y, int64_t y_stride, const W* weight, float eps,
-                         O* out, int64_t out_stride, int64_t cols, int early_weights) {
+                         O* out, int64_t out_stride, int64_t cols) {
   // The first kWideUnroll weights of this thread are read before pdl_wait() (weights are written by
   // no kernel of a step; see pdl_wait), and the first chunk's x values stay in registers for the
   // output, so neither is a dependent load after the reduction. Same values, same arithmetic.
-  if (!early_weights) pdl_wait();
   float w0[kWideUnroll];
 #pragma unroll
   for (int u = 0; u < kWideUnroll; ++u) {
@@ -107,15 +104,6 @@ __global__ void __launch_bounds__(kWideThreads)
     o[i] = from_f32<O>(to_f32(weight[i]) * (xr[i] * inv));
 }
 
-// EXPERIMENT (branch prefetch): HEADINFER_EXP_NORM_EARLY=0 reads the norm's weights after the wait.
-int exp_norm_early() {
-  static const int on = [] {
-    const char* v = std::getenv("HEADINFER_EXP_NORM_EARLY");
-    return v == nullptr || v[0] != '0' ? 1 : 0;
-  }();
-  return on;
-}
-
 }  // namespace
 
 void CudaOps::norm_rows(const MatView& x, const MatView* y, const VecView& weight, float eps, const MatView& out) {
@@ -142,7 +130,7 @@ void CudaOps::norm_rows(const MatView& x, const MatView* y, const VecView& weigh
         constexpr bool ADD = decltype(add)::value;
         if (x.cols > kWideCols) {
           launch_pdl(rms_norm_wide_kernel<W, O, ADD>, static_cast<unsigned>(x.rows), kWideThreads, 0, stream_, xp,
-                     x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols, exp_norm_early());
+                     x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.cols);
         } else {
           launch_pdl(rms_norm_kernel<W, O, ADD>, grid_1d(x.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream_, xp,
                      x.row_stride, yp, y_stride, wp, eps, op_, out.row_stride, x.rows, x.cols);

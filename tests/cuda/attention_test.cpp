@@ -159,6 +159,20 @@ struct GroupCase {
 
 class CudaGroupedAttentionTest : public CudaTest, public ::testing::WithParamInterface<GroupCase> {};
 
+// The shape of a case's call: n_kv_heads heads of head_dim d and gs query heads each, head blocks of
+// `capacity` rows back to back. Views (q, kv, out, lse) are the test's.
+AttentionArgs group_args(const GroupCase& c, int64_t d, int64_t gs, int64_t capacity) {
+  AttentionArgs a;
+  a.n_keys = c.n_keys;
+  a.head_dim = d;
+  a.n_q_heads = gs;
+  a.n_kv_heads = c.n_kv_heads;
+  a.kv_head_stride = capacity * d;
+  a.q_pos0 = c.q_pos0;
+  a.scale = 0.088f;
+  return a;
+}
+
 TEST_P(CudaGroupedAttentionTest, EqualsOneCallPerHead) {
   const GroupCase c = GetParam();
   const int64_t d = 128, gs = 4, H = c.n_kv_heads, T = c.n_queries, n = c.n_keys;
@@ -169,14 +183,7 @@ TEST_P(CudaGroupedAttentionTest, EqualsOneCallPerHead) {
   auto d_q = upload(q), d_k = upload(encode(k, c.kv_dtype)), d_v = upload(encode(v, c.kv_dtype));
   auto grouped_out = poisoned(T * q_cols), grouped_lse = poisoned(T * H * gs);
   auto single_out = poisoned(T * q_cols), single_lse = poisoned(T * H * gs);
-  AttentionArgs a;
-  a.n_keys = n;
-  a.head_dim = d;
-  a.n_q_heads = gs;
-  a.n_kv_heads = H;
-  a.kv_head_stride = capacity * d;
-  a.q_pos0 = c.q_pos0;
-  a.scale = 0.088f;
+  AttentionArgs a = group_args(c, d, gs, capacity);
   a.q = view(d_q.data(), T, q_cols, q_cols);
   a.kv = KvHeadView{d_k.data(), d_v.data(), c.kv_dtype, d};
   a.out = view(grouped_out.data(), T, q_cols, q_cols);
@@ -218,15 +225,8 @@ TEST_P(CudaGroupedAttentionTest, SettledKeysChangeNoBit) {
   auto d_q = upload(q), d_k = upload(encode(k, c.kv_dtype)), d_v = upload(encode(v, c.kv_dtype));
   auto d_sk = upload(encode(stale_k, c.kv_dtype)), d_sv = upload(encode(stale_v, c.kv_dtype));
   auto d_kn = upload(k_new), d_vn = upload(v_new);
-  AttentionArgs a;
-  a.n_keys = n;
-  a.head_dim = d;
-  a.n_q_heads = gs;
-  a.n_kv_heads = H;
+  AttentionArgs a = group_args(c, d, gs, capacity);
   a.layer_kv_heads = H;
-  a.kv_head_stride = capacity * d;
-  a.q_pos0 = c.q_pos0;
-  a.scale = 0.088f;
   a.q = view(d_q.data(), 1, q_cols, q_cols);
   auto run = [&](const DeviceBuffer& kb, const DeviceBuffer& vb, int64_t settled, bool copy_first) {
     auto out = poisoned(q_cols), lse = poisoned(H * gs);

@@ -275,11 +275,16 @@ def targets(rows, floors, shape):
     v = ratio(g(h8, "decode_s"), g(l8, "decode_s"))
     add("8K decode / llama.cpp's", "< 1.0", v, None if v is None else v < 1.0,
         f"{fmt(ms(h8), '{:.2f}')} ms / {fmt(ms(l8), '{:.2f}')} ms")
-    floor8 = None if bw is None else w_bytes / bw
+    # What an 8K step must read: the weights (all but the embedding table) and 8K positions of KV,
+    # 16.08 GB for llama3-8b; the issue's own figures use this (7.17 ms "about 75%", llama.cpp's
+    # 6.62 ms "about 81%"). The weights alone are given beside it.
+    floor8 = None if bw is None else (w_bytes + kv_tok * K8) / bw
     v = ratio(floor8, g(h8, "decode_s"))
-    add("8K decode, share of the weight-read floor", "≥ 0.85", v, None if v is None else v >= 0.85,
-        f"floor {fmt(None if floor8 is None else floor8 * 1000, '{:.2f}')} ms = {w_bytes / 1e9:.2f} GB read "
-        f"(all weights but the embedding table) at the device copy rate")
+    v_w = ratio(None if bw is None else w_bytes / bw, g(h8, "decode_s"))
+    add("8K decode, share of the (weights + KV) read floor", "≥ 0.85", v, None if v is None else v >= 0.85,
+        f"floor {fmt(None if floor8 is None else floor8 * 1000, '{:.2f}')} ms = {(w_bytes + kv_tok * K8) / 1e9:.2f} GB "
+        f"(weights but the embedding table, and 8K positions of KV) at the device copy rate; "
+        f"of the weights alone ({w_bytes / 1e9:.2f} GB): {fmt(v_w, '{:.2f}')}")
     floor128 = None if bw is None else (w_bytes + kv_tok * K128) / bw
     v = ratio(floor128, g(h128, "decode_s"))
     add("128K decode uncapped, share of the (weights + KV) floor", "≥ 0.80", v, None if v is None else v >= 0.80,

@@ -103,7 +103,7 @@ def test_report_targets(tmp_path):
     w, kv = report.shape_bytes("llama3-8b")
     assert kv == 128 * 1024  # BENCH.md: 128 KiB per token
     assert w == 2 * (8_030_261_248 - N_VOCAB * 4096)  # llama3-8b's parameter count, less the embedding table
-    assert t["8K decode, share of the weight-read floor"][0] == f"{w / 3000e9 / 0.0071:.2f}"
+    assert t["8K decode, share of the (weights + KV) read floor"][0] == f"{(w + kv * 8192) / 3000e9 / 0.0071:.2f}"
     assert t["128K decode, every head streamed: share of the pinned link"] == (f"{53 / 55:.2f}", "met")
 
 

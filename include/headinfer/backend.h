@@ -5,6 +5,7 @@
 // so that parts of one head's attention merge exactly.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -143,6 +144,10 @@ class Ops {
   virtual ~Ops() = default;
   // out[t] = table[ids[t]]; ids on the host. out F32 [T, hidden].
   virtual void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) = 0;
+  // embedding() of one id that is already in device memory (the last step's argmax, which no host
+  // has read yet), so a step can be queued behind the one that picks its token. Nothing is checked
+  // on the host: the id must be in the table by construction. out F32 [1, hidden].
+  virtual void embedding_device_id(const int32_t* device_id, const WeightView& table, const MatView& out) = 0;
   // out = x / sqrt(mean(x^2) + eps) * weight, per row. x and out may alias. x is F32; out is F32,
   // or the linear_input_dtype() of a backend that has one (then out does not alias x): each
   // element rounded from the F32 value the F32 out would hold.
@@ -288,6 +293,21 @@ class Device {
   virtual size_t peak_bytes() const = 0;
   // Copies device memory to the host and waits: only for results leaving the engine (logits).
   virtual void read_to_host(void* host_dst, const void* device_src, size_t bytes) = 0;
+  // A read that waits only for the work queued before it, so more work can be queued first
+  // (Engine::decode_greedy's next step). queue_read copies `bytes` (at most kReadBytes) of device
+  // memory into read slot `slot` once the work queued so far is done; wait_read(slot) waits for
+  // that copy alone and hands the bytes over. Two slots: one read may wait while the next is
+  // queued. This default reads at once (a device whose queue is the caller).
+  static constexpr int kReadSlots = 2;
+  static constexpr size_t kReadBytes = 8;
+  virtual void queue_read(int slot, const void* device_src, size_t bytes) {
+    check_read(slot, bytes);
+    read_to_host(read_slots_[slot], device_src, bytes);
+  }
+  virtual void wait_read(int slot, void* host_dst, size_t bytes) {
+    check_read(slot, bytes);
+    std::memcpy(host_dst, read_slots_[slot], bytes);
+  }
   virtual void write_from_host(void* device_dst, const void* host_src, size_t bytes) = 0;
   // Bytes alloc() may hand out in all; 0: unlimited.
   virtual size_t memory_budget() const = 0;
@@ -310,6 +330,14 @@ class Device {
   virtual bool begin_graph() { return false; }
   virtual bool end_graph() { return false; }
   virtual void abort_graph() {}
+
+ protected:
+  static void check_read(int slot, size_t bytes) {
+    if (slot < 0 || slot >= kReadSlots || bytes > kReadBytes) throw Error("device read: bad slot or size");
+  }
+
+ private:
+  unsigned char read_slots_[kReadSlots][kReadBytes] = {};
 };
 
 struct CpuDeviceOptions {

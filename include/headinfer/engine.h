@@ -61,7 +61,14 @@ class Engine {
   // One decode step: the logits of the new position ([vocab], valid until the next call), or only
   // their argmax, computed on the device (the greedy token, without reading the logits back).
   std::span<const float> decode(int32_t id);
-  int32_t decode_greedy(int32_t id);
+  // `ahead`: the caller will most likely call decode_greedy next with the token this returns. The
+  // step for that token is then queued on the device before this one's token is read (its input
+  // is the device's argmax, which no host reads first), so the device does not wait for the host
+  // between steps (its graph is recorded while this step runs). The next decode_greedy with that
+  // token counts it; any other call drops it (its K/V row is written again by whatever runs at
+  // that position). Queued only where every head block is on one device and no window block
+  // would slide for it; the results are the same bits either way.
+  int32_t decode_greedy(int32_t id, bool ahead = false);
   // A sampled token (sampler's temperature > 0), drawn on the device where it can, else on the
   // host from the logits.
   int32_t decode_sampled(int32_t id, Sampler& sampler);
@@ -117,6 +124,15 @@ class Engine {
   std::unique_ptr<KvCache> kv_;            // a ShardedKvCache with several devices
   // Queues the forward of one decode step (recorded as a graph when graphs_ is on).
   void step(int32_t id);
+  // Queues the forward of one token at n_past_ without counting it: *id, or the device's argmax of
+  // the last step where id is null.
+  void queue_step(const int32_t* id);
+  // Queues the argmax of the last queued step and its read; returns the read's slot.
+  int queue_argmax();
+  // Whether a step may be queued ahead at n_past_ (decode_greedy's `ahead`).
+  bool can_queue_ahead() const;
+  // Forgets a step queued ahead (every call but decode_greedy's next one).
+  void drop_ahead() { ahead_queued_ = false; }
   // One forward of `ids` at n_past_ on every device; the logits to logits_ when read_logits.
   void forward(std::span<const int32_t> ids, int64_t call_end, bool read_logits);
 
@@ -125,6 +141,11 @@ class Engine {
   std::vector<int32_t> ids_;   // [n_past_] when known (empty after fill_random_context)
   std::string model_id_;
   bool graphs_ = false;
+  bool ahead_ok_ = false;      // one device, every head block on it (a step queued ahead touches only it)
+  bool ahead_queued_ = false;  // a step at n_past_ queued on the device's argmax, not counted yet
+  int32_t ahead_input_ = -1;   // that argmax: the token the last decode_greedy returned
+  int ahead_slot_ = 0;         // the read slot of that step's own argmax
+  int next_slot_ = 0;          // the read slot queue_argmax uses next
 };
 
 // What generate() throws when GenerateCallbacks::cancelled says so: the held KV stays valid up to

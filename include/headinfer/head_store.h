@@ -70,6 +70,8 @@ class HeadStore {
   // it. Idempotent, and a no-op for layers that keep the whole context. Throws Error when the
   // past is no longer held (a cut back before it) or the chunk is longer than the block allows.
   void make_room(int64_t layer, int64_t group, int64_t pos0, int64_t end);
+  // Whether make_room(layer, group, ., end) would move the block (forgetting its oldest rows).
+  bool slides(int64_t layer, int64_t group, int64_t end) const;
   // Makes resident group (layer, group) able to take rows [begin, end) (KV snapshots, random
   // fills, which then write every head of the group): when they do not fit where the block is,
   // it moves to origin `begin`, forgetting what it held.

@@ -62,6 +62,9 @@ class KvCache {
   // positions at pos0 (HeadStore::make_room) before the step is recorded, so a recording never
   // holds a block's move (attend() makes the same room itself; then it is a no-op).
   virtual void prepare(int64_t pos0, int64_t n) {}
+  // Whether prepare(pos0, n) would slide a window block (forgetting the positions before its
+  // window): a step queued ahead and then dropped must not cost the context a later cut keeps.
+  virtual bool prepare_slides(int64_t pos0, int64_t n) const { return false; }
   // Before the first prefill (Engine, from EngineOptions::prompt_tokens): plans the attention calls
   // of a first chunk of n_tokens positions (Ops::prepare_attention) for the blocks that stay on the
   // device; streamed groups are planned when they are first used. Changes nothing a forward sees.
@@ -115,6 +118,7 @@ class ShardedKvCache final : public KvCache {
   void read_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, void* host_dst) override;
   void write_rows(int64_t layer, int64_t kv_head, int which, int64_t begin, int64_t end, const void* host_src) override;
   void prepare(int64_t pos0, int64_t n) override;
+  bool prepare_slides(int64_t pos0, int64_t n) const override;
   size_t bytes_device() const override;
   size_t bytes_host() const override;
 

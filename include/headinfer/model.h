@@ -4,6 +4,7 @@
 // tied embeddings), never a second forward.
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -104,9 +105,17 @@ class Model {
   // The same without reading anything back: the last token's logits stay in device memory, for
   // read_logits() or read_argmax(). Queues device work only (a step graph can record it).
   void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int64_t call_end = 0);
+  // forward() of one token at pos0 whose id is the argmax queue_argmax() left in device memory:
+  // queued behind the step that computes it, with no host in between (an argmax is always a row
+  // of the [vocab, hidden] table).
+  void forward_argmax_token(int64_t pos0, KvCache& kv);
   // The logits of the last forward: to the host ([vocab]), or only their argmax (4 bytes).
   void read_logits(std::span<float> logits);
   int32_t read_argmax();
+  // read_argmax() in two halves (Device::queue_read): the argmax of the last forward queued, with
+  // its read into `slot`; later work may be queued before wait_argmax(slot) hands it over.
+  void queue_argmax(int slot);
+  int32_t wait_argmax(int slot);
   // A draw from the last forward's logits on the device (Ops::sample_token; only where
   // device().ops().samples_on_device()).
   int32_t read_sample(float temperature, int64_t top_k, float top_p, double uniform);
@@ -119,6 +128,9 @@ class Model {
   void attention_block(const LayerWeights& w, int64_t layer, int64_t n, int64_t pos0, const RopeTable& rope,
                        KvCache& kv, const MatView& xn);
   void mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const VecView* next_norm);
+  // forward() of n tokens whose embedding rows `embed` writes into the residual stream.
+  void run_forward(int64_t n, int64_t pos0, KvCache& kv, int64_t call_end,
+                   const std::function<void(const MatView&)>& embed);
   // The linears' outputs over n rows (the MLP's: m rows from row r0), as forward() passes them
   // and prepare_first_chunk() plans them.
   std::array<LinearOut, 3> qkv_outs(const LayerWeights& w, int64_t n) const;

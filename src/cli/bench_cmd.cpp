@@ -165,7 +165,7 @@ void run_bench(const BenchArgs& a) {
       if (sampler)
         next = engine.decode_sampled(next, *sampler);  // drawn on the device where it can, as generate does
       else
-        next = engine.decode_greedy(next);  // argmax on the device, as generate does
+        next = engine.decode_greedy(next, i + 1 < a.n_decode);  // argmax on the device, steps queued ahead, as generate does
       step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
     }
     const double decode_s = median(step_s);

@@ -128,9 +128,14 @@ void* HeadStore::v_block(int64_t layer, int64_t kv_head) const {
          static_cast<size_t>((group_size_ + kv_head % group_size_) * grp.rows) * row_bytes_;
 }
 
+bool HeadStore::slides(int64_t layer, int64_t group, int64_t end) const {
+  const Group& grp = groups_[index(layer, group)];
+  return grp.tier == Tier::Gpu && grp.window != 0 && end - grp.origin > grp.rows;
+}
+
 void HeadStore::make_room(int64_t layer, int64_t group, int64_t pos0, int64_t end) {
   Group& grp = groups_[index(layer, group)];
-  if (grp.tier != Tier::Gpu || grp.window == 0 || end - grp.origin <= grp.rows) return;
+  if (!slides(layer, group, end)) return;
   const int64_t lo = std::max<int64_t>(0, pos0 - grp.window + 1);
   if (lo < grp.origin)
     throw Error("head store: layer " + std::to_string(layer) + " no longer holds position " + std::to_string(lo) +

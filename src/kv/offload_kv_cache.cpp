@@ -210,6 +210,12 @@ class OffloadKvCache final : public KvCache {
   void prepare(int64_t pos0, int64_t n) override {
     for (int64_t l = 0; l < config_.n_layers; ++l) make_room(l, pos0, n);
   }
+  bool prepare_slides(int64_t pos0, int64_t n) const override {
+    for (int64_t l = 0; l < config_.n_layers; ++l)
+      for (int64_t g = 0; g < plan_.groups_per_layer; ++g)
+        if (store_.slides(l, g, pos0 + n)) return true;
+    return false;
+  }
   void prepare_first_chunk(int64_t n_tokens) override {
     // A fresh store: every resident block starts at position 0, where a first chunk needs no room made.
     if (n_tokens < 1 || n_tokens > plan_.chunk || n_tokens > store_.capacity() || store_.length() != 0) return;

@@ -60,6 +60,10 @@ void ShardedKvCache::prepare(int64_t pos0, int64_t n) {
   for (auto& s : shards_) s->prepare(pos0, n);
 }
 
+bool ShardedKvCache::prepare_slides(int64_t pos0, int64_t n) const {
+  return std::any_of(shards_.begin(), shards_.end(), [&](const auto& s) { return s->prepare_slides(pos0, n); });
+}
+
 size_t ShardedKvCache::bytes_device() const {
   size_t n = 0;
   for (const auto& s : shards_) n += s->bytes_device();

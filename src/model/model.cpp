@@ -332,9 +332,18 @@ void Model::read_logits(std::span<float> logits) {
 }
 
 int32_t Model::read_argmax() {
+  queue_argmax(0);
+  return wait_argmax(0);
+}
+
+void Model::queue_argmax(int slot) {
   device_.ops().argmax(mat(logits_, 1, config_.vocab_size), argmax_.as<int32_t>());
+  device_.queue_read(slot, argmax_.data(), sizeof(int32_t));
+}
+
+int32_t Model::wait_argmax(int slot) {
   int32_t id = 0;
-  device_.read_to_host(&id, argmax_.data(), sizeof(id));
+  device_.wait_read(slot, &id, sizeof(id));
   return id;
 }
 
@@ -347,8 +356,18 @@ int32_t Model::read_sample(float temperature, int64_t top_k, float top_p, double
 }
 
 void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int64_t call_end) {
+  run_forward(static_cast<int64_t>(ids.size()), pos0, kv, call_end,
+              [&](const MatView& x) { device_.ops().embedding(ids, weights_.embed, x); });
+}
+
+void Model::forward_argmax_token(int64_t pos0, KvCache& kv) {
+  run_forward(1, pos0, kv, 0,
+              [&](const MatView& x) { device_.ops().embedding_device_id(argmax_.as<int32_t>(), weights_.embed, x); });
+}
+
+void Model::run_forward(int64_t n, int64_t pos0, KvCache& kv, int64_t call_end,
+                        const std::function<void(const MatView&)>& embed) {
   const ModelConfig& c = config_;
-  const auto n = static_cast<int64_t>(ids.size());
   if (n < 1 || n > sizes_.max_chunk)
     throw Error("forward: chunk of " + std::to_string(n) + " tokens (1.." + std::to_string(sizes_.max_chunk) + ")");
   if (!pending_copies_.empty()) throw Error("forward: the model's weights are not copied yet (Model::copy_weights)");
@@ -360,7 +379,7 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int
   const bool use_long = c.rope.type == RopeType::Longrope && call_end > c.rope.original_max_position_embeddings;
   const RopeTable& global_rope = use_long ? rope_long_ : rope_;
 
-  ops.embedding(ids, weights_.embed, mat(x_, n, c.hidden_size));
+  embed(mat(x_, n, c.hidden_size));
   if (c.embedding_scale != 0.0f) ops.scale(mat(x_, n, c.hidden_size), c.embedding_scale);
   // The normed input of every linear that reads it, in the dtype the ops' linear takes it (for
   // 16-bit weights on the CUDA tensor-core path: rounded by the norm itself, not by a pass of its own).

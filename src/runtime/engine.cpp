@@ -105,36 +105,53 @@ Engine::Engine(const Checkpoint& checkpoint, std::span<Device* const> devices, c
     own_model_->copy_weights();
   }
   const Plan* plan = kv_cache_plan(*kv_);
-  graphs_ = options_.step_graphs && !sharded_ && plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;
+  const bool resident = plan != nullptr && plan->n_streamed_groups == 0 && plan->n_cpu_groups == 0;
+  graphs_ = options_.step_graphs && !sharded_ && resident;
+  ahead_ok_ = !sharded_ && resident;
 }
 
 void Engine::step(int32_t id) {
-  const std::span<const int32_t> ids(&id, 1);
+  queue_step(&id);
+  ++n_past_;
+  ids_.push_back(id);
+}
+
+void Engine::queue_step(const int32_t* id) {
   if (n_past_ + 1 > options_.context)
     throw Error("context full: " + std::to_string(n_past_ + 1) + " tokens needed, context is " +
                 std::to_string(options_.context) + " (raise --ctx)");
   Device& device = model_.device();
   kv_->prepare(n_past_, 1);  // a window block's move is queued here, never recorded in a graph
+  auto run = [&] {
+    if (id != nullptr) model_.forward(std::span<const int32_t>(id, 1), n_past_, *kv_);
+    else model_.forward_argmax_token(n_past_, *kv_);
+  };
   if (graphs_ && device.begin_graph()) {
     bool recorded = false;
     try {
-      model_.forward(ids, n_past_, *kv_);
+      run();
       recorded = true;
     } catch (const Error&) {
       device.abort_graph();  // a genuine error shows again in the eager run below
     }
-    if (recorded && device.end_graph()) {
-      ++n_past_;
-      ids_.push_back(id);
-      return;
-    }
+    if (recorded && device.end_graph()) return;
     graphs_ = false;  // the recording failed: run this step, and the next ones, without graphs
   } else {
     graphs_ = false;
   }
-  forward(ids, 0, false);
-  ++n_past_;
-  ids_.push_back(id);
+  if (id != nullptr) forward(std::span<const int32_t>(id, 1), 0, false);
+  else run();  // never sharded (can_queue_ahead)
+}
+
+int Engine::queue_argmax() {
+  const int slot = next_slot_;
+  next_slot_ = (next_slot_ + 1) % Device::kReadSlots;
+  model_.queue_argmax(slot);
+  return slot;
+}
+
+bool Engine::can_queue_ahead() const {
+  return ahead_ok_ && n_past_ + 1 <= options_.context && !kv_->prepare_slides(n_past_, 1);
 }
 
 void Engine::forward(std::span<const int32_t> ids, int64_t call_end, bool read_logits) {
@@ -150,12 +167,14 @@ void Engine::forward(std::span<const int32_t> ids, int64_t call_end, bool read_l
 }
 
 std::span<const float> Engine::decode(int32_t id) {
+  drop_ahead();
   step(id);
   model_.read_logits(logits_);
   return logits_;
 }
 
 int32_t Engine::decode_sampled(int32_t id, Sampler& sampler) {
+  drop_ahead();
   step(id);
   const SamplerOptions& o = sampler.options();
   if (model_.device().ops().samples_on_device())
@@ -164,13 +183,31 @@ int32_t Engine::decode_sampled(int32_t id, Sampler& sampler) {
   return sampler.sample(logits_);
 }
 
-int32_t Engine::decode_greedy(int32_t id) {
-  step(id);
-  return model_.read_argmax();
+int32_t Engine::decode_greedy(int32_t id, bool ahead) {
+  int slot = 0;
+  if (ahead_queued_ && id == ahead_input_) {  // the step for `id` is queued already: count it
+    ahead_queued_ = false;
+    ++n_past_;
+    ids_.push_back(id);
+    slot = ahead_slot_;
+  } else {
+    drop_ahead();
+    step(id);
+    slot = queue_argmax();
+  }
+  if (ahead && can_queue_ahead()) {
+    queue_step(nullptr);
+    ahead_slot_ = queue_argmax();
+    ahead_queued_ = true;
+  }
+  const int32_t token = model_.wait_argmax(slot);
+  ahead_input_ = token;
+  return token;
 }
 
 std::span<const float> Engine::prefill(std::span<const int32_t> ids,
                                        const std::function<void(int64_t, int64_t)>& progress) {
+  drop_ahead();
   const auto total = static_cast<int64_t>(ids.size());
   if (total == 0) throw Error("prefill needs at least one token");
   if (n_past_ + total > options_.context)
@@ -192,6 +229,7 @@ std::span<const float> Engine::prefill(std::span<const int32_t> ids,
 }
 
 void Engine::reset() {
+  drop_ahead();
   n_past_ = 0;
   ids_.clear();
   kv_->reset();
@@ -210,6 +248,7 @@ int64_t Engine::min_kept_prefix() const {
 }
 
 void Engine::truncate(int64_t n) {
+  drop_ahead();
   if (n < 0 || n > n_past_)
     throw Error("KV truncate to " + std::to_string(n) + " positions: " + std::to_string(n_past_) + " are held");
   if (n == n_past_) return;
@@ -223,6 +262,7 @@ void Engine::truncate(int64_t n) {
 }
 
 int64_t Engine::keep_common_prefix(std::span<const int32_t> ids) {
+  drop_ahead();
   if (static_cast<int64_t>(ids_.size()) != n_past_) {  // positions without ids (a random fill)
     reset();
     return 0;
@@ -240,6 +280,7 @@ int64_t Engine::keep_common_prefix(std::span<const int32_t> ids) {
 }
 
 void Engine::fill_random_context(int64_t n_positions, uint64_t seed) {
+  drop_ahead();
   if (n_positions < 0 || n_positions > options_.context)
     throw Error("random context of " + std::to_string(n_positions) + " positions: context is " +
                 std::to_string(options_.context) + " (raise --ctx)");
@@ -301,7 +342,7 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
     check_cancel();
     if (i == 0) t_decode = std::chrono::steady_clock::now();
     if (device_pick && options.sampling.temperature == 0.0f)
-      greedy_id = engine.decode_greedy(id);
+      greedy_id = engine.decode_greedy(id, /*ahead=*/i + 2 < options.max_new_tokens);  // another step follows
     else if (device_pick)
       greedy_id = engine.decode_sampled(id, sampler);
     else

@@ -221,6 +221,7 @@ std::string model_identity(const Checkpoint& checkpoint, Device* device) {
 }
 
 Engine::SnapshotStats Engine::save_kv(const std::filesystem::path& path) {
+  drop_ahead();
   if (static_cast<int64_t>(ids_.size()) != n_past_)
     throw Error("KV snapshot " + path.string() + ": the context holds random K/V without token ids");
   const auto t0 = std::chrono::steady_clock::now();
@@ -288,6 +289,7 @@ Engine::SnapshotStats Engine::save_kv(const std::filesystem::path& path) {
 }
 
 Engine::SnapshotStats Engine::load_kv(const std::filesystem::path& path) {
+  drop_ahead();
   const auto t0 = std::chrono::steady_clock::now();
   const std::string p = path.string(), where = "KV snapshot " + p + ": ";
   const ModelConfig& c = config();

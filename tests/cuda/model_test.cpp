@@ -15,6 +15,7 @@
 #include "headinfer/checkpoint.h"
 #include "headinfer/engine.h"
 #include "headinfer/model.h"
+#include "decode_ahead_run.h"
 #include "testdata.h"
 
 namespace headinfer::test {
@@ -110,6 +111,18 @@ int check_model_folder(Device& gpu, Device& cpu, const fs::path& root) {
     ++n_models;
   }
   return n_models;
+}
+
+// decode_greedy's `ahead` on the GPU: the queued step is a graph recorded while the step before
+// it runs, its token read from the device's argmax; counted or dropped, every token and logit is
+// the same bits as one step at a time (decode_ahead_run.h). Each engine on a device of its own.
+TEST_F(CudaTest, DecodeAheadChangesNoBit) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* arch : {"llama3-bf16", "mistral_swa-bf16"}) {
+    const auto ckpt = Checkpoint::open(testdata_dir() / "models" / "tiny" / arch);
+    auto da = make_cuda_device({}), dr = make_cuda_device({});
+    test::check_decode_ahead(*ckpt, *da, *dr, arch, true);
+  }
 }
 
 // EngineOptions::prompt_tokens builds the first chunk's cuDNN graphs while the weights copy: with

@@ -373,6 +373,26 @@ TEST_F(CudaTest, ArgmaxIsTheSamplersRule) {
   big[120000] = 500.0f;
   EXPECT_EQ(run(big), 77777);
   EXPECT_EQ(run(big), headinfer::argmax(big));
+  // The kernel's parts (elements before a 16-byte boundary, whole vectors, a tail) at every
+  // alignment and a few lengths, the largest value twice: once late, once where another thread
+  // (or another part) reads it. Against the host's rule.
+  for (const int64_t n : {1, 2, 3, 5, 9, 4099, 128257}) {
+    for (int64_t offset = 0; offset < 4; ++offset) {
+      std::vector<float> v(static_cast<size_t>(n + offset));
+      for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i * 40503u) % 9973) * 1e-2f;
+      const int64_t late = n - 1, early = n / 3;
+      v[static_cast<size_t>(offset + late)] = 1000.0f;
+      v[static_cast<size_t>(offset + early)] = 1000.0f;
+      auto d = upload(v);
+      auto out = upload(std::vector<int32_t>{-1});
+      gpu_->ops().argmax(view(static_cast<float*>(d.data()) + offset, 1, n, n), static_cast<int32_t*>(out.data()));
+      int32_t r = -2;
+      gpu_->read_to_host(&r, out.data(), sizeof(r));
+      const std::span<const float> host(v.data() + offset, static_cast<size_t>(n));
+      EXPECT_EQ(r, headinfer::argmax(host)) << "n " << n << " offset " << offset;
+      EXPECT_EQ(r, early) << "n " << n << " offset " << offset;
+    }
+  }
 }
 
 }  // namespace

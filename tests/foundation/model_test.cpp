@@ -28,6 +28,7 @@
 #include "greedy_run.h"
 #include "npy.h"
 #include "engine_options.h"
+#include "decode_ahead_run.h"
 #include "testdata.h"
 
 namespace headinfer {
@@ -128,6 +129,16 @@ TEST(Generate, DeviceArgmaxEqualsHostArgmax) {
   EXPECT_FALSE(b.step_graphs());  // the CPU device has no graphs
 }
 
+// decode_greedy's `ahead` changes no bit, counted or dropped (decode_ahead_run.h).
+TEST(Engine, DecodeAheadChangesNoBit) {
+  HEADINFER_REQUIRE_TESTDATA();
+  for (const char* arch : {"llama3-f32", "mistral_swa-f32"}) {
+    const auto ckpt = Checkpoint::open(tiny_dir(arch));
+    auto device = make_cpu_device({2, 0});
+    test::check_decode_ahead(*ckpt, *device, *device, arch, false);
+  }
+}
+
 TEST(Generate, StopsAtEosUnlessIgnored) {
   HEADINFER_REQUIRE_TESTDATA();
   // The tiny llama3 (bf16 file)'s first reference continuation reaches its eos id (2) at step 22.
@@ -224,6 +235,9 @@ class RecordingOps final : public Ops {
   }
   void embedding(std::span<const int32_t> ids, const WeightView& t, const MatView& out) override {
     cpu_.embedding(ids, t, out);
+  }
+  void embedding_device_id(const int32_t* id, const WeightView& t, const MatView& out) override {
+    cpu_.embedding_device_id(id, t, out);
   }
   void rms_norm(const MatView& x, const VecView& w, float eps, const MatView& out) override {
     cpu_.rms_norm(x, w, eps, out);

@@ -30,6 +30,11 @@ float* scratch(std::vector<float>& buf, int64_t n) {
 
 }  // namespace
 
+// The CPU device's memory is the host's: the id is read where it lies.
+void CpuOps::embedding_device_id(const int32_t* device_id, const WeightView& table, const MatView& out) {
+  embedding(std::span<const int32_t>(device_id, 1), table, out);
+}
+
 void CpuOps::embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) {
   require_f32(out, "embedding");
   for (int32_t id : ids)

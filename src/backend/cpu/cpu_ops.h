@@ -9,6 +9,7 @@ class CpuOps final : public Ops {
  public:
   explicit CpuOps(ThreadPool& pool) : pool_(pool) {}
   void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) override;
+  void embedding_device_id(const int32_t* device_id, const WeightView& table, const MatView& out) override;
   void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) override;
   void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) override;
   void rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int64_t pos0) override;

@@ -143,6 +143,8 @@ class CudaDevice final : public Device {
       throw Error("cannot create a cuBLASLt handle on " + name_);
     }
     ops_ = std::make_unique<cuda::CudaOps>(*this, stream_, lt_, prop.multiProcessorCount);
+    HEADINFER_CUDA_CHECK(cudaHostAlloc(&read_pinned_, kReadSlots * kReadBytes, cudaHostAllocDefault));
+    for (cudaEvent_t& e : read_done_) HEADINFER_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   }
 
   ~CudaDevice() override {
@@ -153,6 +155,9 @@ class CudaDevice final : public Device {
     cudaStreamSynchronize(stream_);
     memory_->release_all([](void* p) { cudaFree(p); });
     cublasLtDestroy(lt_);
+    for (cudaEvent_t e : read_done_)
+      if (e != nullptr) cudaEventDestroy(e);
+    if (read_pinned_ != nullptr) cudaFreeHost(read_pinned_);
     cudaStreamDestroy(stream_);
   }
 
@@ -182,6 +187,18 @@ class CudaDevice final : public Device {
   void read_to_host(void* dst, const void* src, size_t bytes) override {
     HEADINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     HEADINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  // Pinned slots, so the copy is queued (not staged by the host) and the event marks its landing.
+  void queue_read(int slot, const void* src, size_t bytes) override {
+    check_read(slot, bytes);
+    unsigned char* dst = static_cast<unsigned char*>(read_pinned_) + slot * kReadBytes;
+    HEADINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    HEADINFER_CUDA_CHECK(cudaEventRecord(read_done_[slot], stream_));
+  }
+  void wait_read(int slot, void* dst, size_t bytes) override {
+    check_read(slot, bytes);
+    HEADINFER_CUDA_CHECK(cudaEventSynchronize(read_done_[slot]));
+    std::memcpy(dst, static_cast<const unsigned char*>(read_pinned_) + slot * kReadBytes, bytes);
   }
   void write_from_host(void* dst, const void* src, size_t bytes) override {
     HEADINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
@@ -257,6 +274,8 @@ class CudaDevice final : public Device {
   std::optional<BudgetedPool> memory_;  // made once the card's free memory is known
   cudaGraphExec_t graph_exec_ = nullptr;  // the last step's graph, updated in place step to step
   bool graphs_broken_ = false;            // a recording failed: steps run without graphs
+  void* read_pinned_ = nullptr;           // [kReadSlots][kReadBytes] host memory for queue_read
+  cudaEvent_t read_done_[kReadSlots] = {};
 };
 
 }  // namespace

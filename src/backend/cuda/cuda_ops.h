@@ -57,6 +57,7 @@ class CudaOps final : public Ops {
         cudnn_(device, stream) {}
 
   void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) override;
+  void embedding_device_id(const int32_t* device_id, const WeightView& table, const MatView& out) override;
   void rms_norm(const MatView& x, const VecView& weight, float eps, const MatView& out) override;
   void add_rms_norm(const MatView& x, const MatView& y, const VecView& weight, float eps,
                     const MatView& out) override;

@@ -149,6 +149,17 @@ void CudaOps::embedding(std::span<const int32_t> ids, const WeightView& table, c
   HEADINFER_CUDA_CHECK_LAUNCH();
 }
 
+void CudaOps::embedding_device_id(const int32_t* device_id, const WeightView& table, const MatView& out) {
+  require_f32(out, "embedding");
+  if (out.rows != 1 || out.cols != table.in_features) throw Error("cuda backend: embedding shape mismatch");
+  dispatch_dtype(table.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_pdl(embedding_kernel<T>, row_grid(1, table.in_features), kThreads, 0, stream_, device_id, int64_t{1},
+               static_cast<const T*>(table.data), table.in_features, static_cast<float*>(out.data), out.row_stride);
+  });
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
+
 void CudaOps::silu_mul(const MatView& gate, const MatView& up, const MatView& out) {
   check_gated(gate, up, out, "silu_mul");
   if (gate.rows == 0 || gate.cols == 0) return;

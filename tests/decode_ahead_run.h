@@ -89,4 +89,39 @@ inline void check_decode_ahead(const Checkpoint& ckpt, Device& da, Device& dr, c
   EXPECT_EQ(a.step_graphs(), graphs) << name;
 }
 
+// decode_sampled's `ahead` where the device draws (CUDA): the same tokens as one step at a time
+// with a sampler of the same seed, so the queued draws take the sampler's uniforms in the same
+// order. It starts from a greedy step queued ahead, which the first sampled call must drop (its
+// pick was an argmax), then runs 40 draws hot enough to leave the argmax often.
+inline void check_decode_ahead_sampled(const Checkpoint& ckpt, Device& da, Device& dr, const std::string& name) {
+  std::vector<int32_t> prompt;
+  for (int32_t i = 0; i < 30; ++i) prompt.push_back(1 + (i * 7) % 200);
+  EngineOptions eo;
+  eo.context = 160;
+  eo.chunk = 16;
+  Engine ref(ckpt, dr, eo), a(ckpt, da, eo);
+  const int32_t first = argmax(ref.prefill(prompt));
+  ASSERT_EQ(argmax(a.prefill(prompt)), first) << name;
+  const SamplerOptions so{1.5f, 0, 1.0f, 1234};
+  Sampler sa(so), sr(so);
+  int32_t t = ref.decode_greedy(first);
+  ASSERT_EQ(a.decode_greedy(first, true), t) << name;
+  int off_argmax = 0;
+  for (int i = 0; i < 40; ++i) {
+    const int32_t want = ref.decode_sampled(t, sr);
+    ASSERT_EQ(a.decode_sampled(t, sa, i + 1 < 40), want) << name << " draw " << i;
+    t = want;
+  }
+  // The draws left the argmax (a test whose draws were all argmaxes could not tell their order):
+  // replayed on a third engine, draw k against the argmax of the logits it was drawn from.
+  const std::vector<int32_t> ids(a.ids().begin(), a.ids().end());  // prompt, first, greedy, draws
+  Engine g(ckpt, dr, eo);
+  g.prefill(prompt);
+  g.decode_greedy(ids[prompt.size()]);
+  for (size_t k = prompt.size() + 1; k + 1 < ids.size(); ++k) off_argmax += argmax(g.decode(ids[k])) != ids[k + 1];
+  EXPECT_GT(off_argmax, 5) << name << ": the draws should often leave the argmax";
+  const auto la = a.decode(t), lr = ref.decode(t);
+  EXPECT_EQ(0, std::memcmp(la.data(), lr.data(), la.size() * sizeof(float))) << name << ": logits after the draws";
+}
+
 }  // namespace headinfer::test

@@ -70,8 +70,11 @@ class Engine {
   // would slide for it; the results are the same bits either way.
   int32_t decode_greedy(int32_t id, bool ahead = false);
   // A sampled token (sampler's temperature > 0), drawn on the device where it can, else on the
-  // host from the logits.
-  int32_t decode_sampled(int32_t id, Sampler& sampler);
+  // host from the logits. `ahead` as decode_greedy's, where the device draws: the queued step's
+  // draw is queued with it (the sampler's next uniform, in the order one step at a time takes
+  // them), and counted by the next decode_sampled with that token and the same sampler. A dropped
+  // step's uniform is spent.
+  int32_t decode_sampled(int32_t id, Sampler& sampler, bool ahead = false);
   // Whether decode steps run as device graphs (EngineOptions::step_graphs, the device and the
   // placement allowing it; off for good after a recording fails).
   bool step_graphs() const { return graphs_; }
@@ -124,11 +127,14 @@ class Engine {
   std::unique_ptr<KvCache> kv_;            // a ShardedKvCache with several devices
   // Queues the forward of one decode step (recorded as a graph when graphs_ is on).
   void step(int32_t id);
-  // Queues the forward of one token at n_past_ without counting it: *id, or the device's argmax of
-  // the last step where id is null.
+  // Queues the forward of one token at n_past_ without counting it: *id, or the device's pick of
+  // the last step (its argmax or draw) where id is null.
   void queue_step(const int32_t* id);
-  // Queues the argmax of the last queued step and its read; returns the read's slot.
-  int queue_argmax();
+  // decode_greedy (sampler null) and decode_sampled where the device draws.
+  int32_t decode_picked(int32_t id, bool ahead, Sampler* sampler);
+  // Queues the token pick of the last queued step (its argmax, or the sampler's draw) and its
+  // read; returns the read's slot.
+  int queue_pick(Sampler* sampler);
   // Whether a step may be queued ahead at n_past_ (decode_greedy's `ahead`).
   bool can_queue_ahead() const;
   // Forgets a step queued ahead (every call but decode_greedy's next one).
@@ -144,7 +150,8 @@ class Engine {
   bool ahead_ok_ = false;      // one device, every head block on it (a step queued ahead touches only it)
   bool ahead_queued_ = false;  // a step at n_past_ queued on the device's argmax, not counted yet
   int32_t ahead_input_ = -1;   // that argmax: the token the last decode_greedy returned
-  int ahead_slot_ = 0;         // the read slot of that step's own argmax
+  Sampler* ahead_sampler_ = nullptr;  // how that step's own token is picked (null: argmax)
+  int ahead_slot_ = 0;         // the read slot of that step's own pick
   int next_slot_ = 0;          // the read slot queue_argmax uses next
 };
 

@@ -105,17 +105,19 @@ class Model {
   // The same without reading anything back: the last token's logits stay in device memory, for
   // read_logits() or read_argmax(). Queues device work only (a step graph can record it).
   void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int64_t call_end = 0);
-  // forward() of one token at pos0 whose id is the argmax queue_argmax() left in device memory:
+  // forward() of one token at pos0 whose id is the pick queue_argmax() or queue_sample() left in device memory:
   // queued behind the step that computes it, with no host in between (an argmax is always a row
   // of the [vocab, hidden] table).
   void forward_argmax_token(int64_t pos0, KvCache& kv);
   // The logits of the last forward: to the host ([vocab]), or only their argmax (4 bytes).
   void read_logits(std::span<float> logits);
   int32_t read_argmax();
-  // read_argmax() in two halves (Device::queue_read): the argmax of the last forward queued, with
-  // its read into `slot`; later work may be queued before wait_argmax(slot) hands it over.
+  // read_argmax() and read_sample() in two halves (Device::queue_read): the pick of the last
+  // forward queued, with its read into `slot`; later work may be queued (forward_argmax_token
+  // takes the pick as its token) before wait_pick(slot) hands it over.
   void queue_argmax(int slot);
-  int32_t wait_argmax(int slot);
+  void queue_sample(int slot, float temperature, int64_t top_k, float top_p, double uniform);
+  int32_t wait_pick(int slot);
   // A draw from the last forward's logits on the device (Ops::sample_token; only where
   // device().ops().samples_on_device()).
   int32_t read_sample(float temperature, int64_t top_k, float top_p, double uniform);

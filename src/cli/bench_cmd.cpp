@@ -163,7 +163,7 @@ void run_bench(const BenchArgs& a) {
     for (int64_t i = 0; i < a.n_decode; ++i) {
       const auto s0 = std::chrono::steady_clock::now();
       if (sampler)
-        next = engine.decode_sampled(next, *sampler);  // drawn on the device where it can, as generate does
+        next = engine.decode_sampled(next, *sampler, i + 1 < a.n_decode);  // drawn on the device where it can, queued ahead, as generate does
       else
         next = engine.decode_greedy(next, i + 1 < a.n_decode);  // argmax on the device, steps queued ahead, as generate does
       step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());

@@ -333,7 +333,12 @@ void Model::read_logits(std::span<float> logits) {
 
 int32_t Model::read_argmax() {
   queue_argmax(0);
-  return wait_argmax(0);
+  return wait_pick(0);
+}
+
+int32_t Model::read_sample(float temperature, int64_t top_k, float top_p, double uniform) {
+  queue_sample(0, temperature, top_k, top_p, uniform);
+  return wait_pick(0);
 }
 
 void Model::queue_argmax(int slot) {
@@ -341,17 +346,15 @@ void Model::queue_argmax(int slot) {
   device_.queue_read(slot, argmax_.data(), sizeof(int32_t));
 }
 
-int32_t Model::wait_argmax(int slot) {
-  int32_t id = 0;
-  device_.wait_read(slot, &id, sizeof(id));
-  return id;
-}
-
-int32_t Model::read_sample(float temperature, int64_t top_k, float top_p, double uniform) {
+void Model::queue_sample(int slot, float temperature, int64_t top_k, float top_p, double uniform) {
   device_.ops().sample_token(mat(logits_, 1, config_.vocab_size), temperature, top_k, top_p, uniform,
                              argmax_.as<int32_t>());
+  device_.queue_read(slot, argmax_.data(), sizeof(int32_t));
+}
+
+int32_t Model::wait_pick(int slot) {
   int32_t id = 0;
-  device_.read_to_host(&id, argmax_.data(), sizeof(id));
+  device_.wait_read(slot, &id, sizeof(id));
   return id;
 }
 

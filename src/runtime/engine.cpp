@@ -143,13 +143,6 @@ void Engine::queue_step(const int32_t* id) {
   else run();  // never sharded (can_queue_ahead)
 }
 
-int Engine::queue_argmax() {
-  const int slot = next_slot_;
-  next_slot_ = (next_slot_ + 1) % Device::kReadSlots;
-  model_.queue_argmax(slot);
-  return slot;
-}
-
 bool Engine::can_queue_ahead() const {
   return ahead_ok_ && n_past_ + 1 <= options_.context && !kv_->prepare_slides(n_past_, 1);
 }
@@ -173,19 +166,31 @@ std::span<const float> Engine::decode(int32_t id) {
   return logits_;
 }
 
-int32_t Engine::decode_sampled(int32_t id, Sampler& sampler) {
+int32_t Engine::decode_sampled(int32_t id, Sampler& sampler, bool ahead) {
+  if (model_.device().ops().samples_on_device()) return decode_picked(id, ahead, &sampler);
   drop_ahead();
   step(id);
-  const SamplerOptions& o = sampler.options();
-  if (model_.device().ops().samples_on_device())
-    return model_.read_sample(o.temperature, o.top_k, o.top_p, sampler.next_uniform());
   model_.read_logits(logits_);
   return sampler.sample(logits_);
 }
 
-int32_t Engine::decode_greedy(int32_t id, bool ahead) {
+int32_t Engine::decode_greedy(int32_t id, bool ahead) { return decode_picked(id, ahead, nullptr); }
+
+int Engine::queue_pick(Sampler* sampler) {
+  const int slot = next_slot_;
+  next_slot_ = (next_slot_ + 1) % Device::kReadSlots;
+  if (sampler == nullptr) {
+    model_.queue_argmax(slot);
+  } else {
+    const SamplerOptions& o = sampler->options();
+    model_.queue_sample(slot, o.temperature, o.top_k, o.top_p, sampler->next_uniform());
+  }
+  return slot;
+}
+
+int32_t Engine::decode_picked(int32_t id, bool ahead, Sampler* sampler) {
   int slot = 0;
-  if (ahead_queued_ && id == ahead_input_) {  // the step for `id` is queued already: count it
+  if (ahead_queued_ && id == ahead_input_ && sampler == ahead_sampler_) {  // queued already: count it
     ahead_queued_ = false;
     ++n_past_;
     ids_.push_back(id);
@@ -193,14 +198,15 @@ int32_t Engine::decode_greedy(int32_t id, bool ahead) {
   } else {
     drop_ahead();
     step(id);
-    slot = queue_argmax();
+    slot = queue_pick(sampler);
   }
   if (ahead && can_queue_ahead()) {
     queue_step(nullptr);
-    ahead_slot_ = queue_argmax();
+    ahead_slot_ = queue_pick(sampler);
+    ahead_sampler_ = sampler;
     ahead_queued_ = true;
   }
-  const int32_t token = model_.wait_argmax(slot);
+  const int32_t token = model_.wait_pick(slot);
   ahead_input_ = token;
   return token;
 }
@@ -344,7 +350,7 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> prompt, const G
     if (device_pick && options.sampling.temperature == 0.0f)
       greedy_id = engine.decode_greedy(id, /*ahead=*/i + 2 < options.max_new_tokens);  // another step follows
     else if (device_pick)
-      greedy_id = engine.decode_sampled(id, sampler);
+      greedy_id = engine.decode_sampled(id, sampler, /*ahead=*/i + 2 < options.max_new_tokens);
     else
       logits = engine.decode(id);
   }

@@ -113,15 +113,17 @@ int check_model_folder(Device& gpu, Device& cpu, const fs::path& root) {
   return n_models;
 }
 
-// decode_greedy's `ahead` on the GPU: the queued step is a graph recorded while the step before
-// it runs, its token read from the device's argmax; counted or dropped, every token and logit is
-// the same bits as one step at a time (decode_ahead_run.h). Each engine on a device of its own.
+// decode_greedy's and decode_sampled's `ahead` on the GPU: the queued step is a graph recorded
+// while the step before it runs, its token read from the device's pick; counted or dropped, every
+// token and logit is the same bits as one step at a time (decode_ahead_run.h). Each engine on a
+// device of its own.
 TEST_F(CudaTest, DecodeAheadChangesNoBit) {
   HEADINFER_REQUIRE_TESTDATA();
   for (const char* arch : {"llama3-bf16", "mistral_swa-bf16"}) {
     const auto ckpt = Checkpoint::open(testdata_dir() / "models" / "tiny" / arch);
     auto da = make_cuda_device({}), dr = make_cuda_device({});
     test::check_decode_ahead(*ckpt, *da, *dr, arch, true);
+    test::check_decode_ahead_sampled(*ckpt, *da, *dr, arch);
   }
 }
 

@@ -29,8 +29,11 @@ inline void check_decode_ahead(const Checkpoint& ckpt, Device& da, Device& dr, c
   for (int64_t l = 0; l < c.n_layers; ++l) windowed = windowed || c.window(l) > 0;
   std::vector<int32_t> prompt;
   for (int32_t i = 0; i < 30; ++i) prompt.push_back(1 + (i * 7) % 200);
+  // 320 positions: the last loop below runs past 256 keys, where the CUDA decode attention goes
+  // from one split to two (a combine kernel more, so the step graph is instantiated anew while
+  // the step queued before it may still run).
   EngineOptions eo;
-  eo.context = 160;
+  eo.context = 320;
   eo.chunk = 16;
   Engine ref(ckpt, dr, eo), a(ckpt, da, eo);
   const int32_t first = argmax(ref.prefill(prompt));

@@ -144,7 +144,7 @@ class Ops {
   virtual ~Ops() = default;
   // out[t] = table[ids[t]]; ids on the host. out F32 [T, hidden].
   virtual void embedding(std::span<const int32_t> ids, const WeightView& table, const MatView& out) = 0;
-  // embedding() of one id that is already in device memory (the last step's argmax, which no host
+  // embedding() of one id that is already in device memory (the last step's pick, which no host
   // has read yet), so a step can be queued behind the one that picks its token. Nothing is checked
   // on the host: the id must be in the table by construction. out F32 [1, hidden].
   virtual void embedding_device_id(const int32_t* device_id, const WeightView& table, const MatView& out) = 0;

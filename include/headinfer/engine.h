@@ -137,7 +137,7 @@ class Engine {
   int queue_pick(Sampler* sampler);
   // Whether a step may be queued ahead at n_past_ (decode_greedy's `ahead`).
   bool can_queue_ahead() const;
-  // Forgets a step queued ahead (every call but decode_greedy's next one).
+  // Forgets a step queued ahead (every call but the decode_picked that counts it).
   void drop_ahead() { ahead_queued_ = false; }
   // One forward of `ids` at n_past_ on every device; the logits to logits_ when read_logits.
   void forward(std::span<const int32_t> ids, int64_t call_end, bool read_logits);
@@ -148,11 +148,11 @@ class Engine {
   std::string model_id_;
   bool graphs_ = false;
   bool ahead_ok_ = false;      // one device, every head block on it (a step queued ahead touches only it)
-  bool ahead_queued_ = false;  // a step at n_past_ queued on the device's argmax, not counted yet
-  int32_t ahead_input_ = -1;   // that argmax: the token the last decode_greedy returned
+  bool ahead_queued_ = false;  // a step at n_past_ queued on the device's last pick, not counted yet
+  int32_t ahead_input_ = -1;   // that pick: the token the last decode_picked returned
   Sampler* ahead_sampler_ = nullptr;  // how that step's own token is picked (null: argmax)
   int ahead_slot_ = 0;         // the read slot of that step's own pick
-  int next_slot_ = 0;          // the read slot queue_argmax uses next
+  int next_slot_ = 0;          // the read slot queue_pick uses next
 };
 
 // What generate() throws when GenerateCallbacks::cancelled says so: the held KV stays valid up to

@@ -105,15 +105,15 @@ class Model {
   // The same without reading anything back: the last token's logits stay in device memory, for
   // read_logits() or read_argmax(). Queues device work only (a step graph can record it).
   void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int64_t call_end = 0);
-  // forward() of one token at pos0 whose id is the pick queue_argmax() or queue_sample() left in device memory:
-  // queued behind the step that computes it, with no host in between (an argmax is always a row
-  // of the [vocab, hidden] table).
-  void forward_argmax_token(int64_t pos0, KvCache& kv);
+  // forward() of one token at pos0 whose id is the pick queue_argmax() or queue_sample() left in
+  // device memory: queued behind the step that picks it, with no host in between (a pick is always
+  // a row of the [vocab, hidden] table).
+  void forward_picked_token(int64_t pos0, KvCache& kv);
   // The logits of the last forward: to the host ([vocab]), or only their argmax (4 bytes).
   void read_logits(std::span<float> logits);
   int32_t read_argmax();
   // read_argmax() and read_sample() in two halves (Device::queue_read): the pick of the last
-  // forward queued, with its read into `slot`; later work may be queued (forward_argmax_token
+  // forward queued, with its read into `slot`; later work may be queued (forward_picked_token
   // takes the pick as its token) before wait_pick(slot) hands it over.
   void queue_argmax(int slot);
   void queue_sample(int slot, float temperature, int64_t top_k, float top_p, double uniform);
@@ -177,7 +177,7 @@ class Model {
   DeviceBuffer gate_;    // [M, ffn] MLP sub-chunk
   DeviceBuffer up_;      // [M, ffn]
   DeviceBuffer logits_;  // [1, vocab]
-  DeviceBuffer argmax_;  // I32 [1]
+  DeviceBuffer argmax_;  // I32 [1]: the last pick (argmax or draw), forward_picked_token's id
 };
 
 }  // namespace headinfer

@@ -162,10 +162,12 @@ void run_bench(const BenchArgs& a) {
     std::vector<double> step_s;
     for (int64_t i = 0; i < a.n_decode; ++i) {
       const auto s0 = std::chrono::steady_clock::now();
+      // Picked on the device where it can (argmax or draw), the next step queued ahead, as generate does.
+      const bool ahead = i + 1 < a.n_decode;
       if (sampler)
-        next = engine.decode_sampled(next, *sampler, i + 1 < a.n_decode);  // drawn on the device where it can, queued ahead, as generate does
+        next = engine.decode_sampled(next, *sampler, ahead);
       else
-        next = engine.decode_greedy(next, i + 1 < a.n_decode);  // argmax on the device, steps queued ahead, as generate does
+        next = engine.decode_greedy(next, ahead);
       step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
     }
     const double decode_s = median(step_s);

@@ -363,7 +363,7 @@ void Model::forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int
               [&](const MatView& x) { device_.ops().embedding(ids, weights_.embed, x); });
 }
 
-void Model::forward_argmax_token(int64_t pos0, KvCache& kv) {
+void Model::forward_picked_token(int64_t pos0, KvCache& kv) {
   run_forward(1, pos0, kv, 0,
               [&](const MatView& x) { device_.ops().embedding_device_id(argmax_.as<int32_t>(), weights_.embed, x); });
 }

@@ -124,7 +124,7 @@ void Engine::queue_step(const int32_t* id) {
   kv_->prepare(n_past_, 1);  // a window block's move is queued here, never recorded in a graph
   auto run = [&] {
     if (id != nullptr) model_.forward(std::span<const int32_t>(id, 1), n_past_, *kv_);
-    else model_.forward_argmax_token(n_past_, *kv_);
+    else model_.forward_picked_token(n_past_, *kv_);
   };
   if (graphs_ && device.begin_graph()) {
     bool recorded = false;

@@ -95,16 +95,16 @@ def test_report_targets(tmp_path):
     write_parts(tmp_path)
     rows, _, floors, _ = report.read_parts(tmp_path)
     t = {what: (value, verdict) for what, _, value, verdict, _ in report.targets(rows, floors, "llama3-8b")}
-    assert t["8K prefill, first of the process / transformers default (warm)"] == (f"{1.40 / 0.26:.2f}", "NOT met")
-    assert t["8K prefill, warm / transformers default"] == (f"{0.33 / 0.26:.2f}", "NOT met")
-    assert t["128K prefill uncapped / transformers default"] == (f"{9.0 / 11.7:.2f}", "met")
-    assert t["128K prefill, 24 GiB cap, defaults / transformers uncapped"] == (f"{12.5 / 11.7:.2f}", "NOT met")
-    assert t["8K decode / llama.cpp's"] == (f"{0.0071 / (0.2118 / 32):.2f}", "NOT met")
+    assert t["8K prefill, first of the process / transformers default (warm)"] == (f"{1.40 / 0.26:.3f}", "NOT met")
+    assert t["8K prefill, warm / transformers default"] == (f"{0.33 / 0.26:.3f}", "NOT met")
+    assert t["128K prefill uncapped / transformers default"] == (f"{9.0 / 11.7:.3f}", "met")
+    assert t["128K prefill, 24 GiB cap, defaults / transformers uncapped"] == (f"{12.5 / 11.7:.3f}", "NOT met")
+    assert t["8K decode / llama.cpp's"] == (f"{0.0071 / (0.2118 / 32):.3f}", "NOT met")
     w, kv = report.shape_bytes("llama3-8b")
     assert kv == 128 * 1024  # BENCH.md: 128 KiB per token
     assert w == 2 * (8_030_261_248 - N_VOCAB * 4096)  # llama3-8b's parameter count, less the embedding table
-    assert t["8K decode, share of the (weights + KV) read floor"][0] == f"{(w + kv * 8192) / 3000e9 / 0.0071:.2f}"
-    assert t["128K decode, every head streamed: share of the pinned link"] == (f"{53 / 55:.2f}", "met")
+    assert t["8K decode, share of the (weights + KV) read floor"][0] == f"{(w + kv * 8192) / 3000e9 / 0.0071:.3f}"
+    assert t["128K decode, every head streamed: share of the pinned link"] == (f"{53 / 55:.3f}", "met")
 
 
 def test_report_renders(tmp_path):

@@ -16,6 +16,19 @@
 
 namespace headinfer::test {
 
+// The prompt both checks prefill, and their engines' options: chunks of 16, `context` positions.
+inline std::vector<int32_t> ahead_prompt() {
+  std::vector<int32_t> prompt;
+  for (int32_t i = 0; i < 30; ++i) prompt.push_back(1 + (i * 7) % 200);
+  return prompt;
+}
+inline EngineOptions ahead_options(int64_t context) {
+  EngineOptions eo;
+  eo.context = context;
+  eo.chunk = 16;
+  return eo;
+}
+
 // Counted, `ahead` gives the same tokens as one step at a time; dropped (the caller goes on with
 // another token, reads logits, prefills, cuts the context), it leaves nothing behind: every later
 // logit is the same bits as on the engine that never queued a step. A model with window layers
@@ -27,14 +40,11 @@ inline void check_decode_ahead(const Checkpoint& ckpt, Device& da, Device& dr, c
   const ModelConfig& c = ckpt.config();
   bool windowed = false;
   for (int64_t l = 0; l < c.n_layers; ++l) windowed = windowed || c.window(l) > 0;
-  std::vector<int32_t> prompt;
-  for (int32_t i = 0; i < 30; ++i) prompt.push_back(1 + (i * 7) % 200);
+  const std::vector<int32_t> prompt = ahead_prompt();
   // 320 positions: the last loop below runs past 256 keys, where the CUDA decode attention goes
   // from one split to two (a combine kernel more, so the step graph is instantiated anew while
   // the step queued before it may still run).
-  EngineOptions eo;
-  eo.context = 320;
-  eo.chunk = 16;
+  const EngineOptions eo = ahead_options(320);
   Engine ref(ckpt, dr, eo), a(ckpt, da, eo);
   const int32_t first = argmax(ref.prefill(prompt));
   ASSERT_EQ(argmax(a.prefill(prompt)), first) << name;
@@ -97,11 +107,8 @@ inline void check_decode_ahead(const Checkpoint& ckpt, Device& da, Device& dr, c
 // order. It starts from a greedy step queued ahead, which the first sampled call must drop (its
 // pick was an argmax), then runs 40 draws hot enough to leave the argmax often.
 inline void check_decode_ahead_sampled(const Checkpoint& ckpt, Device& da, Device& dr, const std::string& name) {
-  std::vector<int32_t> prompt;
-  for (int32_t i = 0; i < 30; ++i) prompt.push_back(1 + (i * 7) % 200);
-  EngineOptions eo;
-  eo.context = 160;
-  eo.chunk = 16;
+  const std::vector<int32_t> prompt = ahead_prompt();
+  const EngineOptions eo = ahead_options(160);
   Engine ref(ckpt, dr, eo), a(ckpt, da, eo);
   const int32_t first = argmax(ref.prefill(prompt));
   ASSERT_EQ(argmax(a.prefill(prompt)), first) << name;

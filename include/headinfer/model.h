@@ -103,24 +103,23 @@ class Model {
   void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, std::span<float> logits,
                int64_t call_end = 0);
   // The same without reading anything back: the last token's logits stay in device memory, for
-  // read_logits() or read_argmax(). Queues device work only (a step graph can record it).
+  // read_logits() or a pick (queue_argmax, queue_sample). Queues device work only (a step graph can
+  // record it).
   void forward(std::span<const int32_t> ids, int64_t pos0, KvCache& kv, int64_t call_end = 0);
   // forward() of one token at pos0 whose id is the pick queue_argmax() or queue_sample() left in
   // device memory: queued behind the step that picks it, with no host in between (a pick is always
   // a row of the [vocab, hidden] table).
   void forward_picked_token(int64_t pos0, KvCache& kv);
-  // The logits of the last forward: to the host ([vocab]), or only their argmax (4 bytes).
+  // The logits of the last forward, to the host ([vocab]).
   void read_logits(std::span<float> logits);
-  int32_t read_argmax();
-  // read_argmax() and read_sample() in two halves (Device::queue_read): the pick of the last
-  // forward queued, with its read into `slot`; later work may be queued (forward_picked_token
-  // takes the pick as its token) before wait_pick(slot) hands it over.
+  // A token picked from the last forward's logits on the device, read back as 4 bytes in two
+  // halves (Device::queue_read): the pick is queued with its read into `slot`, and later work may
+  // be queued (forward_picked_token takes the pick as its token) before wait_pick(slot) hands it
+  // over. The pick: their argmax, or a draw (Ops::sample_token; only where
+  // device().ops().samples_on_device()).
   void queue_argmax(int slot);
   void queue_sample(int slot, float temperature, int64_t top_k, float top_p, double uniform);
   int32_t wait_pick(int slot);
-  // A draw from the last forward's logits on the device (Ops::sample_token; only where
-  // device().ops().samples_on_device()).
-  int32_t read_sample(float temperature, int64_t top_k, float top_p, double uniform);
 
  private:
   // One layer's halves. xn holds the normed input (in the ops' linear_input_dtype, in xn_'s

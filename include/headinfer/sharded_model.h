@@ -34,7 +34,7 @@ class ShardedModel {
   // that throws stops the others at their next all-reduce, and its error is rethrown here.
   void forward(std::span<const int32_t> ids, int64_t pos0, std::span<KvCache* const> kvs, std::span<float> logits,
                int64_t call_end = 0);
-  // The same, the logits left in rank 0's device memory (shard(0).read_logits / read_argmax).
+  // The same, the logits left in rank 0's device memory (shard(0).read_logits / queue_argmax).
   void forward(std::span<const int32_t> ids, int64_t pos0, std::span<KvCache* const> kvs, int64_t call_end = 0);
 
  private:

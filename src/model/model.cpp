@@ -331,16 +331,6 @@ void Model::read_logits(std::span<float> logits) {
   device_.read_to_host(logits.data(), logits_.data(), logits.size() * sizeof(float));
 }
 
-int32_t Model::read_argmax() {
-  queue_argmax(0);
-  return wait_pick(0);
-}
-
-int32_t Model::read_sample(float temperature, int64_t top_k, float top_p, double uniform) {
-  queue_sample(0, temperature, top_k, top_p, uniform);
-  return wait_pick(0);
-}
-
 void Model::queue_argmax(int slot) {
   device_.ops().argmax(mat(logits_, 1, config_.vocab_size), argmax_.as<int32_t>());
   device_.queue_read(slot, argmax_.data(), sizeof(int32_t));

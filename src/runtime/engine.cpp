@@ -149,7 +149,7 @@ bool Engine::can_queue_ahead() const {
 
 void Engine::forward(std::span<const int32_t> ids, int64_t call_end, bool read_logits) {
   if (sharded_) {
-    // Rank 0's logits stay in its device memory for read_logits / read_argmax / read_sample.
+    // Rank 0's logits stay in its device memory for read_logits and the picks (Model::queue_argmax).
     sharded_->forward(ids, n_past_, static_cast<ShardedKvCache&>(*kv_).shards(), call_end);
     if (read_logits) model_.read_logits(logits_);
   } else if (read_logits) {

@@ -14,7 +14,10 @@
 # Knobs: CTXS ("8192 131072"), ROUNDS (2), N_DECODE (32), SHAPE (llama3-8b), VARIANTS (extra runs of
 # the candidate, each a space-free list of VAR=value joined by commas, e.g. "HEADINFER_PDL=0"),
 # TESTS=0 (skip the CUDA tests), TEST_FILTER (a --gtest_filter for them, when device time is
-# short). Writes $OUT/decode-ab.{json,md} (ms per token per run, the means, the floors) and the logs.
+# short), BASE=none (no base build: the knobs of VARIANTS against the candidate with none set, when
+# the experiment is a knob; saves the base's build). Writes $OUT/decode-ab.{json,md} (ms per token
+# per run, the means, the floors) and $OUT/decode-ab-logs.tar.gz (every log): three files, since
+# the device tool brings back at most eight.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [[ "${1:-}" == "--prepare" ]]; then
@@ -34,7 +37,10 @@ N_DECODE=${N_DECODE:-32}
 SHAPE=${SHAPE:-llama3-8b}
 VARIANTS=${VARIANTS:-}
 DEPS=$ROOT/.carry/deps/usr
-[[ -f "$ROOT/.carry/ab-base.tar.gz" ]] || { echo "error: no .carry/ab-base.tar.gz: run bench/decode_ab.sh --prepare here first" >&2; exit 1; }
+NO_BASE=0
+[[ "${BASE:-}" == none ]] && NO_BASE=1
+((NO_BASE)) || [[ -f "$ROOT/.carry/ab-base.tar.gz" ]] ||
+  { echo "error: no .carry/ab-base.tar.gz: run bench/decode_ab.sh --prepare here first (or BASE=none)" >&2; exit 1; }
 mkdir -p "$OUT/decode-ab"
 T0=$(date +%s)
 el() { echo $(($(date +%s) - T0)); }
@@ -45,7 +51,8 @@ export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$
 export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${CUDNN_ROOT:+:$CUDNN_ROOT/lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
 BASE_DIR=$ROOT/build-ab/ab-base
-rm -rf "$ROOT/build-ab" && mkdir -p "$ROOT/build-ab" && tar xzf "$ROOT/.carry/ab-base.tar.gz" -C "$ROOT/build-ab"
+rm -rf "$ROOT/build-ab" && mkdir -p "$ROOT/build-ab"
+((NO_BASE)) || tar xzf "$ROOT/.carry/ab-base.tar.gz" -C "$ROOT/build-ab"
 configure() {  # source dir
   cmake -S "$1" -B "$1/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
     -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \
@@ -57,12 +64,18 @@ jobs=$(nproc)
 { configure "$ROOT" && cmake --build "$ROOT/build-gpu" --target "${targets[@]}" -j$((jobs * 2 / 3 + 1)); } \
   >"$OUT/decode-ab/build-candidate.log" 2>&1 &
 cand_pid=$!
-{ configure "$BASE_DIR" && cmake --build "$BASE_DIR/build-gpu" --target headinfer -j$((jobs / 3 + 1)); } \
-  >"$OUT/decode-ab/build-base.log" 2>&1 &
-base_pid=$!
-wait $cand_pid; cand_rc=$?
-wait $base_pid; base_rc=$?
-echo "builds at $(el) s: candidate rc=$cand_rc, base $(cat "$ROOT/.carry/ab-base.txt" 2>/dev/null) rc=$base_rc"
+base_rc=0
+if ((NO_BASE)); then
+  wait $cand_pid; cand_rc=$?
+  echo "build at $(el) s: candidate rc=$cand_rc, no base (BASE=none)"
+else
+  { configure "$BASE_DIR" && cmake --build "$BASE_DIR/build-gpu" --target headinfer -j$((jobs / 3 + 1)); } \
+    >"$OUT/decode-ab/build-base.log" 2>&1 &
+  base_pid=$!
+  wait $cand_pid; cand_rc=$?
+  wait $base_pid; base_rc=$?
+  echo "builds at $(el) s: candidate rc=$cand_rc, base $(cat "$ROOT/.carry/ab-base.txt" 2>/dev/null) rc=$base_rc"
+fi
 grep -h -m1 "cuDNN SDPA prefill" "$OUT/decode-ab/build-candidate.log"
 ((cand_rc == 0 && base_rc == 0)) || { tail -5 "$OUT/decode-ab/build-candidate.log" "$OUT/decode-ab/build-base.log"; exit 1; }
 
@@ -95,7 +108,7 @@ PY
 rm -f "$OUT/decode-ab/runs.jsonl"
 for ((r = 1; r <= ROUNDS; ++r)); do
   for ctx in $CTXS; do
-    run base "$BASE_DIR/build-gpu/src/cli/headinfer" - "$ctx"
+    ((NO_BASE)) || run base "$BASE_DIR/build-gpu/src/cli/headinfer" - "$ctx"
     run candidate "$ROOT/build-gpu/src/cli/headinfer" - "$ctx"
     for v in $VARIANTS; do run "candidate[$v]" "$ROOT/build-gpu/src/cli/headinfer" "$v" "$ctx"; done
   done
@@ -104,5 +117,9 @@ echo "A/B at $(el) s"
 timeout 120 python3 "$ROOT/bench/peers.py" --shape "$SHAPE" --ctx 8192 --floors --floor-ctx 8192 \
   >"$OUT/decode-ab/floors.json" 2>"$OUT/decode-ab/floors.err"
 echo "floors rc=$? at $(el) s"
-python3 "$ROOT/bench/decode_ab_report.py" "$OUT/decode-ab" "$(cat "$ROOT/.carry/ab-base.txt" 2>/dev/null)" \
+base_commit=none
+((NO_BASE)) || base_commit=$(cat "$ROOT/.carry/ab-base.txt" 2>/dev/null)
+python3 "$ROOT/bench/decode_ab_report.py" "$OUT/decode-ab" "$base_commit" \
   --json "$OUT/decode-ab.json" | tee "$OUT/decode-ab.md"
+# The logs in one archive: the device tool brings back at most eight files from $OUT.
+tar czf "$OUT/decode-ab-logs.tar.gz" -C "$OUT" decode-ab && rm -rf "$OUT/decode-ab"

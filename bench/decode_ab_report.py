@@ -4,6 +4,7 @@ same call, as bench/report.py computes them: the (weights + KV) bytes a step rea
 bar) and the weight bytes alone (its 8K bar).
 
 usage: decode_ab_report.py DIR BASE_COMMIT [--json out.json]
+  BASE_COMMIT "none": a call without a base build (the first label run is the reference).
   DIR holds runs.jsonl (one JSON object a run: label, env, ctx, round, ms_per_token) and
   floors.json (bench/peers.py --floors).
 """
@@ -17,8 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import shape_bytes  # noqa: E402
 
 
+def reference_label(runs):
+    """What the "vs base" column compares with: the base build, or (a call without one, BASE=none)
+    the first label run, the candidate with no knob set."""
+    labels = [r["label"] for r in runs]
+    return "base" if "base" in labels else (labels[0] if labels else "base")
+
+
 def summarize(runs, floors, shape="llama3-8b"):
-    """{(label, ctx): mean ms} and the rows of the table, base first, in the order labels appear."""
+    """{(label, ctx): mean ms} and the rows of the table, in the order labels appear, each against
+    reference_label(runs)."""
     labels, ctxs, by = [], [], {}
     for r in runs:
         if r["label"] not in labels:
@@ -32,7 +41,7 @@ def summarize(runs, floors, shape="llama3-8b"):
     for ctx in ctxs:
         floor_ms = None if bw is None else (w_bytes + kv_tok * ctx) / (bw * 1e9) * 1e3
         weights_ms = None if bw is None else w_bytes / (bw * 1e9) * 1e3
-        base = by.get(("base", ctx))
+        base = by.get((reference_label(runs), ctx))
         base_mean = statistics.mean(base) if base and None not in base else None
         for label in labels:
             v = by.get((label, ctx))
@@ -52,7 +61,9 @@ def summarize(runs, floors, shape="llama3-8b"):
 
 def markdown(rows, base_commit, floors):
     f = lambda v, p="{:.3f}": "—" if v is None else p.format(v)  # noqa: E731
-    out = [f"Decode A/B against base `{base_commit[:7] or '?'}` (ms per token; mean of the rounds)", "",
+    title = (f"Decode A/B against base `{base_commit[:7] or '?'}`" if base_commit != "none" else
+             "Decode knobs on one build, against the build with none set (no base build)")
+    out = [f"{title} (ms per token; mean of the rounds)", "",
            "| context | build | runs | mean | vs base | share of the (weights + KV) floor | share of the weight-read floor |",
            "|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:

@@ -330,3 +330,20 @@ def test_decode_ab_report_means_changes_and_floor_shares(tmp_path):
     assert 0.70 < rows[("candidate", 8192)]["share_of_weights_floor"] < 0.75  # the note's 0.74
     failed = rows[("candidate[X=0]", 8192)]  # a run that wrote no JSON shows as missing, not as zero
     assert failed["mean_ms"] is None and failed["vs_base"] is None
+
+
+def test_decode_ab_report_without_a_base_compares_with_the_candidate(tmp_path, capsys):
+    # BASE=none: one build, its knobs against the candidate with none set (the first label run)
+    import decode_ab_report as ab
+    runs = [("candidate", 8192, 1, 6.30), ("candidate[K=512]", 8192, 1, 6.24), ("candidate", 8192, 2, 6.32),
+            ("candidate[K=512]", 8192, 2, 6.26)]
+    with open(tmp_path / "runs.jsonl", "w") as f:
+        for label, ctx, rnd, v in runs:
+            f.write(json.dumps({"label": label, "env": "-", "ctx": ctx, "round": rnd, "ms_per_token": v}) + "\n")
+    out = tmp_path / "ab.json"
+    assert ab.main([str(tmp_path), "none", "--json", str(out)]) == 0
+    assert "no base build" in capsys.readouterr().out
+    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["candidate"]["vs_base"] == 0.0
+    assert math.isclose(rows["candidate[K=512]"]["vs_base"], 6.25 / 6.31 - 1)
+    assert rows["candidate"]["share_of_floor"] is None  # no floors.json: no share, not a guess

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 
 #include "attention_internal.h"
 #include "cuda_common.h"
@@ -324,6 +325,21 @@ __global__ void __launch_bounds__(kCombineWarps * 32)
 
 int64_t max_splits(int sm_count) { return int64_t{kBlocksPerSm} * sm_count; }
 
+// The least keys per split: kMinKeysPerSplit, or HEADINFER_DECODE_MIN_KEYS (a tuning knob for A/B
+// runs, bench/decode_ab.sh BASE=none: a multiple of kSplitRound from 64 to 65536; anything else is
+// ignored). Read once per process, so every call of a run, and every placement, splits alike.
+int64_t min_keys_per_split() {
+  static const int64_t keys = [] {
+    const char* v = std::getenv("HEADINFER_DECODE_MIN_KEYS");
+    if (v == nullptr) return kMinKeysPerSplit;
+    char* end = nullptr;
+    const long long k = std::strtoll(v, &end, 10);
+    const bool ok = end != v && *end == '\0' && k >= 64 && k <= 65536 && k % kSplitRound == 0;
+    return ok ? static_cast<int64_t>(k) : kMinKeysPerSplit;
+  }();
+  return keys;
+}
+
 }  // namespace
 
 size_t decode_partials_max_bytes(int sm_count, int64_t max_q_heads, int64_t max_kv_heads, int64_t head_dim) {
@@ -360,12 +376,13 @@ bool attention_decode(const AttentionArgs& a, int sm_count, Scratch& partials, c
   const int64_t n = p.j1 - p.j0;
   int64_t n_splits = 1;
   p.keys_per_split = std::max<int64_t>(n, 1);
-  if (n > kMinKeysPerSplit) {
+  const int64_t min_keys = min_keys_per_split();
+  if (n > min_keys) {
     // About one wave for a whole layer: the layer's kv heads share the splits. Sized by the layer's
     // heads, never the call's, so a head's splits (and its bits) do not depend on its group.
     const int64_t layer_heads = a.layer_kv_heads > 0 ? a.layer_kv_heads : a.n_kv_heads;
     const int64_t target = std::max<int64_t>(1, max_splits(sm_count) / layer_heads);
-    const int64_t per = std::max(kMinKeysPerSplit, (n + target - 1) / target);
+    const int64_t per = std::max(min_keys, (n + target - 1) / target);
     p.keys_per_split = (per + kSplitRound - 1) / kSplitRound * kSplitRound;
     n_splits = (n + p.keys_per_split - 1) / p.keys_per_split;
   }

@@ -61,7 +61,9 @@ configure() {  # source dir
 targets=(headinfer)
 [[ "${TESTS:-1}" != 0 ]] && targets+=(cuda_ops_tests)
 jobs=$(nproc)
-{ configure "$ROOT" && cmake --build "$ROOT/build-gpu" --target "${targets[@]}" -j$((jobs * 2 / 3 + 1)); } \
+cand_jobs=$((jobs * 2 / 3 + 1))  # the base builds beside it with the rest
+((NO_BASE)) && cand_jobs=$jobs
+{ configure "$ROOT" && cmake --build "$ROOT/build-gpu" --target "${targets[@]}" -j"$cand_jobs"; } \
   >"$OUT/decode-ab/build-candidate.log" 2>&1 &
 cand_pid=$!
 base_rc=0

@@ -18,6 +18,8 @@
 # the experiment is a knob; saves the base's build). Writes $OUT/decode-ab.{json,md} (ms per token
 # per run, the means, the floors) and $OUT/decode-ab-logs.tar.gz (every log): three files, since
 # the device tool brings back at most eight.
+# MODE=prefill: the same A/B for prefill (`bench --repeat $REPEAT --n-decode 1`, REPEAT 3): each
+# run records its first and warm prefill seconds (CTXS in tokens, e.g. "8192 131072").
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [[ "${1:-}" == "--prepare" ]]; then
@@ -36,6 +38,13 @@ ROUNDS=${ROUNDS:-2}
 N_DECODE=${N_DECODE:-32}
 SHAPE=${SHAPE:-llama3-8b}
 VARIANTS=${VARIANTS:-}
+MODE=${MODE:-decode}
+REPEAT=${REPEAT:-3}
+case $MODE in
+  decode) BENCH_ARGS=(--decode-only --n-decode "$N_DECODE") ;;
+  prefill) BENCH_ARGS=(--repeat "$REPEAT" --n-decode 1) ;;
+  *) echo "error: MODE must be decode or prefill, not '$MODE'" >&2; exit 1 ;;
+esac
 DEPS=$ROOT/.carry/deps/usr
 NO_BASE=0
 [[ "${BASE:-}" == none ]] && NO_BASE=1
@@ -94,16 +103,23 @@ run() {
   log="$OUT/decode-ab/$label-$ctx-r$r.json"
   local -a e=()
   [[ "$envs" != "-" ]] && IFS=, read -ra e <<<"$envs"
-  env "${e[@]}" timeout 120 "$bin" bench --shape "$SHAPE" --device cuda --ctx "$ctx" --decode-only \
-    --n-decode "$N_DECODE" --json >"$log" 2>"$log.err"
-  python3 - "$label" "$envs" "$ctx" "$r" "$log" >>"$OUT/decode-ab/runs.jsonl" <<'PY'
+  env "${e[@]}" timeout 180 "$bin" bench --shape "$SHAPE" --device cuda --ctx "$ctx" "${BENCH_ARGS[@]}" \
+    --json >"$log" 2>"$log.err"
+  python3 - "$label" "$envs" "$ctx" "$r" "$log" "$MODE" >>"$OUT/decode-ab/runs.jsonl" <<'PY'
 import json, sys
-label, envs, ctx, rnd, path = sys.argv[1:]
+label, envs, ctx, rnd, path, mode = sys.argv[1:]
+row = {"label": label, "env": envs, "ctx": int(ctx), "round": int(rnd)}
 try:
-    ms = json.load(open(path))["results"][0]["decode_seconds_per_token"] * 1e3
-except Exception as e:  # a failed run is recorded as such
-    ms = None
-print(json.dumps({"label": label, "env": envs, "ctx": int(ctx), "round": int(rnd), "ms_per_token": ms}))
+    res = json.load(open(path))["results"][0]
+except Exception:  # a failed run is recorded as such
+    res = {}
+if mode == "prefill":
+    row["prefill_first_s"] = res.get("prefill_seconds")
+    row["prefill_warm_s"] = res.get("prefill_warm_seconds")
+else:
+    ms = res.get("decode_seconds_per_token")
+    row["ms_per_token"] = None if ms is None else ms * 1e3
+print(json.dumps(row))
 PY
   tail -1 "$OUT/decode-ab/runs.jsonl"
 }

@@ -4,6 +4,7 @@ same call, as bench/report.py computes them: the (weights + KV) bytes a step rea
 bar) and the weight bytes alone (its 8K bar).
 
 usage: decode_ab_report.py DIR BASE_COMMIT [--json out.json]
+  Runs with prefill_first_s / prefill_warm_s (decode_ab.sh MODE=prefill) get the prefill table.
   BASE_COMMIT "none": a call without a base build (the first label run is the reference).
   DIR holds runs.jsonl (one JSON object a run: label, env, ctx, round, ms_per_token) and
   floors.json (bench/peers.py --floors).
@@ -77,6 +78,48 @@ def markdown(rows, base_commit, floors):
     return "\n".join(out)
 
 
+def summarize_prefill(runs):
+    """MODE=prefill: per (label, ctx) the first and warm prefill seconds of every run, their means,
+    and the warm mean against reference_label(runs)."""
+    labels, ctxs, by = [], [], {}
+    for r in runs:
+        if r["label"] not in labels:
+            labels.append(r["label"])
+        if r["ctx"] not in ctxs:
+            ctxs.append(r["ctx"])
+        by.setdefault((r["label"], r["ctx"]), []).append(r)
+    mean = lambda v: statistics.mean(v) if v and None not in v else None  # noqa: E731
+    ref = reference_label(runs)
+    rows = []
+    for ctx in ctxs:
+        ref_warm = mean([r["prefill_warm_s"] for r in by.get((ref, ctx), [])])
+        for label in labels:
+            rs = by.get((label, ctx))
+            if not rs:
+                continue
+            first = [r["prefill_first_s"] for r in rs]
+            warm = [r["prefill_warm_s"] for r in rs]
+            wm = mean(warm)
+            rows.append({"ctx": ctx, "label": label, "first_s": first, "warm_s": warm, "first_mean_s": mean(first),
+                         "warm_mean_s": wm,
+                         "warm_vs_base": None if wm is None or ref_warm is None else wm / ref_warm - 1.0})
+    return rows
+
+
+def markdown_prefill(rows, base_commit):
+    f = lambda v, p="{:.4f}": "—" if v is None else p.format(v)  # noqa: E731
+    title = (f"Prefill A/B against base `{base_commit[:7] or '?'}`" if base_commit != "none" else
+             "Prefill knobs on one build, against the build with none set (no base build)")
+    out = [f"{title} (seconds; mean of the rounds)", "",
+           "| context | build | first prefill, runs | warm prefill, runs | first | warm | warm vs base |",
+           "|---:|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['ctx']} | {r['label']} | {' / '.join(f(x) for x in r['first_s'])} | "
+                   f"{' / '.join(f(x) for x in r['warm_s'])} | {f(r['first_mean_s'])} | {f(r['warm_mean_s'])} | "
+                   f"{f(r['warm_vs_base'], '{:+.1%}')} |")
+    return "\n".join(out)
+
+
 def main(argv):
     p = argparse.ArgumentParser(description="bench/decode_ab.sh's table")
     p.add_argument("dir", type=Path, help="holds runs.jsonl and floors.json")
@@ -90,8 +133,12 @@ def main(argv):
         floors = json.loads((d / "floors.json").read_text()).get("floors")
     except (OSError, ValueError):
         pass
-    rows = summarize(runs, floors)
-    print(markdown(rows, base_commit, floors))
+    if any("prefill_warm_s" in r for r in runs):  # MODE=prefill
+        rows = summarize_prefill(runs)
+        print(markdown_prefill(rows, base_commit))
+    else:
+        rows = summarize(runs, floors)
+        print(markdown(rows, base_commit, floors))
     if json_out:
         Path(json_out).write_text(json.dumps({"base": base_commit, "floors": floors, "rows": rows}, indent=1))
     return 0

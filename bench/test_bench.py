@@ -347,3 +347,21 @@ def test_decode_ab_report_without_a_base_compares_with_the_candidate(tmp_path, c
     assert rows["candidate"]["vs_base"] == 0.0
     assert math.isclose(rows["candidate[K=512]"]["vs_base"], 6.25 / 6.31 - 1)
     assert rows["candidate"]["share_of_floor"] is None  # no floors.json: no share, not a guess
+
+
+def test_decode_ab_report_prefill_mode_tables_first_and_warm(tmp_path, capsys):
+    # decode_ab.sh MODE=prefill: first and warm seconds per run; a failed run shows as missing
+    import decode_ab_report as ab
+    runs = [("base", 1, 0.256, 0.249), ("candidate", 1, 0.250, 0.240), ("base", 2, 0.258, 0.251),
+            ("candidate", 2, 0.252, 0.242), ("candidate[K=1]", 1, None, None)]
+    with open(tmp_path / "runs.jsonl", "w") as f:
+        for label, rnd, first, warm in runs:
+            f.write(json.dumps({"label": label, "env": "-", "ctx": 8192, "round": rnd, "prefill_first_s": first,
+                                "prefill_warm_s": warm}) + "\n")
+    out = tmp_path / "ab.json"
+    assert ab.main([str(tmp_path), "374c6d6", "--json", str(out)]) == 0
+    assert "Prefill A/B against base `374c6d6`" in capsys.readouterr().out
+    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    assert math.isclose(rows["candidate"]["warm_mean_s"], 0.241) and math.isclose(rows["base"]["first_mean_s"], 0.257)
+    assert math.isclose(rows["candidate"]["warm_vs_base"], 0.241 / 0.250 - 1)
+    assert rows["candidate[K=1]"]["warm_mean_s"] is None and rows["candidate[K=1]"]["warm_vs_base"] is None

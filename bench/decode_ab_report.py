@@ -26,16 +26,30 @@ def reference_label(runs):
     return "base" if "base" in labels else (labels[0] if labels else "base")
 
 
-def summarize(runs, floors, shape="llama3-8b"):
-    """{(label, ctx): mean ms} and the rows of the table, in the order labels appear, each against
-    reference_label(runs)."""
+def group(runs):
+    """The labels and contexts in the order they appear, and the runs of each (label, ctx)."""
     labels, ctxs, by = [], [], {}
     for r in runs:
         if r["label"] not in labels:
             labels.append(r["label"])
         if r["ctx"] not in ctxs:
             ctxs.append(r["ctx"])
-        by.setdefault((r["label"], r["ctx"]), []).append(r["ms_per_token"])
+        by.setdefault((r["label"], r["ctx"]), []).append(r)
+    return labels, ctxs, by
+
+
+def title(what, base_commit):
+    """The table's first line: against the base commit, or the knobs of one build (BASE=none)."""
+    if base_commit == "none":
+        return f"{what} knobs on one build, against the build with none set (no base build)"
+    return f"{what} A/B against base `{base_commit[:7] or '?'}`"
+
+
+def summarize(runs, floors, shape="llama3-8b"):
+    """{(label, ctx): mean ms} and the rows of the table, in the order labels appear, each against
+    reference_label(runs)."""
+    labels, ctxs, by_run = group(runs)
+    by = {k: [r["ms_per_token"] for r in v] for k, v in by_run.items()}
     w_bytes, kv_tok = shape_bytes(shape)
     bw = floors.get("device_copy_gbps") if floors else None
     rows = []
@@ -62,9 +76,7 @@ def summarize(runs, floors, shape="llama3-8b"):
 
 def markdown(rows, base_commit, floors):
     f = lambda v, p="{:.3f}": "—" if v is None else p.format(v)  # noqa: E731
-    title = (f"Decode A/B against base `{base_commit[:7] or '?'}`" if base_commit != "none" else
-             "Decode knobs on one build, against the build with none set (no base build)")
-    out = [f"{title} (ms per token; mean of the rounds)", "",
+    out = [f"{title('Decode', base_commit)} (ms per token; mean of the rounds)", "",
            "| context | build | runs | mean | vs base | share of the (weights + KV) floor | share of the weight-read floor |",
            "|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -81,13 +93,7 @@ def markdown(rows, base_commit, floors):
 def summarize_prefill(runs):
     """MODE=prefill: per (label, ctx) the first and warm prefill seconds of every run, their means,
     and the warm mean against reference_label(runs)."""
-    labels, ctxs, by = [], [], {}
-    for r in runs:
-        if r["label"] not in labels:
-            labels.append(r["label"])
-        if r["ctx"] not in ctxs:
-            ctxs.append(r["ctx"])
-        by.setdefault((r["label"], r["ctx"]), []).append(r)
+    labels, ctxs, by = group(runs)
     mean = lambda v: statistics.mean(v) if v and None not in v else None  # noqa: E731
     ref = reference_label(runs)
     rows = []
@@ -108,9 +114,7 @@ def summarize_prefill(runs):
 
 def markdown_prefill(rows, base_commit):
     f = lambda v, p="{:.4f}": "—" if v is None else p.format(v)  # noqa: E731
-    title = (f"Prefill A/B against base `{base_commit[:7] or '?'}`" if base_commit != "none" else
-             "Prefill knobs on one build, against the build with none set (no base build)")
-    out = [f"{title} (seconds; mean of the rounds)", "",
+    out = [f"{title('Prefill', base_commit)} (seconds; mean of the rounds)", "",
            "| context | build | first prefill, runs | warm prefill, runs | first | warm | warm vs base |",
            "|---:|---|---|---|---:|---:|---:|"]
     for r in rows:

@@ -18,7 +18,8 @@
 # the experiment is a knob; saves the base's build). Writes $OUT/decode-ab.{json,md} (ms per token
 # per run, the means, the floors) and $OUT/decode-ab-logs.tar.gz (every log): three files, since
 # the device tool brings back at most eight.
-# MODE=prefill: the same A/B for prefill (`bench --repeat $REPEAT --n-decode 1`, REPEAT 3): each
+# A second run on the same machine (e.g. MODE=decode after MODE=prefill, OUT elsewhere) reuses both
+# builds. MODE=prefill: the same A/B for prefill (`bench --repeat $REPEAT --n-decode 1`, REPEAT 3): each
 # run records its first and warm prefill seconds (CTXS in tokens, e.g. "8192 131072").
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,8 +61,14 @@ export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$
 export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${CUDNN_ROOT:+:$CUDNN_ROOT/lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
 BASE_DIR=$ROOT/build-ab/ab-base
-rm -rf "$ROOT/build-ab" && mkdir -p "$ROOT/build-ab"
-((NO_BASE)) || tar xzf "$ROOT/.carry/ab-base.tar.gz" -C "$ROOT/build-ab"
+# The base's build is kept for a second run in the same machine (another MODE): where build-ab holds
+# this base already, its build is only brought up to date.
+if ((NO_BASE)) || ! cmp -s "$ROOT/.carry/ab-base.txt" "$ROOT/build-ab/ab-base.txt"; then
+  rm -rf "$ROOT/build-ab" && mkdir -p "$ROOT/build-ab"
+  if ! ((NO_BASE)); then
+    tar xzf "$ROOT/.carry/ab-base.tar.gz" -C "$ROOT/build-ab" && cp "$ROOT/.carry/ab-base.txt" "$ROOT/build-ab/"
+  fi
+fi
 configure() {  # source dir
   cmake -S "$1" -B "$1/build-gpu" -DCMAKE_BUILD_TYPE=Release -DHEADINFER_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
     -DCMAKE_PREFIX_PATH="$DEPS" -DHEADINFER_CUDNN_ROOT="$CUDNN_ROOT" \

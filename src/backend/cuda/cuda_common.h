@@ -38,6 +38,39 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { retu
 template <>
 __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 
+// Four consecutive elements in one access: 16 bytes of F32, 8 of a 16-bit dtype. The pointer must
+// be aligned to the access (vec4_ok() checks a view on the host); the values are the scalar
+// conversions', bit for bit.
+template <typename T>
+__device__ __forceinline__ float4 load4(const T* p) {
+  if constexpr (sizeof(T) == 4) {
+    return *reinterpret_cast<const float4*>(p);
+  } else {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p);
+    const T* v = reinterpret_cast<const T*>(&raw);
+    return make_float4(to_f32(v[0]), to_f32(v[1]), to_f32(v[2]), to_f32(v[3]));
+  }
+}
+template <typename T>
+__device__ __forceinline__ void store4(T* p, float4 v) {
+  if constexpr (sizeof(T) == 4) {
+    *reinterpret_cast<float4*>(p) = v;
+  } else {
+    uint2 raw;
+    T* o = reinterpret_cast<T*>(&raw);
+    o[0] = from_f32<T>(v.x);
+    o[1] = from_f32<T>(v.y);
+    o[2] = from_f32<T>(v.z);
+    o[3] = from_f32<T>(v.w);
+    *reinterpret_cast<uint2*>(p) = raw;
+  }
+}
+// Whether rows of elem_bytes-wide elements at p, row_stride elements apart, take load4/store4 at
+// every fourth column from 0 (cols a multiple of 4 too).
+inline bool vec4_ok(const void* p, int64_t row_stride, int64_t cols, size_t elem_bytes) {
+  return reinterpret_cast<uintptr_t>(p) % (4 * elem_bytes) == 0 && row_stride % 4 == 0 && cols % 4 == 0;
+}
+
 template <typename T>
 struct TypeTag {
   using type = T;

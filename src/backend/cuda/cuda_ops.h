@@ -127,6 +127,8 @@ class CudaOps final : public Ops {
   void add_bias(const VecView& bias, const MatView& y);
   // rms_norm of x (after x += *y where y is given) into out (norm.cu).
   void norm_rows(const MatView& x, const MatView* y, const VecView& weight, float eps, const MatView& out);
+  // silu_mul (gelu false) or gelu_tanh_mul (elementwise.cu).
+  void gated_mul(const MatView& gate, const MatView& up, const MatView& out, bool gelu);
   // reserve_workspace's allocations (their count is kept by reserve_workspace).
   void reserve_scratch(const OpsWorkspaceSizes& s);
   // The decode GEMV (gemm.cu): whether it takes these outputs in one launch, and that launch.

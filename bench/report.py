@@ -299,6 +299,14 @@ def targets(rows, floors, shape):
 
 # --- rendering ---------------------------------------------------------------------------------
 
+def lcpp_phrase(doc):
+    """The header's llama.cpp peer: its version, or that this set has no llama.cpp row."""
+    version = doc.get("versions", {}).get("llama.cpp")
+    if version is None and not any(r.get("kind") == "llama.cpp" for r in doc["rows"]):
+        return "llama.cpp not run in this set" + (f" ({doc['no_lcpp']})" if doc.get("no_lcpp") else "")
+    return f"llama.cpp {version or '?'} (llama-batched-bench -npl 1 -fa on -ngl 99)"
+
+
 def markdown(doc):
     rows, fl = doc["rows"], doc.get("floors")
     v = doc.get("versions", {})
@@ -307,8 +315,8 @@ def markdown(doc):
              f"transformers, f16 GGUF for llama.cpp), batch 1, {doc.get('n_decode', 32)} decoded tokens, per "
              f"../shared/BENCH.md. Command: `{doc['command']}`. Peers {doc.get('where', 'in the same call')}: transformers "
              f"{v.get('transformers', '?')} (PyTorch {v.get('torch', '?')}; generate() with "
-             f"attention_mask=ones, SDPA), llama.cpp {v.get('llama.cpp', '?')} (llama-batched-bench "
-             f"-npl 1 -fa on -ngl 99)." + (f" cuDNN: {doc['cudnn']}." if doc.get("cudnn") else ""), ""]
+             f"attention_mask=ones, SDPA), " + lcpp_phrase(doc) + "."
+             + (f" cuDNN: {doc['cudnn']}." if doc.get("cudnn") else ""), ""]
     if fl:
         lines += ["Floors measured " + doc.get("where_floors", "in the same call") + ": pinned H2D {:.1f} GB/s, "
                   "device copy {:.0f} GB/s, bf16 GEMM "

@@ -126,6 +126,20 @@ def test_report_renders(tmp_path):
     assert r.returncode == 0 and Path(r.stdout.strip() + ".md").read_text() == md
 
 
+def test_report_header_names_a_missing_llamacpp(tmp_path):
+    write_parts(tmp_path)
+    for f in tmp_path.glob("lcpp-*"):
+        f.unlink()
+    rows, runs, floors, versions = report.read_parts(tmp_path)
+    doc = dict(date="2026-12-07", gpu="H100", commit="abc1234", command="x", shape="llama3-8b", rows=rows,
+               runs=runs, floors=floors, versions=versions, no_lcpp="its build did not fit")
+    header = report.markdown(doc).splitlines()[2]
+    assert "llama.cpp not run in this set (its build did not fit)." in header and "llama.cpp ?" not in header
+    write_parts(tmp_path)
+    rows, _, _, versions = report.read_parts(tmp_path)
+    assert "llama.cpp commit 0c1e570 (llama-batched-bench" in report.markdown(dict(doc, rows=rows, versions=versions))
+
+
 def test_report_rejects_empty_parts(tmp_path):
     r = subprocess.run([sys.executable, str(BENCH / "report.py"), "--parts", str(tmp_path)], capture_output=True,
                        text=True)

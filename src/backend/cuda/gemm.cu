@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <system_error>
 #include <type_traits>
 
@@ -88,7 +89,10 @@ __device__ __forceinline__ float dot8(const float* x, const float* wf) {
          x1.w * wf[7];
 }
 
-template <typename W, bool VEC, int TOKENS>
+// UNROLL: the loads a lane issues before using the first (kGemvUnroll, or 8 where
+// HEADINFER_GEMV_UNROLL=8 asks for it: an A/B knob, see gemv_unroll()). Each lane visits its
+// columns in the same order for every UNROLL, so the sums and their bits are the same.
+template <typename W, bool VEC, int TOKENS, int UNROLL = kGemvUnroll>
 __global__ void __launch_bounds__(32 * kGemvWarps)
     gemv_kernel(const float* x, int64_t x_ld, GemvSegments<W> seg, int64_t in, int n_tokens) {
   pdl_wait();
@@ -105,15 +109,15 @@ __global__ void __launch_bounds__(32 * kGemvWarps)
   for (int t = 0; t < TOKENS; ++t) acc[t] = 0.0f;
   if constexpr (VEC) {
     constexpr int64_t kStride = 32 * 8;
-    for (int64_t base = int64_t{lane} * 8; base < in; base += kStride * kGemvUnroll) {
-      uint4 raw[kGemvUnroll];
+    for (int64_t base = int64_t{lane} * 8; base < in; base += kStride * UNROLL) {
+      uint4 raw[UNROLL];
 #pragma unroll
-      for (int u = 0; u < kGemvUnroll; ++u) {
+      for (int u = 0; u < UNROLL; ++u) {
         const int64_t i = base + u * kStride;
         raw[u] = i < in ? __ldg(reinterpret_cast<const uint4*>(wr + i)) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int u = 0; u < kGemvUnroll; ++u) {
+      for (int u = 0; u < UNROLL; ++u) {
         const int64_t i = base + u * kStride;
         if (i >= in) break;
         float wf[8];
@@ -438,6 +442,20 @@ bool CudaOps::gemv_fits(const MatView& x, std::span<const LinearOut> outs) const
   return true;
 }
 
+namespace {
+// The decode GEMV's loads in flight per lane: kGemvUnroll, or 8 with HEADINFER_GEMV_UNROLL=8 (a
+// knob for A/B runs, read once; any other value keeps the default). In the 8K decode profile of
+// 2026-12-07 this kernel (q/k/v, o_proj, down, lm_head) read its weights at ~2.5 TB/s, against
+// ~3.0 for the gated GEMV, whose lanes have two rows' loads (8) in flight.
+int gemv_unroll() {
+  static const int unroll = [] {
+    const char* v = std::getenv("HEADINFER_GEMV_UNROLL");
+    return v != nullptr && std::string(v) == "8" ? 8 : kGemvUnroll;
+  }();
+  return unroll;
+}
+}  // namespace
+
 // The decode GEMV for up to three weights of one 16-bit dtype sharing x; bias added after.
 void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
   const int64_t in = x.cols;
@@ -462,7 +480,8 @@ void CudaOps::gemv(const MatView& x, std::span<const LinearOut> outs) {
     const unsigned blocks = grid_1d(rows, kGemvWarps);
     const int T = static_cast<int>(x.rows);
     if (vec && T == 1)
-      launch_pdl(gemv_kernel<W, true, 1>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in, T);
+      launch_pdl(gemv_unroll() == 8 ? gemv_kernel<W, true, 1, 8> : gemv_kernel<W, true, 1>, blocks, 32 * kGemvWarps,
+                 0, stream_, xp, x.row_stride, seg, in, T);
     else if (vec)
       launch_pdl(gemv_kernel<W, true, kGemvMaxTokens>, blocks, 32 * kGemvWarps, 0, stream_, xp, x.row_stride, seg, in,
                  T);

@@ -1,8 +1,6 @@
 // Layout kernels around cuDNN's SDPA: the engine keeps fp32 activations and wants the lse next to
 // each row, cuDNN takes 16-bit Q and writes 16-bit O and head-major Stats. Both are memory-bound
 // passes over T x h x d elements, small next to the attention itself (T x n_keys x h x d work).
-#include <algorithm>
-
 #include "attention_internal.h"
 #include "cuda_common.h"
 
@@ -17,13 +15,7 @@ __global__ void pack_q_kernel(const float* q, int64_t q_ld, int64_t rows, int64_
   const int64_t c = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * 4;
   if (c >= cols) return;
   for (int64_t t = blockIdx.y; t < rows; t += gridDim.y) {
-    const float* src = q + t * q_ld + c;
-    T16* dst = q16 + t * cols + c;
-    if (vec4) {
-      store4(dst, load4(src));
-    } else {
-      for (int64_t i = 0; i < 4 && c + i < cols; ++i) dst[i] = from_f32<T16>(src[i]);
-    }
+    convert4(q + t * q_ld + c, q16 + t * cols + c, cols - c, vec4);
   }
 }
 
@@ -36,19 +28,9 @@ __global__ void unpack_out_kernel(const T16* o16, const float* stats, int64_t s_
   if (c >= cols) return;
   const int64_t h0 = (c + d - 1) / d;  // the heads whose dim 0 is among this thread's columns
   for (int64_t t = blockIdx.y; t < s_q; t += gridDim.y) {
-    const T16* src = o16 + t * cols + c;
-    float* dst = out + t * out_ld + c;
-    if (vec4) {
-      store4(dst, load4(src));
-    } else {
-      for (int64_t i = 0; i < 4 && c + i < cols; ++i) dst[i] = to_f32(src[i]);
-    }
+    convert4(o16 + t * cols + c, out + t * out_ld + c, cols - c, vec4);
     for (int64_t h = h0; h * d < c + 4 && h < h_q; ++h) lse[t * lse_ld + h] = stats[h * s_q + t];
   }
-}
-
-dim3 rows_grid(int64_t rows, int64_t cols, int threads) {
-  return dim3(grid_1d((cols + 3) / 4, threads), static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(rows, 1), 65535)));
 }
 
 }  // namespace
@@ -58,7 +40,7 @@ void sdpa_pack_q(const MatView& q, int64_t cols, void* q16, DType t16, cudaStrea
   dispatch_dtype(t16, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const bool vec4 = vec4_ok(q.data, q.row_stride, cols, sizeof(float)) && vec4_ok(q16, cols, cols, sizeof(T));
-    pack_q_kernel<T><<<rows_grid(q.rows, cols, kThreads), kThreads, 0, stream>>>(
+    pack_q_kernel<T><<<grid_rows4(q.rows, cols, kThreads), kThreads, 0, stream>>>(
         static_cast<const float*>(q.data), q.row_stride, q.rows, cols, static_cast<T*>(q16), vec4);
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
@@ -71,7 +53,7 @@ void sdpa_unpack_out(const void* o16, const float* stats, DType t16, int64_t s_q
     using T = typename decltype(tag)::type;
     const bool vec4 =
         vec4_ok(o16, h_q * d, h_q * d, sizeof(T)) && vec4_ok(out.data, out.row_stride, h_q * d, sizeof(float));
-    unpack_out_kernel<T><<<rows_grid(s_q, h_q * d, kThreads), kThreads, 0, stream>>>(
+    unpack_out_kernel<T><<<grid_rows4(s_q, h_q * d, kThreads), kThreads, 0, stream>>>(
         static_cast<const T*>(o16), stats, s_q, h_q, d, static_cast<float*>(out.data), out.row_stride,
         static_cast<float*>(lse.data), lse.row_stride, vec4);
   });

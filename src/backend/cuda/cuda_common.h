@@ -65,6 +65,16 @@ __device__ __forceinline__ void store4(T* p, float4 v) {
     *reinterpret_cast<uint2*>(p) = raw;
   }
 }
+// dst[0..4) = src[0..4) converted (the first `left` of them where fewer remain): one load4/store4
+// where vec4, element by element otherwise; the same values either way.
+template <typename S, typename D>
+__device__ __forceinline__ void convert4(const S* src, D* dst, int64_t left, bool vec4) {
+  if (vec4) {
+    store4(dst, load4(src));
+  } else {
+    for (int64_t i = 0; i < 4 && i < left; ++i) dst[i] = from_f32<D>(to_f32(src[i]));
+  }
+}
 // Whether rows of elem_bytes-wide elements at p, row_stride elements apart, take load4/store4 at
 // every fourth column from 0 (cols a multiple of 4 too).
 inline bool vec4_ok(const void* p, int64_t row_stride, int64_t cols, size_t elem_bytes) {
@@ -174,5 +184,9 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
 }
 
 inline unsigned grid_1d(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+// Four columns a thread, a row a blockIdx.y (kernels step rows by gridDim.y past 65535).
+inline dim3 grid_rows4(int64_t rows, int64_t cols, int threads) {
+  return dim3(grid_1d((cols + 3) / 4, threads), static_cast<unsigned>(rows < 1 ? 1 : rows < 65535 ? rows : 65535));
+}
 
 }  // namespace headinfer::cuda

@@ -113,11 +113,10 @@ __global__ void copy_heads_kernel(const S* src, const S* src_b, int64_t src_stri
   D* d = (b ? dst_b : dst) + z * dst_head_stride + c;
   const int64_t step = int64_t{gridDim.y} * blockDim.y;
   for (int64_t r = blockIdx.y * int64_t{blockDim.y} + threadIdx.y; r < rows; r += step) {
-    if (PER == 4 && vec4) {
-      store4(d + r * dst_stride, load4(s + r * src_stride));
+    if constexpr (PER == 4) {
+      convert4(s + r * src_stride, d + r * dst_stride, cols - c, vec4);
     } else {
-      for (int64_t i = 0; i < PER && c + i < cols; ++i)
-        d[r * dst_stride + i] = from_f32<D>(to_f32(s[r * src_stride + i]));
+      d[r * dst_stride] = from_f32<D>(to_f32(s[r * src_stride]));
     }
   }
 }
@@ -188,9 +187,8 @@ void CudaOps::gated_mul(const MatView& gate, const MatView& up, const MatView& o
     const bool vec4 = vec4_ok(gate.data, gate.row_stride, gate.cols, sizeof(float)) &&
                       vec4_ok(up.data, up.row_stride, up.cols, sizeof(float)) &&
                       vec4_ok(out.data, out.row_stride, out.cols, sizeof(O));
-    const dim3 grid(grid_1d((gate.cols + 3) / 4, kThreads),
-                    static_cast<unsigned>(std::min<int64_t>(gate.rows, 65535)));
-    launch_pdl(gelu ? gated_kernel<O, true> : gated_kernel<O, false>, grid, kThreads, 0, stream_,
+    launch_pdl(gelu ? gated_kernel<O, true> : gated_kernel<O, false>, grid_rows4(gate.rows, gate.cols, kThreads),
+               kThreads, 0, stream_,
                static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
                static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols, vec4);
   });

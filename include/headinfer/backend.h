@@ -160,7 +160,8 @@ class Ops {
     rms_norm(x, weight, eps, out);
   }
   // y = x W^T (+ bias). x F32 [T, in] (or W's own 16-bit dtype where linear_input_dtype() says
-  // so), y F32 [T, out].
+  // so), y F32 [T, out]; where x is in W's 16-bit dtype and there is no bias, y may be in that
+  // dtype too (each element the F32 y's, rounded once).
   virtual void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) = 0;
   // The dtype in which linear() takes x for n_tokens rows and weights of `weight_dtype` without
   // converting it first: F32, or W's 16-bit dtype where the backend rounds x to it anyway (the
@@ -207,8 +208,9 @@ class Ops {
   // Merges part b into part a: (out_a, lse_a) := softmax-weighted union of a and b.
   virtual void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b,
                                const MatView& lse_b, int64_t head_dim) = 0;
-  // out = silu(gate) * up, elementwise. An F32 out may alias gate; a 16-bit out (as rms_norm's)
-  // aliases neither input.
+  // out = silu(gate) * up, elementwise, in fp32. An F32 out may alias gate; a 16-bit out (as
+  // rms_norm's) aliases neither input. gate and up are F32, or (linear()'s 16-bit y) both in the
+  // 16-bit dtype of out.
   virtual void silu_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;
   // out = gelu_tanh(gate) * up (torch's gelu approximate='tanh'), elementwise. out as silu_mul's.
   virtual void gelu_tanh_mul(const MatView& gate, const MatView& up, const MatView& out) = 0;

@@ -260,9 +260,9 @@ void Model::prepare_first_chunk(int64_t n) {
     ops.prepare_linear(mat(attn_, n, c.q_dim()), std::span<const LinearOut>(&o, 1));
     for (int64_t r0 = 0; r0 < n; r0 += m_max) {
       const int64_t m = std::min(m_max, n - r0);
-      const auto gate_up = gate_up_outs(w, m);
-      ops.prepare_linear(xn.slice_rows(r0, m), gate_up);
       const DType act_down = ops.linear_input_dtype(m, w.w_down.dtype);
+      const auto gate_up = gate_up_outs(w, m, act, act_down);
+      ops.prepare_linear(xn.slice_rows(r0, m), gate_up);
       const MatView h =
           act_down == DType::F32 ? gate_up[0].y : ops.linear_input_scratch(m, c.intermediate_size, act_down);
       const LinearOut down = down_out(w, r0, m);
@@ -289,10 +289,15 @@ LinearOut Model::o_proj_out(const LayerWeights& w, int64_t n) const {
   return {&w.wo, bias_or_null(w.bo), mat(proj_, n, config_.hidden_size)};
 }
 
-std::array<LinearOut, 2> Model::gate_up_outs(const LayerWeights& w, int64_t m) const {
+std::array<LinearOut, 2> Model::gate_up_outs(const LayerWeights& w, int64_t m, DType x_dtype, DType h_dtype) const {
   const ModelConfig& c = config_;
-  return {LinearOut{&w.w_gate, bias_or_null(w.b_gate), mat(gate_, m, c.intermediate_size)},
-          LinearOut{&w.w_up, bias_or_null(w.b_up), mat(up_, m, c.intermediate_size)}};
+  std::array<LinearOut, 2> outs{LinearOut{&w.w_gate, bias_or_null(w.b_gate), mat(gate_, m, c.intermediate_size)},
+                                LinearOut{&w.w_up, bias_or_null(w.b_up), mat(up_, m, c.intermediate_size)}};
+  const bool y16 = x_dtype != DType::F32 && x_dtype == h_dtype && w.w_gate.dtype == x_dtype &&
+                   w.w_up.dtype == x_dtype && outs[0].bias == nullptr && outs[1].bias == nullptr;
+  if (y16)
+    for (LinearOut& o : outs) o.y.dtype = x_dtype;  // the F32 buffer's first half, the same row stride
+  return outs;
 }
 
 LinearOut Model::down_out(const LayerWeights& w, int64_t r0, int64_t m) const {
@@ -430,10 +435,10 @@ void Model::mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const
   for (int64_t r0 = 0; r0 < n; r0 += m_max) {
     const int64_t m = std::min(m_max, n - r0);
     const MatView xm = xn.slice_rows(r0, m);
-    const auto gate_up = gate_up_outs(w, m);
     // The activation goes straight to the dtype down_proj reads: in place in F32, or into the ops'
     // 16-bit input scratch (xm is then 16-bit too, so the linears leave the scratch alone).
     const DType act = ops.linear_input_dtype(m, w.w_down.dtype);
+    const auto gate_up = gate_up_outs(w, m, xm.dtype, act);
     const MatView h = act == DType::F32 ? gate_up[0].y : ops.linear_input_scratch(m, c.intermediate_size, act);
     ops.linear_gated(xm, gate_up, c.activation, h);
     const LinearOut d = down_out(w, r0, m);

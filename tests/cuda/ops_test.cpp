@@ -499,6 +499,36 @@ TEST_F(CudaTest, FusedNormAndSixteenBitInputsAreBitIdenticalToThePlainOps) {
     }
   }
 
+  // 16-bit gate and up (a 16-bit GEMM's y) into a 16-bit out: the F32 activation of the widened
+  // inputs, rounded once.
+  for (DType dt : {DType::BF16, DType::F16}) {
+    DeviceBuffer d_g16(*gpu_, rows * stride * 2, "gate16"), d_u16(*gpu_, rows * stride * 2, "up16");
+    const MatView g16 = view(d_g16.data(), rows, cols, stride, dt), u16 = view(d_u16.data(), rows, cols, stride, dt);
+    gpu_->ops().copy(gv, g16);
+    gpu_->ops().copy(uv, u16);
+    auto d_gw = poisoned(rows * cols), d_uw = poisoned(rows * cols);
+    const MatView gw = view(d_gw.data(), rows, cols, cols), uw = view(d_uw.data(), rows, cols, cols);
+    gpu_->ops().copy(g16, gw);
+    gpu_->ops().copy(u16, uw);
+    for (bool gelu : {false, true}) {
+      auto d_f = poisoned(rows * cols);
+      const MatView fv = view(d_f.data(), rows, cols, cols);
+      gelu ? gpu_->ops().gelu_tanh_mul(gw, uw, fv) : gpu_->ops().silu_mul(gw, uw, fv);
+      DeviceBuffer d_h(*gpu_, rows * cols * 2, "activation out");
+      const MatView hv = view(d_h.data(), rows, cols, cols, dt);
+      gelu ? gpu_->ops().gelu_tanh_mul(g16, u16, hv) : gpu_->ops().silu_mul(g16, u16, hv);
+      EXPECT_EQ(bytes(d_h, rows * cols * 2), narrowed(d_f, rows, cols, dt))
+          << (gelu ? "gelu_tanh_mul" : "silu_mul") << " of 16-bit inputs, " << dtype_name(dt);
+    }
+    // 16-bit inputs with an F32 out, or an out of the other 16-bit dtype, are refused.
+    auto d_f = poisoned(rows * cols);
+    EXPECT_THROW(gpu_->ops().silu_mul(g16, u16, view(d_f.data(), rows, cols, cols)), Error);
+    DeviceBuffer d_o(*gpu_, rows * cols * 2, "other");
+    const DType other = dt == DType::BF16 ? DType::F16 : DType::BF16;
+    EXPECT_THROW(gpu_->ops().silu_mul(g16, u16, view(d_o.data(), rows, cols, cols, other)), Error);
+    EXPECT_THROW(gpu_->ops().silu_mul(g16, uv, view(d_o.data(), rows, cols, cols, dt)), Error);
+  }
+
   // Which dtype linear() takes: F32 for F32 weights and for the GEMV's few rows.
   EXPECT_EQ(gpu_->ops().linear_input_dtype(8, DType::BF16), DType::F32);
   EXPECT_EQ(gpu_->ops().linear_input_dtype(9, DType::BF16), DType::BF16);
@@ -532,6 +562,41 @@ TEST_F(CudaTest, FusedNormAndSixteenBitInputsAreBitIdenticalToThePlainOps) {
       EXPECT_EQ(ya, bytes(d_yc, T * out * 4)) << "linear of the scratch x, " << dtype_name(dt) << " T=" << T;
       EXPECT_FALSE(std::isnan(download(d_ya, 1)[0]));
     }
+  // A linear of a 16-bit x into a 16-bit y (the prefill's gate/up): the F32 y rounded once. cuBLASLt
+  // may pick another kernel for the other output dtype, whose fp32 sums then differ by up to
+  // dot_tolerance(in, sum of |terms|): within that plus half a 16-bit ulp of the F32 y.
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t T : {9, 300}) {
+      const int64_t in = 1536, out = 520;
+      auto xs = random_floats(T * in, -1.0f, 1.0f), wm = random_floats(out * in, -0.1f, 0.1f);
+      auto d_x16 = upload(encode(xs, dt)), d_wm = upload(encode(wm, dt));
+      const WeightView W{d_wm.data(), dt, out, in};
+      const MatView x16 = view(d_x16.data(), T, in, in, dt);
+      auto d_y32 = poisoned(T * out), d_back = poisoned(T * out);
+      gpu_->ops().linear(x16, W, nullptr, view(d_y32.data(), T, out, out));
+      DeviceBuffer d_y16(*gpu_, T * out * 2, "y16");
+      const MatView y16 = view(d_y16.data(), T, out, out, dt);
+      gpu_->ops().linear(x16, W, nullptr, y16);
+      gpu_->ops().copy(y16, view(d_back.data(), T, out, out));
+      const auto y32 = download(d_y32, T * out), got = download(d_back, T * out);
+      std::vector<double> tol(T * out);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t o = 0; o < out; ++o) {
+          double abs_sum = 0;
+          for (int64_t i = 0; i < in; ++i) abs_sum += std::fabs(double{xs[t * in + i]} * wm[o * in + i]);
+          const double y = std::fabs(double{y32[t * out + o]});
+          tol[t * out + o] = dot_tolerance(in, abs_sum) + unit_roundoff(dt) * (y + dot_tolerance(in, abs_sum));
+        }
+      expect_within(got, y32, tol, std::string("linear into a 16-bit y, ") + std::string(dtype_name(dt)) + " T=" + std::to_string(T));
+      // With a bias, or from an F32 x, a 16-bit y is refused.
+      std::vector<float> bias(out, 0.25f);
+      auto d_b = upload(encode(bias, dt));
+      const VecView B{d_b.data(), dt, out};
+      EXPECT_THROW(gpu_->ops().linear(x16, W, &B, y16), Error);
+      auto d_xf = upload(xs);
+      EXPECT_THROW(gpu_->ops().linear(view(d_xf.data(), T, in, in), W, nullptr, y16), Error);
+    }
+
   // A 16-bit x of another dtype than the weights', and a 16-bit out over its own input, are refused.
   std::vector<float> half_w(64 * 8, 0.5f);
   auto d_x = poisoned(16 * 64), d_w = upload(encode(half_w, DType::BF16));

@@ -103,17 +103,19 @@ class CudaOps final : public Ops {
   void linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y, const void* x_cast);
   // x rounded to `dtype` into the GEMM cast scratch ([T, in] contiguous); returns the scratch.
   const void* cast_input(const MatView& x, DType dtype);
-  // cuBLASLt matmul y = x W^T for one shape: the heuristic's pick, cached by shape, leading
-  // dimensions and pointer alignments (the heuristic's answer depends on all of them).
-  void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld, int64_t m_out,
-                 int64_t n_tokens, int64_t k_in);
+  // cuBLASLt matmul y = x W^T for one shape, fp32 accumulation, y in y_type (F32, or ab_type):
+  // the heuristic's pick, cached by shape, output dtype, leading dimensions and pointer alignments
+  // (the heuristic's answer depends on all of them).
+  void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, void* y, DType y_type, int64_t y_ld,
+                 int64_t m_out, int64_t n_tokens, int64_t k_in);
   // One lt_matmul call: y = x W^T, x already in ab's dtype.
   struct LtCall {
     DType ab;
     const void* w;
     const void* x;
     int64_t x_ld;
-    float* y;
+    void* y;
+    DType y_type;
     int64_t y_ld, m_out, n_tokens, k_in;
   };
   using GemmKey = std::array<int64_t, 10>;

@@ -39,23 +39,24 @@ __device__ __forceinline__ float gated(float g, float u) {
   }
 }
 
-template <typename O, bool GELU>
-__global__ void gated_kernel(const float* gate, int64_t gate_stride, const float* up, int64_t up_stride, O* out,
+// gate and up are G: F32, or 16-bit where the GEMM that made them rounded its sums (prefill).
+template <typename G, typename O, bool GELU>
+__global__ void gated_kernel(const G* gate, int64_t gate_stride, const G* up, int64_t up_stride, O* out,
                              int64_t out_stride, int64_t rows, int64_t cols, bool vec4) {
   pdl_wait();
   pdl_trigger();
   const int64_t c = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * 4;
   if (c >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float* g = gate + r * gate_stride + c;
-    const float* u = up + r * up_stride + c;
+    const G* g = gate + r * gate_stride + c;
+    const G* u = up + r * up_stride + c;
     O* o = out + r * out_stride + c;
     if (vec4) {
       const float4 gv = load4(g), uv = load4(u);
       store4(o, make_float4(gated<GELU>(gv.x, uv.x), gated<GELU>(gv.y, uv.y), gated<GELU>(gv.z, uv.z),
                             gated<GELU>(gv.w, uv.w)));
     } else {
-      for (int64_t i = 0; i < 4 && c + i < cols; ++i) o[i] = from_f32<O>(gated<GELU>(g[i], u[i]));
+      for (int64_t i = 0; i < 4 && c + i < cols; ++i) o[i] = from_f32<O>(gated<GELU>(to_f32(g[i]), to_f32(u[i])));
     }
   }
 }
@@ -125,10 +126,11 @@ void require_f32(const MatView& m, const char* op) {
   if (m.dtype != DType::F32) throw Error(std::string("cuda backend: ") + op + " needs F32 activations");
 }
 
-// A gated activation's checks: F32 inputs of one shape, out F32 or 16-bit (not over an input).
+// A gated activation's checks: inputs of one shape and dtype (F32, or 16-bit with a 16-bit out of
+// that dtype), out F32 or 16-bit (not over an input).
 void check_gated(const MatView& gate, const MatView& up, const MatView& out, const char* op) {
-  require_f32(gate, op);
-  require_f32(up, op);
+  if (gate.dtype != up.dtype || (gate.dtype != DType::F32 && out.dtype != gate.dtype))
+    throw Error(std::string("cuda backend: ") + op + " needs F32 inputs, or 16-bit inputs and out of one dtype");
   if (up.rows != gate.rows || up.cols != gate.cols || out.rows != gate.rows || out.cols != gate.cols)
     throw Error(std::string("cuda backend: ") + op + " shape mismatch");
   if (out.dtype != DType::F32 && (out.data == gate.data || out.data == up.data))
@@ -182,15 +184,23 @@ void CudaOps::embedding_device_id(const int32_t* device_id, const WeightView& ta
 void CudaOps::gated_mul(const MatView& gate, const MatView& up, const MatView& out, bool gelu) {
   check_gated(gate, up, out, gelu ? "gelu_tanh_mul" : "silu_mul");
   if (gate.rows == 0 || gate.cols == 0) return;
-  dispatch_dtype(out.dtype, [&](auto tag) {
-    using O = typename decltype(tag)::type;
-    const bool vec4 = vec4_ok(gate.data, gate.row_stride, gate.cols, sizeof(float)) &&
-                      vec4_ok(up.data, up.row_stride, up.cols, sizeof(float)) &&
+  auto launch = [&](auto g_tag, auto o_tag) {
+    using G = typename decltype(g_tag)::type;
+    using O = typename decltype(o_tag)::type;
+    const bool vec4 = vec4_ok(gate.data, gate.row_stride, gate.cols, sizeof(G)) &&
+                      vec4_ok(up.data, up.row_stride, up.cols, sizeof(G)) &&
                       vec4_ok(out.data, out.row_stride, out.cols, sizeof(O));
-    launch_pdl(gelu ? gated_kernel<O, true> : gated_kernel<O, false>, grid_rows4(gate.rows, gate.cols, kThreads),
-               kThreads, 0, stream_,
-               static_cast<const float*>(gate.data), gate.row_stride, static_cast<const float*>(up.data), up.row_stride,
-               static_cast<O*>(out.data), out.row_stride, gate.rows, gate.cols, vec4);
+    launch_pdl(gelu ? gated_kernel<G, O, true> : gated_kernel<G, O, false>, grid_rows4(gate.rows, gate.cols, kThreads),
+               kThreads, 0, stream_, static_cast<const G*>(gate.data), gate.row_stride,
+               static_cast<const G*>(up.data), up.row_stride, static_cast<O*>(out.data), out.row_stride, gate.rows,
+               gate.cols, vec4);
+  };
+  dispatch_dtype(out.dtype, [&](auto o_tag) {
+    if (gate.dtype == DType::F32) {
+      launch(TypeTag<float>{}, o_tag);
+    } else {
+      launch(o_tag, o_tag);  // check_gated: 16-bit inputs come with an out of their dtype
+    }
   });
   HEADINFER_CUDA_CHECK_LAUNCH();
 }

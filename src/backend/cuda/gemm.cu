@@ -229,7 +229,7 @@ namespace {
 // The descriptors of y = x W^T for one shape (see lt_matmul for the layout), freed with the object.
 class LtDescs {
  public:
-  LtDescs(DType ab_type, int64_t x_ld, int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
+  LtDescs(DType ab_type, DType y_type, int64_t x_ld, int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
     const cudaDataType_t ab = cuda_type(ab_type);
     try {
       check_lt(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
@@ -240,7 +240,7 @@ class LtDescs {
                "A");
       check_lt(
           cublasLtMatrixLayoutCreate(&b, ab, static_cast<uint64_t>(k_in), static_cast<uint64_t>(n_tokens), x_ld), "B");
-      check_lt(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, static_cast<uint64_t>(m_out),
+      check_lt(cublasLtMatrixLayoutCreate(&c, cuda_type(y_type), static_cast<uint64_t>(m_out),
                                           static_cast<uint64_t>(n_tokens), y_ld),
                "C");
     } catch (...) {
@@ -264,10 +264,10 @@ class LtDescs {
   }
 };
 
-// What the heuristic's answer depends on: the shape, the leading dimensions and the pointer
-// alignments.
-std::array<int64_t, 10> gemm_key(DType ab_type, const void* w, const void* x, int64_t x_ld, const float* y,
-                                 int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
+// What the heuristic's answer depends on: the shape, the dtypes, the leading dimensions and the
+// pointer alignments.
+std::array<int64_t, 10> gemm_key(DType ab_type, DType y_type, const void* w, const void* x, int64_t x_ld,
+                                 const void* y, int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
   return {static_cast<int64_t>(cuda_type(ab_type)),
           m_out,
           n_tokens,
@@ -277,7 +277,7 @@ std::array<int64_t, 10> gemm_key(DType ab_type, const void* w, const void* x, in
           pointer_alignment(w),
           pointer_alignment(x),
           pointer_alignment(y),
-          0};
+          static_cast<int64_t>(cuda_type(y_type))};
 }
 
 // The heuristic's first pick for `key` (the same on every handle of a device).
@@ -304,15 +304,15 @@ cublasLtMatmulAlgo_t pick_algo(cublasLtHandle_t lt, const LtDescs& d, const std:
 
 }  // namespace
 
-void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, float* y, int64_t y_ld,
-                        int64_t m_out, int64_t n_tokens, int64_t k_in) {
+void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, void* y, DType y_type,
+                        int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
   // Column-major view: W^T is W [out, in] row-major read as [in, out] col-major, transposed;
   // x [T, in] row-major is [in, T] col-major; y [T, out] row-major is [out, T] col-major.
-  const LtDescs d(ab_type, x_ld, y_ld, m_out, n_tokens, k_in);
+  const LtDescs d(ab_type, y_type, x_ld, y_ld, m_out, n_tokens, k_in);
   // prepare_linear's runs use the workspace and the callers' buffers: they end before this one.
   if (gemm_last_.valid()) wait_prepared();
   void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
-  const GemmKey key = gemm_key(ab_type, w, x, x_ld, y, y_ld, m_out, n_tokens, k_in);
+  const GemmKey key = gemm_key(ab_type, y_type, w, x, x_ld, y, y_ld, m_out, n_tokens, k_in);
   auto it = gemm_algos_.find(key);
   if (it == gemm_algos_.end()) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -343,7 +343,7 @@ std::vector<CudaOps::LtCall> CudaOps::lt_calls(const MatView& x, std::span<const
     const WeightView& w = *o.w;
     const int64_t n = x.rows, in = w.in_features, out = w.out_features;
     if (n == 0 || out == 0 || x.cols != in || o.y.rows != n || o.y.cols != out) continue;
-    LtCall c{w.dtype, w.data, x.data, x.row_stride, static_cast<float*>(o.y.data), o.y.row_stride, out, n, in};
+    LtCall c{w.dtype, w.data, x.data, x.row_stride, o.y.data, o.y.dtype, o.y.row_stride, out, n, in};
     if (x.dtype == DType::F32 && w.dtype != DType::F32) {
       if (n <= kGemvMaxTokens) continue;  // the GEMV
       c.x = gemm_cast_.get(static_cast<size_t>(n * in) * dtype_size(w.dtype));  // where cast_input rounds x
@@ -361,7 +361,7 @@ void CudaOps::prepare_linear(const MatView& x, std::span<const LinearOut> outs) 
     return;
   }
   for (const LtCall& c : lt_calls(x, outs)) {
-    const GemmKey key = gemm_key(c.ab, c.w, c.x, c.x_ld, c.y, c.y_ld, c.m_out, c.n_tokens, c.k_in);
+    const GemmKey key = gemm_key(c.ab, c.y_type, c.w, c.x, c.x_ld, c.y, c.y_ld, c.m_out, c.n_tokens, c.k_in);
     if (gemm_algos_.count(key) != 0 || gemm_pending_.count(key) != 0) continue;
     void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
     const PlannedAlgo before = gemm_last_;
@@ -393,7 +393,7 @@ std::optional<cublasLtMatmulAlgo_t> CudaOps::plan_elsewhere(const PlannedAlgo& b
       cudaGetLastError();
       return std::nullopt;
     }
-    const LtDescs d(c.ab, c.x_ld, c.y_ld, c.m_out, c.n_tokens, c.k_in);
+    const LtDescs d(c.ab, c.y_type, c.x_ld, c.y_ld, c.m_out, c.n_tokens, c.k_in);
     const cublasLtMatmulAlgo_t algo = pick_algo(gemm_builder_lt_, d, key);
     // One run on the caller's buffers loads the kernel (lazy module loading) now, not in the
     // first prefill; its output is garbage the first forward overwrites.
@@ -573,29 +573,32 @@ void CudaOps::linear(const MatView& x, const WeightView& w, const VecView* bias,
 
 void CudaOps::linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y,
                           const void* x_cast) {
-  if (y.dtype != DType::F32 || (x.dtype != DType::F32 && x.dtype != w.dtype))
-    throw Error("cuda backend: linear needs F32 activations (or x in the weights' 16-bit dtype)");
+  // A 16-bit y (the weights' dtype) only from x in that dtype, without bias: the GEMM rounds its
+  // fp32 sums once, as torch's bf16 linear does.
+  const bool y16 = y.dtype != DType::F32 && y.dtype == w.dtype && x.dtype == w.dtype && bias == nullptr;
+  if ((y.dtype != DType::F32 && !y16) || (x.dtype != DType::F32 && x.dtype != w.dtype))
+    throw Error("cuda backend: linear needs F32 activations (or x, and y without bias, in the weights' 16-bit dtype)");
   if (x.cols != w.in_features || y.cols != w.out_features || x.rows != y.rows)
     throw Error("cuda backend: linear shape mismatch");
   if (bias != nullptr && bias->n != w.out_features) throw Error("cuda backend: linear bias shape mismatch");
   const int64_t n_tokens = x.rows, in = w.in_features, out = w.out_features;
   if (n_tokens == 0 || out == 0) return;
-  auto* yp = static_cast<float*>(y.data);
   if (x.dtype != DType::F32) {  // rounded to W's dtype by the op that made it
-    lt_matmul(w.dtype, w.data, x.data, x.row_stride, yp, y.row_stride, out, n_tokens, in);
+    lt_matmul(w.dtype, w.data, x.data, x.row_stride, y.data, y.dtype, y.row_stride, out, n_tokens, in);
     if (bias != nullptr) add_bias(*bias, y);
     return;
   }
+  auto* yp = static_cast<float*>(y.data);
   const auto* xp = static_cast<const float*>(x.data);
   if (w.dtype == DType::F32) {
-    lt_matmul(DType::F32, w.data, xp, x.row_stride, yp, y.row_stride, out, n_tokens, in);
+    lt_matmul(DType::F32, w.data, xp, x.row_stride, yp, DType::F32, y.row_stride, out, n_tokens, in);
   } else if (n_tokens <= kGemvMaxTokens) {
     const LinearOut one{&w, nullptr, y};
     gemv(x, std::span<const LinearOut>(&one, 1));
   } else {
     // x [T, in] rounded to W's dtype, contiguous (ld = in); linear_multi passes it once cast.
     if (x_cast == nullptr) x_cast = cast_input(x, w.dtype);
-    lt_matmul(w.dtype, w.data, x_cast, in, yp, y.row_stride, out, n_tokens, in);
+    lt_matmul(w.dtype, w.data, x_cast, in, yp, DType::F32, y.row_stride, out, n_tokens, in);
   }
   if (bias != nullptr) add_bias(*bias, y);
 }

@@ -136,9 +136,10 @@ class Model {
   // and prepare_first_chunk() plans them.
   std::array<LinearOut, 3> qkv_outs(const LayerWeights& w, int64_t n) const;
   LinearOut o_proj_out(const LayerWeights& w, int64_t n) const;
-  // gate/up of m rows from x in x_dtype, whose activation goes to down_proj in h_dtype: 16-bit
-  // outputs where both are the weights' 16-bit dtype and there is no bias (the GEMM rounds its sums
-  // as torch's bf16 linear does, and the activation reads half the bytes), F32 otherwise.
+  // gate/up of m rows from x in x_dtype, whose activation goes to down_proj in h_dtype: F32; with
+  // HEADINFER_GATE_UP_16=1 (an A/B knob), 16-bit where both are the weights' 16-bit dtype and there
+  // is no bias (the GEMM rounds its sums as torch's bf16 linear does, and the activation reads half
+  // the bytes).
   std::array<LinearOut, 2> gate_up_outs(const LayerWeights& w, int64_t m, DType x_dtype, DType h_dtype) const;
   LinearOut down_out(const LayerWeights& w, int64_t r0, int64_t m) const;
   // x += partial, then out = norm(x) (nullptr: no norm), as add_rms_norm where it can.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -276,6 +277,16 @@ void Model::prepare_first_chunk(int64_t n) {
 
 namespace {
 const VecView* bias_or_null(const VecView& b) { return b.data != nullptr ? &b : nullptr; }
+
+// HEADINFER_GATE_UP_16=1: the prefill's gate/up GEMMs write 16-bit outputs (gate_up_outs). An A/B
+// knob, read once, until a card has measured it against the F32 outputs; unset, nothing changes.
+bool gate_up_16() {
+  static const bool on = [] {
+    const char* v = std::getenv("HEADINFER_GATE_UP_16");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
 }  // namespace
 
 std::array<LinearOut, 3> Model::qkv_outs(const LayerWeights& w, int64_t n) const {
@@ -293,7 +304,7 @@ std::array<LinearOut, 2> Model::gate_up_outs(const LayerWeights& w, int64_t m, D
   const ModelConfig& c = config_;
   std::array<LinearOut, 2> outs{LinearOut{&w.w_gate, bias_or_null(w.b_gate), mat(gate_, m, c.intermediate_size)},
                                 LinearOut{&w.w_up, bias_or_null(w.b_up), mat(up_, m, c.intermediate_size)}};
-  const bool y16 = x_dtype != DType::F32 && x_dtype == h_dtype && w.w_gate.dtype == x_dtype &&
+  const bool y16 = gate_up_16() && x_dtype != DType::F32 && x_dtype == h_dtype && w.w_gate.dtype == x_dtype &&
                    w.w_up.dtype == x_dtype && outs[0].bias == nullptr && outs[1].bias == nullptr;
   if (y16)
     for (LinearOut& o : outs) o.y.dtype = x_dtype;  // the F32 buffer's first half, the same row stride

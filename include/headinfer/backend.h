@@ -121,11 +121,13 @@ struct AttentionArgs {
   }
 };
 
-// One output of Ops::linear_multi: y = x W^T (+ bias).
+// One output of Ops::linear_multi: y = x W^T (+ bias), or y += x W^T with accumulate.
 struct LinearOut {
   const WeightView* w = nullptr;
   const VecView* bias = nullptr;  // nullptr: none
   MatView y;
+  // y += x W^T (F32 y, no bias): only where Ops::linear_accumulates() says the backend does it.
+  bool accumulate = false;
 };
 
 // The largest op calls a model will make (Ops::reserve_workspace).
@@ -178,8 +180,16 @@ class Ops {
   // Several linears of one input (q/k/v, gate/up), at most three: one launch where the backend
   // can, each output exactly what linear() gives it.
   virtual void linear_multi(const MatView& x, std::span<const LinearOut> outs) {
-    for (const LinearOut& o : outs) linear(x, *o.w, o.bias, o.y);
+    for (const LinearOut& o : outs) {
+      if (o.accumulate) throw Error("this backend does not add a linear's output into y (linear_accumulates)");
+      linear(x, *o.w, o.bias, o.y);
+    }
   }
+  // Whether linear_multi() takes a LinearOut with accumulate for n_tokens rows of x and weights of
+  // `weight_dtype`, adding the product into y in the GEMM itself (the residual adds of o_proj and
+  // down_proj, without an output of their own to write and read back). Each element is then
+  // fl(y + s), s the GEMM's fp32 sum: what linear() and add() give where both GEMMs sum alike.
+  virtual bool linear_accumulates(int64_t n_tokens, DType weight_dtype) const { return false; }
   // Plans the GEMMs linear_multi(x, outs) would run, so that its first call does not wait for
   // them: the CUDA backend picks each new shape's cuBLASLt algorithm and runs it once (which loads
   // its kernel) on a thread and stream of its own. That run reads x and the weights as they are

@@ -135,6 +135,10 @@ class Model {
   // The linears' outputs over n rows (the MLP's: m rows from row r0), as forward() passes them
   // and prepare_first_chunk() plans them.
   std::array<LinearOut, 3> qkv_outs(const LayerWeights& w, int64_t n) const;
+  // o_proj and down_proj add into the residual stream x_ in the GEMM (LinearOut::accumulate) where
+  // the backend does that (Ops::linear_accumulates) and nothing comes between the product and the
+  // add (no bias, no all-reduce over shards, no sandwich norm); else they write proj_.
+  bool folds_residual(const WeightView& w, const VecView& bias, int64_t rows) const;
   LinearOut o_proj_out(const LayerWeights& w, int64_t n) const;
   // gate/up of m rows from x in x_dtype, whose activation goes to down_proj in h_dtype: F32; with
   // HEADINFER_GATE_UP_16=1 (an A/B knob), 16-bit where both are the weights' 16-bit dtype and there

@@ -296,7 +296,13 @@ std::array<LinearOut, 3> Model::qkv_outs(const LayerWeights& w, int64_t n) const
           LinearOut{&w.wv, bias_or_null(w.bv), mat(v_, n, c.kv_dim())}};
 }
 
+bool Model::folds_residual(const WeightView& w, const VecView& bias, int64_t rows) const {
+  return !config_.sandwich_norms && shard_.all_reduce == nullptr && bias.data == nullptr &&
+         device_.ops().linear_accumulates(rows, w.dtype);
+}
+
 LinearOut Model::o_proj_out(const LayerWeights& w, int64_t n) const {
+  if (folds_residual(w.wo, w.bo, n)) return {&w.wo, nullptr, mat(x_, n, config_.hidden_size), true};
   return {&w.wo, bias_or_null(w.bo), mat(proj_, n, config_.hidden_size)};
 }
 
@@ -312,6 +318,8 @@ std::array<LinearOut, 2> Model::gate_up_outs(const LayerWeights& w, int64_t m, D
 }
 
 LinearOut Model::down_out(const LayerWeights& w, int64_t r0, int64_t m) const {
+  if (folds_residual(w.w_down, w.b_down, m))
+    return {&w.w_down, nullptr, mat(x_, r0 + m, config_.hidden_size).slice_rows(r0, m), true};
   return {&w.w_down, bias_or_null(w.b_down), mat(proj_, r0 + m, config_.hidden_size).slice_rows(r0, m)};
 }
 
@@ -430,6 +438,11 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
   kv.attend(layer, a);
 
   const LinearOut o = o_proj_out(w, n);
+  if (o.accumulate) {  // x += o_proj's product in the GEMM; then the norm alone
+    ops.linear_multi(a.out, std::span<const LinearOut>(&o, 1));
+    ops.rms_norm(o.y, w.post_attention_norm, static_cast<float>(c.rms_norm_eps), xn);
+    return;
+  }
   const MatView proj = o.y;
   ops.linear(a.out, *o.w, o.bias, proj);
   all_reduce(proj);
@@ -453,6 +466,11 @@ void Model::mlp_block(const LayerWeights& w, int64_t n, const MatView& xn, const
     const MatView h = act == DType::F32 ? gate_up[0].y : ops.linear_input_scratch(m, c.intermediate_size, act);
     ops.linear_gated(xm, gate_up, c.activation, h);
     const LinearOut d = down_out(w, r0, m);
+    if (d.accumulate) {  // x's rows += down_proj's product in the GEMM; then the next norm alone
+      ops.linear_multi(h, std::span<const LinearOut>(&d, 1));
+      if (next_norm != nullptr) ops.rms_norm(d.y, *next_norm, static_cast<float>(c.rms_norm_eps), xm);
+      continue;
+    }
     const MatView down = d.y;
     ops.linear(h, *d.w, d.bias, down);
     all_reduce(down);

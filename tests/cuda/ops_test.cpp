@@ -597,6 +597,58 @@ TEST_F(CudaTest, FusedNormAndSixteenBitInputsAreBitIdenticalToThePlainOps) {
       EXPECT_THROW(gpu_->ops().linear(view(d_xf.data(), T, in, in), W, nullptr, y16), Error);
     }
 
+  // linear_multi with accumulate (y += x W^T in the GEMM, beta = 1) against linear() then add():
+  // the same fp32 sum where cuBLASLt picks the same kernel for both, else within dot_tolerance, and
+  // then one rounding of the add on each side. From a 16-bit x and from an F32 x (rounded first).
+  for (DType dt : {DType::BF16, DType::F16})
+    for (bool x16 : {true, false}) {
+      const int64_t T = 77, in = 1024, out = 384, y_ld = out + 8;
+      auto xs = random_floats(T * in, -1.0f, 1.0f), wm = random_floats(out * in, -0.1f, 0.1f);
+      auto y0 = random_floats(T * y_ld, -4.0f, 4.0f);
+      std::vector<float> xr = xs;
+      auto d_x = x16 ? upload(encode(xr, dt)) : upload(xs);
+      encode(xr, dt);  // what the GEMM multiplies either way
+      auto d_wm = upload(encode(wm, dt));
+      const WeightView W{d_wm.data(), dt, out, in};
+      const MatView xv = view(d_x.data(), T, in, in, x16 ? dt : DType::F32);
+      auto d_acc = upload(y0), d_ref = upload(y0), d_prod = poisoned(T * out);
+      const LinearOut acc{&W, nullptr, view(d_acc.data(), T, out, y_ld), true};
+      gpu_->ops().linear_multi(xv, std::span<const LinearOut>(&acc, 1));
+      gpu_->ops().linear(xv, W, nullptr, view(d_prod.data(), T, out, out));
+      gpu_->ops().add(view(d_ref.data(), T, out, y_ld), view(d_prod.data(), T, out, out));
+      const auto got = download(d_acc, T * y_ld), ref = download(d_ref, T * y_ld);
+      std::vector<double> tol(T * y_ld, 0.0);  // the padding columns stay as they were
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t o = 0; o < out; ++o) {
+          double abs_sum = 0;
+          for (int64_t i = 0; i < in; ++i) abs_sum += std::fabs(double{xr[t * in + i]} * wm[o * in + i]);
+          tol[t * y_ld + o] = dot_tolerance(in, abs_sum) + 2 * kF32Eps * std::fabs(double{ref[t * y_ld + o]});
+        }
+      expect_within(got, ref, tol,
+                    std::string("linear accumulating into y, ") + std::string(dtype_name(dt)) + (x16 ? " x16" : " x32"));
+    }
+  {  // refused: a bias, a 16-bit y, F32 weights, the GEMV's few rows; and by the CPU backend
+    std::vector<float> wv(64 * 32, 0.25f), xv(16 * 64, 0.5f), bv(32, 1.0f);
+    auto d_w16 = upload(encode(wv, DType::BF16)), d_w32 = upload(wv), d_xs = upload(xv), d_b = upload(encode(bv, DType::BF16));
+    auto d_ys = poisoned(16 * 32);
+    const WeightView W16{d_w16.data(), DType::BF16, 32, 64}, W32{d_w32.data(), DType::F32, 32, 64};
+    const VecView B{d_b.data(), DType::BF16, 32};
+    const MatView x = view(d_xs.data(), 16, 64, 64), y = view(d_ys.data(), 16, 32, 32);
+    for (const LinearOut& bad : {LinearOut{&W16, &B, y, true}, LinearOut{&W32, nullptr, y, true},
+                                 LinearOut{&W16, nullptr, view(d_ys.data(), 16, 32, 32, DType::BF16), true},
+                                 LinearOut{&W16, nullptr, view(d_ys.data(), 4, 32, 32), true}}) {
+      const MatView xb = bad.y.rows == 4 ? x.slice_rows(0, 4) : x;
+      EXPECT_THROW(gpu_->ops().linear_multi(xb, std::span<const LinearOut>(&bad, 1)), Error);
+    }
+    EXPECT_FALSE(gpu_->ops().linear_accumulates(8, DType::BF16));
+    EXPECT_FALSE(gpu_->ops().linear_accumulates(4096, DType::F32));
+    EXPECT_FALSE(cpu_->ops().linear_accumulates(4096, DType::BF16));
+    std::vector<float> hx(16 * 64, 0.5f), hw(32 * 64, 0.25f), hy(16 * 32, 0.0f);
+    const WeightView HW{hw.data(), DType::F32, 32, 64};
+    const LinearOut host{&HW, nullptr, view(hy.data(), 16, 32, 32), true};
+    EXPECT_THROW(cpu_->ops().linear_multi(view(hx.data(), 16, 64, 64), std::span<const LinearOut>(&host, 1)), Error);
+  }
+
   // A 16-bit x of another dtype than the weights', and a 16-bit out over its own input, are refused.
   std::vector<float> half_w(64 * 8, 0.5f);
   auto d_x = poisoned(16 * 64), d_w = upload(encode(half_w, DType::BF16));

@@ -65,6 +65,7 @@ class CudaOps final : public Ops {
   DType linear_input_dtype(int64_t n_tokens, DType weight_dtype) const override;
   MatView linear_input_scratch(int64_t rows, int64_t cols, DType dtype) override;
   void linear_multi(const MatView& x, std::span<const LinearOut> outs) override;
+  bool linear_accumulates(int64_t n_tokens, DType weight_dtype) const override;
   void linear_gated(const MatView& x, std::span<const LinearOut, 2> gate_up, Activation act,
                     const MatView& out) override;
   void prepare_linear(const MatView& x, std::span<const LinearOut> outs) override;
@@ -99,15 +100,18 @@ class CudaOps final : public Ops {
   ~CudaOps() override;
 
  private:
-  // linear, with x already rounded to w's dtype in `x_cast` ([T, in] contiguous; nullptr: cast here).
-  void linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y, const void* x_cast);
+  // linear, with x already rounded to w's dtype in `x_cast` ([T, in] contiguous; nullptr: cast here);
+  // accumulate: y += x W^T (the tensor-core path only, no bias).
+  void linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y, const void* x_cast,
+                   bool accumulate = false);
   // x rounded to `dtype` into the GEMM cast scratch ([T, in] contiguous); returns the scratch.
   const void* cast_input(const MatView& x, DType dtype);
   // cuBLASLt matmul y = x W^T for one shape, fp32 accumulation, y in y_type (F32, or ab_type):
   // the heuristic's pick, cached by shape, output dtype, leading dimensions and pointer alignments
   // (the heuristic's answer depends on all of them).
+  // beta 1: y += x W^T (C = D = y, F32).
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, void* y, DType y_type, int64_t y_ld,
-                 int64_t m_out, int64_t n_tokens, int64_t k_in);
+                 int64_t m_out, int64_t n_tokens, int64_t k_in, float beta = 0.0f);
   // One lt_matmul call: y = x W^T, x already in ab's dtype.
   struct LtCall {
     DType ab;
@@ -117,8 +121,9 @@ class CudaOps final : public Ops {
     void* y;
     DType y_type;
     int64_t y_ld, m_out, n_tokens, k_in;
+    float beta;
   };
-  using GemmKey = std::array<int64_t, 10>;
+  using GemmKey = std::array<int64_t, 11>;
   using PlannedAlgo = std::shared_future<std::optional<cublasLtMatmulAlgo_t>>;
   // The lt_matmul calls linear_multi(x, outs) makes (none where the GEMV takes them).
   std::vector<LtCall> lt_calls(const MatView& x, std::span<const LinearOut> outs);

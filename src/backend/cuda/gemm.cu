@@ -266,8 +266,9 @@ class LtDescs {
 
 // What the heuristic's answer depends on: the shape, the dtypes, the leading dimensions and the
 // pointer alignments.
-std::array<int64_t, 10> gemm_key(DType ab_type, DType y_type, const void* w, const void* x, int64_t x_ld,
-                                 const void* y, int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
+std::array<int64_t, 11> gemm_key(DType ab_type, DType y_type, const void* w, const void* x, int64_t x_ld,
+                                 const void* y, int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in,
+                                 float beta) {
   return {static_cast<int64_t>(cuda_type(ab_type)),
           m_out,
           n_tokens,
@@ -277,11 +278,12 @@ std::array<int64_t, 10> gemm_key(DType ab_type, DType y_type, const void* w, con
           pointer_alignment(w),
           pointer_alignment(x),
           pointer_alignment(y),
-          static_cast<int64_t>(cuda_type(y_type))};
+          static_cast<int64_t>(cuda_type(y_type)),
+          beta != 0.0f ? 1 : 0};
 }
 
 // The heuristic's first pick for `key` (the same on every handle of a device).
-cublasLtMatmulAlgo_t pick_algo(cublasLtHandle_t lt, const LtDescs& d, const std::array<int64_t, 10>& key) {
+cublasLtMatmulAlgo_t pick_algo(cublasLtHandle_t lt, const LtDescs& d, const std::array<int64_t, 11>& key) {
   cublasLtMatmulPreference_t pref = nullptr;
   check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kLtWorkspaceBytes;
@@ -305,14 +307,14 @@ cublasLtMatmulAlgo_t pick_algo(cublasLtHandle_t lt, const LtDescs& d, const std:
 }  // namespace
 
 void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, void* y, DType y_type,
-                        int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in) {
+                        int64_t y_ld, int64_t m_out, int64_t n_tokens, int64_t k_in, float beta) {
   // Column-major view: W^T is W [out, in] row-major read as [in, out] col-major, transposed;
   // x [T, in] row-major is [in, T] col-major; y [T, out] row-major is [out, T] col-major.
   const LtDescs d(ab_type, y_type, x_ld, y_ld, m_out, n_tokens, k_in);
   // prepare_linear's runs use the workspace and the callers' buffers: they end before this one.
   if (gemm_last_.valid()) wait_prepared();
   void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
-  const GemmKey key = gemm_key(ab_type, y_type, w, x, x_ld, y, y_ld, m_out, n_tokens, k_in);
+  const GemmKey key = gemm_key(ab_type, y_type, w, x, x_ld, y, y_ld, m_out, n_tokens, k_in, beta);
   auto it = gemm_algos_.find(key);
   if (it == gemm_algos_.end()) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -330,7 +332,7 @@ void CudaOps::lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_l
                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
                    ahead ? " (prepared ahead)" : "");
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f;
   check_lt(cublasLtMatmul(lt_, d.op, &alpha, w, d.a, x, d.b, &beta, y, d.c, y, d.c, &it->second, workspace,
                           kLtWorkspaceBytes, stream_),
            "cublasLtMatmul");
@@ -343,7 +345,8 @@ std::vector<CudaOps::LtCall> CudaOps::lt_calls(const MatView& x, std::span<const
     const WeightView& w = *o.w;
     const int64_t n = x.rows, in = w.in_features, out = w.out_features;
     if (n == 0 || out == 0 || x.cols != in || o.y.rows != n || o.y.cols != out) continue;
-    LtCall c{w.dtype, w.data, x.data, x.row_stride, o.y.data, o.y.dtype, o.y.row_stride, out, n, in};
+    LtCall c{w.dtype, w.data, x.data, x.row_stride, o.y.data, o.y.dtype, o.y.row_stride, out, n, in,
+             o.accumulate ? 1.0f : 0.0f};
     if (x.dtype == DType::F32 && w.dtype != DType::F32) {
       if (n <= kGemvMaxTokens) continue;  // the GEMV
       c.x = gemm_cast_.get(static_cast<size_t>(n * in) * dtype_size(w.dtype));  // where cast_input rounds x
@@ -361,7 +364,7 @@ void CudaOps::prepare_linear(const MatView& x, std::span<const LinearOut> outs) 
     return;
   }
   for (const LtCall& c : lt_calls(x, outs)) {
-    const GemmKey key = gemm_key(c.ab, c.y_type, c.w, c.x, c.x_ld, c.y, c.y_ld, c.m_out, c.n_tokens, c.k_in);
+    const GemmKey key = gemm_key(c.ab, c.y_type, c.w, c.x, c.x_ld, c.y, c.y_ld, c.m_out, c.n_tokens, c.k_in, c.beta);
     if (gemm_algos_.count(key) != 0 || gemm_pending_.count(key) != 0) continue;
     void* workspace = gemm_workspace_.get(kLtWorkspaceBytes);
     const PlannedAlgo before = gemm_last_;
@@ -397,8 +400,8 @@ std::optional<cublasLtMatmulAlgo_t> CudaOps::plan_elsewhere(const PlannedAlgo& b
     const cublasLtMatmulAlgo_t algo = pick_algo(gemm_builder_lt_, d, key);
     // One run on the caller's buffers loads the kernel (lazy module loading) now, not in the
     // first prefill; its output is garbage the first forward overwrites.
-    const float alpha = 1.0f, beta = 0.0f;
-    if (cublasLtMatmul(gemm_builder_lt_, d.op, &alpha, c.w, d.a, c.x, d.b, &beta, c.y, d.c, c.y, d.c, &algo,
+    const float alpha = 1.0f;
+    if (cublasLtMatmul(gemm_builder_lt_, d.op, &alpha, c.w, d.a, c.x, d.b, &c.beta, c.y, d.c, c.y, d.c, &algo,
                        workspace, kLtWorkspaceBytes, gemm_builder_stream_) != CUBLAS_STATUS_SUCCESS ||
         cudaStreamSynchronize(gemm_builder_stream_) != cudaSuccess)
       return std::nullopt;
@@ -453,6 +456,20 @@ int gemv_unroll() {
     return v != nullptr && std::string(v) == "8" ? 8 : kGemvUnroll;
   }();
   return unroll;
+}
+}  // namespace
+
+namespace {
+// HEADINFER_RESIDUAL_GEMM=1: linear_accumulates() says yes on the tensor-core path, so the model
+// adds o_proj's and down_proj's products into the residual stream in the GEMM (beta = 1) instead of
+// writing them out for add_rms_norm. An A/B knob, read once, until a card has measured it; unset,
+// nothing changes.
+bool residual_gemm() {
+  static const bool on = [] {
+    const char* v = std::getenv("HEADINFER_RESIDUAL_GEMM");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
 }
 }  // namespace
 
@@ -536,10 +553,12 @@ MatView CudaOps::linear_input_scratch(int64_t rows, int64_t cols, DType dtype) {
 
 void CudaOps::linear_multi(const MatView& x, std::span<const LinearOut> outs) {
   if (x.dtype != DType::F32) {  // already in the weights' dtype: straight to the tensor cores
-    for (const LinearOut& o : outs) linear_cast(x, *o.w, o.bias, o.y, nullptr);
+    for (const LinearOut& o : outs) linear_cast(x, *o.w, o.bias, o.y, nullptr, o.accumulate);
     return;
   }
-  if (gemv_fits(x, outs)) {
+  bool accumulate = false;
+  for (const LinearOut& o : outs) accumulate = accumulate || o.accumulate;
+  if (!accumulate && gemv_fits(x, outs)) {
     gemv(x, outs);
     return;
   }
@@ -548,7 +567,7 @@ void CudaOps::linear_multi(const MatView& x, std::span<const LinearOut> outs) {
   for (const LinearOut& o : outs) {
     const bool cast_path = o.w->dtype != DType::F32 && x.rows > kGemvMaxTokens && o.w->dtype == outs[0].w->dtype;
     if (cast_path && x_cast == nullptr) x_cast = cast_input(x, o.w->dtype);
-    linear_cast(x, *o.w, o.bias, o.y, cast_path ? x_cast : nullptr);
+    linear_cast(x, *o.w, o.bias, o.y, cast_path ? x_cast : nullptr, o.accumulate);
     if (!cast_path) x_cast = nullptr;  // that call may have reused the cast scratch
   }
 }
@@ -571,8 +590,12 @@ void CudaOps::linear(const MatView& x, const WeightView& w, const VecView* bias,
   linear_cast(x, w, bias, y, nullptr);
 }
 
+bool CudaOps::linear_accumulates(int64_t n_tokens, DType weight_dtype) const {
+  return residual_gemm() && weight_dtype != DType::F32 && n_tokens > kGemvMaxTokens;
+}
+
 void CudaOps::linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y,
-                          const void* x_cast) {
+                          const void* x_cast, bool accumulate) {
   // A 16-bit y (the weights' dtype) only from x in that dtype, without bias: the GEMM rounds its
   // fp32 sums once, as torch's bf16 linear does.
   const bool y16 = y.dtype != DType::F32 && y.dtype == w.dtype && x.dtype == w.dtype && bias == nullptr;
@@ -582,9 +605,14 @@ void CudaOps::linear_cast(const MatView& x, const WeightView& w, const VecView* 
     throw Error("cuda backend: linear shape mismatch");
   if (bias != nullptr && bias->n != w.out_features) throw Error("cuda backend: linear bias shape mismatch");
   const int64_t n_tokens = x.rows, in = w.in_features, out = w.out_features;
+  // y += x W^T: the tensor-core GEMM with beta = 1 (C = D = y), whatever the knob says.
+  if (accumulate && (bias != nullptr || y.dtype != DType::F32 || w.dtype == DType::F32 || n_tokens <= kGemvMaxTokens))
+    throw Error("cuda backend: a linear adds into y only on the tensor-core path (16-bit weights, over " +
+                std::to_string(kGemvMaxTokens) + " rows, F32 y, no bias)");
+  const float beta = accumulate ? 1.0f : 0.0f;
   if (n_tokens == 0 || out == 0) return;
   if (x.dtype != DType::F32) {  // rounded to W's dtype by the op that made it
-    lt_matmul(w.dtype, w.data, x.data, x.row_stride, y.data, y.dtype, y.row_stride, out, n_tokens, in);
+    lt_matmul(w.dtype, w.data, x.data, x.row_stride, y.data, y.dtype, y.row_stride, out, n_tokens, in, beta);
     if (bias != nullptr) add_bias(*bias, y);
     return;
   }
@@ -598,7 +626,7 @@ void CudaOps::linear_cast(const MatView& x, const WeightView& w, const VecView* 
   } else {
     // x [T, in] rounded to W's dtype, contiguous (ld = in); linear_multi passes it once cast.
     if (x_cast == nullptr) x_cast = cast_input(x, w.dtype);
-    lt_matmul(w.dtype, w.data, x_cast, in, yp, DType::F32, y.row_stride, out, n_tokens, in);
+    lt_matmul(w.dtype, w.data, x_cast, in, yp, DType::F32, y.row_stride, out, n_tokens, in, beta);
   }
   if (bias != nullptr) add_bias(*bias, y);
 }

@@ -105,6 +105,10 @@ struct AttentionArgs {
   MatView out;          // F32 [n_queries, n_kv_heads * n_q_heads * head_dim]
   MatView lse;          // F32 [n_queries, n_kv_heads * n_q_heads]: natural log-sum-exp of the scaled
                         //     scores (-inf where a query sees no key of this part)
+  // Optional (data null: none), where Ops::attention_out16() says so: the output in 16 bits,
+  // [n_queries, n_kv_heads * n_q_heads * head_dim], each element out's F32 value rounded once; out
+  // is then scratch the backend may use or leave as it was (o_proj reads out16).
+  MatView out16;
 
   // The arguments of kv head i alone (n_kv_heads = 1).
   AttentionArgs head(int64_t i) const {
@@ -113,6 +117,7 @@ struct AttentionArgs {
     a.q = q.slice_cols(i * n_q_heads * head_dim, n_q_heads * head_dim);
     a.out = out.slice_cols(i * n_q_heads * head_dim, n_q_heads * head_dim);
     a.lse = lse.slice_cols(i * n_q_heads, n_q_heads);
+    if (out16.data != nullptr) a.out16 = out16.slice_cols(i * n_q_heads * head_dim, n_q_heads * head_dim);
     a.kv.k = static_cast<const char*>(kv.k) + i * kv_head_stride * e;
     a.kv.v = static_cast<const char*>(kv.v) + i * kv_head_stride * e;
     a.layer_kv_heads = layer_kv_heads > 0 ? layer_kv_heads : n_kv_heads;
@@ -210,6 +215,10 @@ class Ops {
     rope(k, n_kv_heads, table, pos0);
   }
   virtual void attention(const AttentionArgs& args) = 0;
+  // Whether attention() of n_queries rows may be handed an AttentionArgs::out16 (a 16-bit output for
+  // o_proj to read as it is): where the backend writes it without an F32 pass (the CUDA cuDNN path
+  // writes its 16-bit O there). Backends that say no throw on an out16.
+  virtual bool attention_out16(int64_t n_queries) const { return false; }
   // Plans the call attention(args) would make, for its shapes alone (the views' memory is not
   // read, and may be null), so that its first run does not wait for the plan: the CUDA backend
   // builds the cuDNN graph on a thread of its own. Runs nothing; the result of a later call is the

@@ -20,6 +20,9 @@ struct LayerAttention {
   int64_t pos0 = 0;
   MatView out;    // F32 [T, n_heads * head_dim]
   MatView lse;    // F32 [T, n_heads], scratch for the log-sum-exp of each head
+  // Optional (Ops::attention_out16): the output in 16 bits [T, n_heads * head_dim] (out is then
+  // scratch), for every head, whatever its placement.
+  MatView out16;
 };
 
 class KvCache {

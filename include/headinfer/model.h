@@ -139,6 +139,9 @@ class Model {
   // the backend does that (Ops::linear_accumulates) and nothing comes between the product and the
   // add (no bias, no all-reduce over shards, no sandwich norm); else they write proj_.
   bool folds_residual(const WeightView& w, const VecView& bias, int64_t rows) const;
+  // The attention's output as o_proj reads it: 16-bit in the ops' input scratch where the backend
+  // writes it so (Ops::attention_out16, LayerAttention::out16), else attn_ (F32).
+  MatView o_proj_in(const LayerWeights& w, int64_t n) const;
   LinearOut o_proj_out(const LayerWeights& w, int64_t n) const;
   // gate/up of m rows from x in x_dtype, whose activation goes to down_proj in h_dtype: F32; with
   // HEADINFER_GATE_UP_16=1 (an A/B knob), 16-bit where both are the weights' 16-bit dtype and there

@@ -141,6 +141,7 @@ AttentionArgs heads_attention_args(const ModelConfig& config, int64_t layer, int
   args.settled_keys = a.pos0 - first;
   args.out = cols(a.out, h0 * gs * d, n_heads * gs * d);
   args.lse = cols(a.lse, h0 * gs, n_heads * gs);
+  if (a.out16.data != nullptr) args.out16 = a.out16.slice_cols(h0 * gs * d, n_heads * gs * d);
   return args;
 }
 

@@ -258,7 +258,7 @@ void Model::prepare_first_chunk(int64_t n) {
   for (const LayerWeights& w : weights_.layers) {
     ops.prepare_linear(xn, qkv_outs(w, n));
     const LinearOut o = o_proj_out(w, n);
-    ops.prepare_linear(mat(attn_, n, c.q_dim()), std::span<const LinearOut>(&o, 1));
+    ops.prepare_linear(o_proj_in(w, n), std::span<const LinearOut>(&o, 1));
     for (int64_t r0 = 0; r0 < n; r0 += m_max) {
       const int64_t m = std::min(m_max, n - r0);
       const DType act_down = ops.linear_input_dtype(m, w.w_down.dtype);
@@ -294,6 +294,13 @@ std::array<LinearOut, 3> Model::qkv_outs(const LayerWeights& w, int64_t n) const
   return {LinearOut{&w.wq, bias_or_null(w.bq), mat(q_, n, c.q_dim())},
           LinearOut{&w.wk, bias_or_null(w.bk), mat(k_, n, c.kv_dim())},
           LinearOut{&w.wv, bias_or_null(w.bv), mat(v_, n, c.kv_dim())}};
+}
+
+MatView Model::o_proj_in(const LayerWeights& w, int64_t n) const {
+  Ops& ops = device_.ops();
+  const DType in = ops.linear_input_dtype(n, w.wo.dtype);
+  if (in != DType::F32 && ops.attention_out16(n)) return ops.linear_input_scratch(n, config_.q_dim(), in);
+  return mat(attn_, n, config_.q_dim());
 }
 
 bool Model::folds_residual(const WeightView& w, const VecView& bias, int64_t rows) const {
@@ -434,17 +441,19 @@ void Model::attention_block(const LayerWeights& w, int64_t layer, int64_t n, int
   }
   ops.rope_qk(q, c.n_heads, k, c.n_kv_heads, rope, pos0);
 
-  LayerAttention a{q, k, v, pos0, mat(attn_, n, c.q_dim()), mat(lse_, n, c.n_heads)};
+  const MatView o_in = o_proj_in(w, n);
+  LayerAttention a{q, k, v, pos0, mat(attn_, n, c.q_dim()), mat(lse_, n, c.n_heads),
+                   o_in.dtype != DType::F32 ? o_in : MatView{}};
   kv.attend(layer, a);
 
   const LinearOut o = o_proj_out(w, n);
   if (o.accumulate) {  // x += o_proj's product in the GEMM; then the norm alone
-    ops.linear_multi(a.out, std::span<const LinearOut>(&o, 1));
+    ops.linear_multi(o_in, std::span<const LinearOut>(&o, 1));
     ops.rms_norm(o.y, w.post_attention_norm, static_cast<float>(c.rms_norm_eps), xn);
     return;
   }
   const MatView proj = o.y;
-  ops.linear(a.out, *o.w, o.bias, proj);
+  ops.linear(o_in, *o.w, o.bias, proj);
   all_reduce(proj);
   if (c.sandwich_norms) ops.rms_norm(proj, w.attn_out_norm, static_cast<float>(c.rms_norm_eps), proj);
   residual(mat(x_, n, c.hidden_size), proj, &w.post_attention_norm, xn);

@@ -200,6 +200,55 @@ TEST_P(CudaGroupedAttentionTest, EqualsOneCallPerHead) {
   EXPECT_FALSE(std::isnan(go[0])) << "the output was never written";
 }
 
+// A 16-bit output (AttentionArgs::out16, a column block of a wider matrix as the model's o_proj
+// input is): one call for the group gives each head the bits of a call for that head alone, and
+// those are the F32 output rounded, within one 16-bit ulp (cuDNN may run another engine for the
+// graph that writes O there; its fp32 softmax sums then round differently), and exactly where the
+// call takes a path that rounds the F32 output (few queries, f32 KV).
+TEST_P(CudaGroupedAttentionTest, SixteenBitOutIsTheF32OutRounded) {
+  const GroupCase c = GetParam();
+  if (c.n_queries < 2) GTEST_SKIP() << "decode writes F32 (the model asks for out16 on chunks only)";
+  const int64_t d = 128, gs = 4, H = c.n_kv_heads, T = c.n_queries, n = c.n_keys;
+  const int64_t capacity = n + 40, q_cols = H * gs * d, ld16 = q_cols + 3 * d;
+  const DType t16 = c.kv_dtype == DType::F32 ? DType::BF16 : c.kv_dtype;
+  auto q = random_floats(T * q_cols, -3.0f, 3.0f);
+  auto k = random_floats(H * capacity * d), v = random_floats(H * capacity * d);
+  auto d_q = upload(q), d_k = upload(encode(k, c.kv_dtype)), d_v = upload(encode(v, c.kv_dtype));
+  auto out = poisoned(T * q_cols), lse = poisoned(T * H * gs), scratch = poisoned(T * q_cols);
+  AttentionArgs a = group_args(c, d, gs, capacity);
+  a.q = view(d_q.data(), T, q_cols, q_cols);
+  a.kv = KvHeadView{d_k.data(), d_v.data(), c.kv_dtype, d};
+  a.out = view(out.data(), T, q_cols, q_cols);
+  a.lse = view(lse.data(), T, H * gs, H * gs);
+  gpu_->ops().attention(a);  // the F32 reference
+  const auto ref_lse = download(lse, T * H * gs);
+  auto widened = [&](const DeviceBuffer& b) {  // columns [d, d + q_cols) of [T, ld16] 16-bit, as F32
+    auto w = poisoned(T * q_cols);
+    gpu_->ops().copy(MatView{static_cast<char*>(b.data()) + d * 2, t16, T, q_cols, ld16}, view(w.data(), T, q_cols, q_cols));
+    return download(w, T * q_cols);
+  };
+  DeviceBuffer grouped16(*gpu_, T * ld16 * 2, "out16"), single16(*gpu_, T * ld16 * 2, "out16");
+  AttentionArgs b = a;
+  b.out = view(scratch.data(), T, q_cols, q_cols);
+  b.out16 = MatView{static_cast<char*>(grouped16.data()) + d * 2, t16, T, q_cols, ld16};
+  auto lse16 = poisoned(T * H * gs);
+  b.lse = view(lse16.data(), T, H * gs, H * gs);
+  gpu_->ops().attention(b);
+  // The lse of the 16-bit call: cuDNN's Stats moved alone, or the F32 path's.
+  expect_within(download(lse16, T * H * gs), ref_lse, 1e-6, 1e-6, "lse of the 16-bit call");
+  AttentionArgs h = b;
+  h.out16 = MatView{static_cast<char*>(single16.data()) + d * 2, t16, T, q_cols, ld16};
+  for (int64_t i = 0; i < H; ++i) gpu_->ops().attention(h.head(i));
+  const auto ref = download(out, T * q_cols), g16 = widened(grouped16), s16 = widened(single16);
+  EXPECT_EQ(0, std::memcmp(g16.data(), s16.data(), g16.size() * sizeof(float))) << "grouped out16 differs from per head";
+  const bool rounds_f32 = c.kv_dtype == DType::F32;  // the CUDA-core kernel's F32 out, then copy()
+  // Rounding alone: within u |x|. Another engine's fp32 sums first: a few fp32 ulps of the output's
+  // scale (values of v in [-1, 1]), then up to one 16-bit ulp (2u |x|) more.
+  expect_within(g16, ref, rounds_f32 ? 0.0 : 1e-6, rounds_f32 ? unit_roundoff(t16) : 4 * unit_roundoff(t16),
+                std::string("out16 against the F32 out, ") + std::string(dtype_name(c.kv_dtype)) + " T=" +
+                    std::to_string(T));
+}
+
 // The decode kernel copies settled keys before the op ahead of it has finished
 // (AttentionArgs::settled_keys), as store_and_attend_heads calls it: copy_heads_kv writes the step's
 // row over a stale one, then the attention runs with every earlier row settled. It gives the bits of
@@ -258,7 +307,8 @@ INSTANTIATE_TEST_SUITE_P(Groups, CudaGroupedAttentionTest,
                          ::testing::Values(GroupCase{1, 8192, 8191, 8, DType::BF16}, GroupCase{1, 37, 36, 2, DType::BF16},
                                            GroupCase{1, 3000, 2999, 4, DType::F32},
                                            GroupCase{512, 4096, 3584, 8, DType::BF16},
-                                           GroupCase{97, 97, 0, 2, DType::F16}, GroupCase{33, 1000, 967, 2, DType::F32}));
+                                           GroupCase{97, 97, 0, 2, DType::F16}, GroupCase{33, 1000, 967, 2, DType::F32},
+                                           GroupCase{9, 200, 191, 2, DType::BF16}));
 
 // copy_heads equals one copy per head.
 TEST_F(CudaTest, CopyHeadsEqualsOneCopyPerHead) {

@@ -121,6 +121,7 @@ void CpuOps::rope(const MatView& x, int64_t n_heads, const RopeTable& rope, int6
 }
 
 void CpuOps::attention(const AttentionArgs& a) {
+  if (a.out16.data != nullptr) throw Error("cpu backend: attention writes F32 outputs only (attention_out16)");
   for (int64_t i = 0; i < a.n_kv_heads; ++i) attention_one_head(a.head(i));
 }
 

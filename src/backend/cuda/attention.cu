@@ -16,6 +16,8 @@
 // writes (out, lse) partials and a combine kernel merges them exactly as attention_merge does.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "attention_cudnn.h"
 #include "attention_internal.h"
@@ -216,28 +218,73 @@ size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t max
   return std::max({tiles, decode, sdpa});
 }
 
+namespace {
+// HEADINFER_O_DIRECT=1: attention_out16() says yes for cuDNN-sized chunks, so the model hands
+// attention a 16-bit output and cuDNN writes its O there, which o_proj reads as it is (no F32 pass
+// and no cast: the same bits, since bf16 -> F32 -> bf16 is exact). An A/B knob, read once, until
+// a card has measured it; unset, nothing changes.
+bool o_direct() {
+  static const bool on = [] {
+    const char* v = std::getenv("HEADINFER_O_DIRECT");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
+}  // namespace
+
+bool CudaOps::attention_out16(int64_t n_queries) const {
+  return o_direct() && CudnnSdpa::available() && n_queries >= kCudnnMinQueries;
+}
+
 void CudaOps::attention(const AttentionArgs& a) {
   if (a.q.dtype != DType::F32 || a.out.dtype != DType::F32 || a.lse.dtype != DType::F32)
     throw Error("cuda backend: attention needs F32 queries, output and lse");
   if (a.n_kv_heads < 1 || a.q.cols < a.n_kv_heads * a.n_q_heads * a.head_dim || a.out.rows != a.q.rows ||
       a.lse.rows != a.q.rows || a.lse.cols < a.n_kv_heads * a.n_q_heads)
     throw Error("cuda backend: attention shape mismatch");
+  const bool has16 = a.out16.data != nullptr;
+  if (has16 && (a.out16.dtype == DType::F32 || a.out16.rows != a.out.rows || a.out16.cols != a.out.cols))
+    throw Error("cuda backend: attention's 16-bit output must be a 16-bit view of out's shape");
   if (a.q.rows * a.n_q_heads == 0) return;
+  // The F32 paths, then out rounded into out16 where one was asked for (what the cast before
+  // o_proj would have made of it).
+  auto finish16 = [&] {
+    if (has16) copy(a.out, a.out16);
+  };
   // The decode kernel and cuDNN take all the kv heads in one launch; whether they accept a call
   // depends only on things every head shares, so grouping never changes which path a head takes.
-  if (attention_decode(a, sm_count_, attn_partials_, stream_)) return;
+  if (attention_decode(a, sm_count_, attn_partials_, stream_)) return finish16();
   // cuDNN tiles queries by 64 or more rows and does not split keys: a few rows against a long
   // context would leave most SMs idle, so short chunks stay on the split-KV CUDA-core kernel.
   // Soft-capped calls (gemma2) go to cuDNN too, with the cap as a score modifier; where cuDNN has no
   // engine for that graph, run() declines for the shape and the CUDA-core kernel takes it.
-  if (a.q.rows >= kCudnnMinQueries && cudnn_.run(a, attn_partials_)) return;
+  if (a.q.rows >= kCudnnMinQueries) {
+    bool wrote16 = false;
+    if (cudnn_.run(a, attn_partials_, &wrote16)) {
+      if (!wrote16) finish16();
+      return;
+    }
+    if (has16) {  // no engine for the graph that writes out16: the packed one, then the rounding
+      AttentionArgs f = a;
+      f.out16 = MatView{};
+      if (cudnn_.run(f, attn_partials_)) return finish16();
+    }
+  }
   for (int64_t i = 0; i < a.n_kv_heads; ++i) attention_core(a.head(i));
+  finish16();
 }
 
 void CudaOps::prepare_attention(const AttentionArgs& a) {
   // The paths of attention() above: a one-row call is the decode kernel's (nothing to plan).
   if (a.q.rows * a.n_q_heads == 0 || a.q.rows == 1 || a.q.rows < kCudnnMinQueries) return;
   cudnn_.prepare(a);
+  // With 16-bit outputs on (attention_out16), the graph that writes O into the model's [rows, cols]
+  // output of the same row stride as out too.
+  if (attention_out16(a.q.rows) && a.out16.data == nullptr && a.kv.dtype != DType::F32) {
+    AttentionArgs b = a;
+    b.out16 = MatView{nullptr, a.kv.dtype, a.out.rows, a.out.cols, a.out.row_stride};
+    cudnn_.prepare(b);
+  }
 }
 
 void CudaOps::attention_core(const AttentionArgs& a) {

@@ -50,8 +50,9 @@ namespace {
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats };
 
 // Everything a graph is specialised on. right_bound -1: no diagonal mask; left_bound 0: no window;
-// softcap_bits 0: no soft-capping.
-using GraphKey = std::array<int64_t, 12>;
+// softcap_bits 0: no soft-capping; o_ld 0: O packed [s_q, h_q * d] in the scratch, else O written
+// to the caller's 16-bit output, rows o_ld elements apart.
+using GraphKey = std::array<int64_t, 13>;
 
 struct CachedGraph {
   std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN has no engine for this shape
@@ -93,7 +94,8 @@ struct CudnnSdpa::Impl {
     if (it != graphs.end()) return it->second;
     const auto t0 = std::chrono::steady_clock::now();
     const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits,
-                softcap_bits] = key;
+                softcap_bits, o_ld] = key;
+    (void)o_ld;
     CachedGraph cached;
     bool ahead = false;  // built ahead by the builder thread
     if (auto p = pending.find(key); p != pending.end()) {
@@ -160,7 +162,7 @@ struct CudnnSdpa::Impl {
 
   CachedGraph build_graph(const GraphKey& key, DType kv_dtype, float scale, float softcap, cudnnHandle_t h) {
     const auto [s_q, s_kv, h_q, h_k, head_stride, d, kv_ld, right_bound, left_bound, dtype_code, scale_bits,
-                softcap_bits] = key;
+                softcap_bits, o_ld] = key;
     (void)dtype_code;
     (void)scale_bits;
     (void)softcap_bits;
@@ -196,7 +198,9 @@ struct CudnnSdpa::Impl {
       if (left_bound > 0) opts.set_diagonal_band_left_bound(static_cast<int>(left_bound));
     }
     auto [o, stats] = g->sdpa(q, k, v, opts);
-    o->set_output(true).set_uid(kO).set_dim(q_dim).set_stride(q_stride);
+    const std::vector<int64_t> o_stride =
+        o_ld > 0 ? std::vector<int64_t>{s_q * o_ld, d, o_ld, 1} : q_stride;
+    o->set_output(true).set_uid(kO).set_dim(q_dim).set_stride(o_stride);
     stats->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT)
         .set_dim({1, h_q, s_q, 1}).set_stride({h_q * s_q, s_q, 1, 1});
     CachedGraph cached;
@@ -256,8 +260,14 @@ std::optional<GraphKey> graph_key(const AttentionArgs& a, bool* per_head) {
   uint32_t scale_bits = 0, softcap_bits = 0;
   std::memcpy(&scale_bits, &a.scale, sizeof(scale_bits));
   if (a.softcap > 0.0f) std::memcpy(&softcap_bits, &a.softcap, sizeof(softcap_bits));
+  // O straight into a 16-bit out16 of the KV's dtype where cuDNN takes its layout (the view may have
+  // no memory yet: prepare).
+  const MatView& o16 = a.out16;
+  const bool direct = o16.dtype == a.kv.dtype && o16.cols == h_q * d && o16.rows == s_q && o16.row_stride % 8 == 0 &&
+                      reinterpret_cast<uintptr_t>(o16.data) % 16 == 0 && (o16.data != nullptr || a.out.data == nullptr);
   return GraphKey{s_q,         s_kv,       h_q, h_k, std::max(head_stride, s_kv * kv_ld), d, kv_ld, right_bound,
-                  left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits, softcap_bits};
+                  left_bound, static_cast<int64_t>(a.kv.dtype), scale_bits, softcap_bits,
+                  direct ? o16.row_stride : 0};
 }
 
 }  // namespace
@@ -273,12 +283,16 @@ void CudnnSdpa::prepare(const AttentionArgs& a) {
   impl_->build_ahead(*key, a.kv.dtype, a.scale, a.softcap > 0.0f ? a.softcap : 0.0f);
 }
 
-bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
+bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch, bool* wrote16) {
+  if (wrote16 != nullptr) *wrote16 = false;
   bool per_head = false;
   const std::optional<GraphKey> found = graph_key(a, &per_head);
-  if (per_head) {
-    for (int64_t i = 0; i < a.n_kv_heads; ++i)
-      if (!run(a.head(i), scratch)) throw Error("cuda backend: cuDNN SDPA declined one head of a group it took");
+  if (per_head) {  // each head into out (F32); the caller rounds them into out16
+    for (int64_t i = 0; i < a.n_kv_heads; ++i) {
+      AttentionArgs h = a.head(i);
+      h.out16 = MatView{};
+      if (!run(h, scratch)) throw Error("cuda backend: cuDNN SDPA declined one head of a group it took");
+    }
     return true;
   }
   if (!found) return false;
@@ -298,16 +312,22 @@ bool CudnnSdpa::run(const AttentionArgs& a, Scratch& scratch) {
   void* ws = cached.workspace_bytes > 0 ? impl_->workspace.get(static_cast<size_t>(cached.workspace_bytes)) : nullptr;
 
   const size_t elem = dtype_size(a.kv.dtype);
+  const bool direct = key[12] > 0;  // O into the caller's 16-bit out16 (graph_key)
   std::unordered_map<fe::graph::Tensor_attributes::uid_t, void*> pack{
       {kQ, q16},
       {kK, const_cast<char*>(static_cast<const char*>(a.kv.k)) + lo * kv_ld * elem},
       {kV, const_cast<char*>(static_cast<const char*>(a.kv.v)) + lo * kv_ld * elem},
-      {kO, o16},
+      {kO, direct ? a.out16.data : o16},
       {kStats, stats}};
   sdpa_pack_q(a.q, h_q * d, q16, a.kv.dtype, impl_->stream);
   auto status = cached.graph->execute(impl_->get_handle(), pack, ws);
   if (!status.is_good()) throw Error("cuda backend: cuDNN SDPA failed: " + status.get_message());
-  sdpa_unpack_out(o16, stats, a.kv.dtype, s_q, h_q, d, a.out, a.lse, impl_->stream);
+  if (direct) {
+    sdpa_unpack_lse(stats, s_q, h_q, a.lse, impl_->stream);
+    if (wrote16 != nullptr) *wrote16 = true;
+  } else {
+    sdpa_unpack_out(o16, stats, a.kv.dtype, s_q, h_q, d, a.out, a.lse, impl_->stream);
+  }
   return true;
 }
 
@@ -331,7 +351,7 @@ void CudnnSdpa::warm_up(DType kv_dtype, int64_t head_dim, int64_t q_heads_per_kv
   uint32_t scale_bits = 0;
   std::memcpy(&scale_bits, &scale, sizeof(scale_bits));
   const GraphKey key{s, s, q_heads_per_kv_head, 1, s * head_dim, head_dim, head_dim, 0, 0,
-                     static_cast<int64_t>(kv_dtype), scale_bits, 0};
+                     static_cast<int64_t>(kv_dtype), scale_bits, 0, 0};
   // On the builder thread, so it overlaps the weights' upload; the first prepared or inline build
   // after it finds cuDNN set up.
   if (impl_->graphs.count(key) == 0 && impl_->pending.count(key) == 0) impl_->build_ahead(key, kv_dtype, scale, 0.0f);
@@ -343,7 +363,10 @@ struct CudnnSdpa::Impl {};
 CudnnSdpa::CudnnSdpa(Device&, cudaStream_t) {}
 CudnnSdpa::~CudnnSdpa() = default;
 bool CudnnSdpa::available() { return false; }
-bool CudnnSdpa::run(const AttentionArgs&, Scratch&) { return false; }
+bool CudnnSdpa::run(const AttentionArgs&, Scratch&, bool* wrote16) {
+  if (wrote16 != nullptr) *wrote16 = false;
+  return false;
+}
 void CudnnSdpa::prepare(const AttentionArgs&) {}
 void CudnnSdpa::reserve_workspace(size_t) {}
 void CudnnSdpa::release_workspace() {}

@@ -26,8 +26,10 @@ class CudnnSdpa {
   // copies of Q and O and the fp32 Stats.
   static size_t scratch_bytes(int64_t n_tasks, int64_t head_dim);
   // Runs `a` if cuDNN can compute exactly its mask (see attention_cudnn.cpp) for 16-bit KV; returns
-  // false, having queued nothing, when it cannot.
-  bool run(const AttentionArgs& a, Scratch& scratch);
+  // false, having queued nothing, when it cannot. With a.out16 of the KV's dtype (row stride a
+  // multiple of 8, 16-byte aligned) cuDNN writes O there and *wrote16 is set; otherwise O goes to
+  // a.out (F32) and the caller rounds it into out16 where it asked for one.
+  bool run(const AttentionArgs& a, Scratch& scratch, bool* wrote16 = nullptr);
   // Queues the build of the graph run(a) would use on the builder thread, unless it is built or
   // queued already (or run(a) would decline): a's shapes only, its memory is not touched.
   void prepare(const AttentionArgs& a);

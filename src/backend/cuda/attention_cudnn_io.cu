@@ -33,7 +33,21 @@ __global__ void unpack_out_kernel(const T16* o16, const float* stats, int64_t s_
   }
 }
 
+__global__ void unpack_lse_kernel(const float* stats, int64_t s_q, int64_t h_q, float* lse, int64_t lse_ld) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= s_q * h_q) return;
+  const int64_t t = i / h_q, h = i % h_q;
+  lse[t * lse_ld + h] = stats[h * s_q + t];
+}
+
 }  // namespace
+
+void sdpa_unpack_lse(const float* stats, int64_t s_q, int64_t h_q, const MatView& lse, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  unpack_lse_kernel<<<grid_1d(s_q * h_q, kThreads), kThreads, 0, stream>>>(stats, s_q, h_q,
+                                                                          static_cast<float*>(lse.data), lse.row_stride);
+  HEADINFER_CUDA_CHECK_LAUNCH();
+}
 
 void sdpa_pack_q(const MatView& q, int64_t cols, void* q16, DType t16, cudaStream_t stream) {
   constexpr int kThreads = 256;

@@ -78,6 +78,7 @@ class CudaOps final : public Ops {
   void rope_qk(const MatView& q, int64_t n_q_heads, const MatView& k, int64_t n_kv_heads, const RopeTable& table,
                int64_t pos0) override;
   void attention(const AttentionArgs& args) override;
+  bool attention_out16(int64_t n_queries) const override;
   void prepare_attention(const AttentionArgs& args) override;
   void attention_merge(const MatView& out_a, const MatView& lse_a, const MatView& out_b, const MatView& lse_b,
                        int64_t head_dim) override;

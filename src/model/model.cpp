@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "headinfer/env_switch.h"
 #include "headinfer/error.h"
 
 namespace headinfer {
@@ -278,13 +279,11 @@ void Model::prepare_first_chunk(int64_t n) {
 namespace {
 const VecView* bias_or_null(const VecView& b) { return b.data != nullptr ? &b : nullptr; }
 
-// HEADINFER_GATE_UP_16=1: the prefill's gate/up GEMMs write 16-bit outputs (gate_up_outs). An A/B
-// knob, read once, until a card has measured it against the F32 outputs; unset, nothing changes.
+// HEADINFER_GATE_UP_16 (env_switch; off unless set to 1 until a card has measured it against the
+// F32 outputs): the prefill's gate/up GEMMs write 16-bit outputs (gate_up_outs).
+constexpr bool kGateUp16 = false;
 bool gate_up_16() {
-  static const bool on = [] {
-    const char* v = std::getenv("HEADINFER_GATE_UP_16");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool on = env_switch("HEADINFER_GATE_UP_16", kGateUp16);
   return on;
 }
 }  // namespace

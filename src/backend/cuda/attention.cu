@@ -16,13 +16,12 @@
 // writes (out, lse) partials and a combine kernel merges them exactly as attention_merge does.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
 #include "attention_cudnn.h"
 #include "attention_internal.h"
 #include "cuda_common.h"
 #include "cuda_ops.h"
+#include "headinfer/env_switch.h"
 
 namespace headinfer::cuda {
 namespace {
@@ -219,15 +218,13 @@ size_t attention_partials_max_bytes(int sm_count, int64_t max_tasks, int64_t max
 }
 
 namespace {
-// HEADINFER_O_DIRECT=1: attention_out16() says yes for cuDNN-sized chunks, so the model hands
-// attention a 16-bit output and cuDNN writes its O there, which o_proj reads as it is (no F32 pass
-// and no cast: the same bits, since bf16 -> F32 -> bf16 is exact). An A/B knob, read once, until
-// a card has measured it; unset, nothing changes.
+// HEADINFER_O_DIRECT (env_switch; off unless set to 1 until a card has measured it):
+// attention_out16() says yes for cuDNN-sized chunks, so the model hands attention a 16-bit output
+// and cuDNN writes its O there, which o_proj reads as it is (no F32 pass and no cast; the same bits
+// where cuDNN runs the same engine for both layouts of O, since bf16 -> F32 -> bf16 is exact).
+constexpr bool kODirect = false;
 bool o_direct() {
-  static const bool on = [] {
-    const char* v = std::getenv("HEADINFER_O_DIRECT");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool on = env_switch("HEADINFER_O_DIRECT", kODirect);
   return on;
 }
 }  // namespace

@@ -16,6 +16,7 @@
 
 #include "cuda_common.h"
 #include "cuda_ops.h"
+#include "headinfer/env_switch.h"
 
 namespace headinfer::cuda {
 namespace {
@@ -460,15 +461,13 @@ int gemv_unroll() {
 }  // namespace
 
 namespace {
-// HEADINFER_RESIDUAL_GEMM=1: linear_accumulates() says yes on the tensor-core path, so the model
-// adds o_proj's and down_proj's products into the residual stream in the GEMM (beta = 1) instead of
-// writing them out for add_rms_norm. An A/B knob, read once, until a card has measured it; unset,
-// nothing changes.
+// HEADINFER_RESIDUAL_GEMM (env_switch; off unless set to 1 until a card has measured it):
+// linear_accumulates() says yes on the tensor-core path, so the model adds o_proj's and down_proj's
+// products into the residual stream in the GEMM (beta = 1) instead of writing them out for
+// add_rms_norm.
+constexpr bool kResidualGemm = false;
 bool residual_gemm() {
-  static const bool on = [] {
-    const char* v = std::getenv("HEADINFER_RESIDUAL_GEMM");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool on = env_switch("HEADINFER_RESIDUAL_GEMM", kResidualGemm);
   return on;
 }
 }  // namespace

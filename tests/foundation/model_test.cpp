@@ -15,6 +15,7 @@
 // at <= 1.6e-6.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 #include <tuple>
 #include <vector>
@@ -213,13 +214,19 @@ TEST(Engine, PromptHintChangesNoBit) {
 }
 
 // The CPU's ops, with every linear a forward runs and every one prepare_linear is asked to plan
-// recorded: input (memory, dtype, shape, stride) and each output (weight, bias, memory, shape).
+// recorded: input (memory, dtype, shape, stride) and each output (weight, bias, memory, shape,
+// accumulate). With `fold` set they also say yes to linear_accumulates() for chunks over 8 rows, as
+// the CUDA backend's HEADINFER_RESIDUAL_GEMM does, and add such a product into y after computing it
+// with the CPU's linear(): the arithmetic of linear() then add().
 class RecordingOps final : public Ops {
  public:
   explicit RecordingOps(Ops& cpu) : cpu_(cpu) {}
   using Call = std::vector<std::tuple<const void*, DType, int64_t, int64_t, int64_t, const void*, const void*,
-                                      const void*, int64_t, int64_t, int64_t>>;
+                                      const void*, int64_t, int64_t, int64_t, bool>>;
   std::vector<Call> run, prepared;
+  bool fold = false;
+
+  bool linear_accumulates(int64_t n, DType) const override { return fold && n > 8; }
 
   void linear(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y) override {
     const LinearOut o{&w, bias, y};
@@ -228,7 +235,17 @@ class RecordingOps final : public Ops {
   }
   void linear_multi(const MatView& x, std::span<const LinearOut> outs) override {
     run.push_back(record(x, outs));
-    cpu_.linear_multi(x, outs);
+    for (const LinearOut& o : outs) {
+      if (!o.accumulate) {
+        cpu_.linear(x, *o.w, o.bias, o.y);
+        continue;
+      }
+      EXPECT_TRUE(fold && x.rows > 8 && o.bias == nullptr) << "an accumulate the ops did not offer";
+      std::vector<float> product(static_cast<size_t>(o.y.rows * o.y.cols));
+      const MatView p{product.data(), DType::F32, o.y.rows, o.y.cols, o.y.cols};
+      cpu_.linear(x, *o.w, nullptr, p);
+      cpu_.add(o.y, p);
+    }
   }
   void prepare_linear(const MatView& x, std::span<const LinearOut> outs) override {
     prepared.push_back(record(x, outs));
@@ -272,7 +289,7 @@ class RecordingOps final : public Ops {
     Call c;
     for (const LinearOut& o : outs)
       c.emplace_back(x.data, x.dtype, x.rows, x.cols, x.row_stride, o.w->data, o.bias != nullptr ? o.bias->data : nullptr,
-                     o.y.data, o.y.rows, o.y.cols, o.y.row_stride);
+                     o.y.data, o.y.rows, o.y.cols, o.y.row_stride, o.accumulate);
     return c;
   }
   Ops& cpu_;
@@ -305,12 +322,14 @@ class RecordingDevice final : public Device {
 // each MLP sub-chunk's gate/up and down, lm_head. Biased q/k/v (qwen2) and a prompt cut into
 // three MLP sub-chunks, the last one short.
 TEST(Model, PrepareFirstChunkPlansTheFirstForwardsLinears) {
+  for (bool fold : {false, true})
   for (const char* type : {"llama", "qwen2"}) {
     const nlohmann::json config = {{"model_type", type},        {"hidden_size", 64},      {"num_hidden_layers", 2},
                                    {"num_attention_heads", 4},  {"num_key_value_heads", 2}, {"intermediate_size", 96},
                                    {"vocab_size", 97},          {"max_position_embeddings", 128}};
     auto ckpt = Checkpoint::random(config, DType::F32, 5);
     RecordingDevice device;
+    device.recorder().fold = fold;
     const ForwardWorkspaceSizes sizes{40, 16};
     Model model(*ckpt, device, sizes, ModelShard{}, true);
     auto kv = make_simple_kv_cache(device, ckpt->config(), 64);
@@ -326,6 +345,52 @@ TEST(Model, PrepareFirstChunkPlansTheFirstForwardsLinears) {
     if (std::string(type) == "qwen2") {
       EXPECT_NE(std::get<6>(r.run.at(0).at(0)), nullptr);  // q's bias recorded
     }
+    // Folded: o_proj of the 37 rows and down of the two 16-row sub-chunks per layer; the last
+    // sub-chunk's 5 rows are the GEMV's, not folded.
+    size_t folded = 0;
+    for (const auto& call : r.run)
+      for (const auto& o : call) folded += std::get<11>(o) ? 1 : 0;
+    EXPECT_EQ(folded, fold ? 2u * (1 + 2) : 0u) << type;
+  }
+}
+
+// The residual added in the linear (LinearOut::accumulate, where the ops offer it) gives the
+// forward of the plain residual add bit for bit, when the ops' product-then-add is linear() then
+// add(): prefill chunks over and under the 8-row line, sub-chunked MLPs, the last layer (no next
+// norm), decode steps. A model with o_proj bias or sandwich norms keeps the plain path.
+TEST(Model, FoldedResidualGivesThePlainForward) {
+  for (const char* type : {"llama", "qwen2", "gemma2"}) {
+    const nlohmann::json config = {{"model_type", type},        {"hidden_size", 64},      {"num_hidden_layers", 3},
+                                   {"num_attention_heads", 4},  {"num_key_value_heads", 2}, {"intermediate_size", 96},
+                                   {"vocab_size", 97},          {"max_position_embeddings", 128}, {"head_dim", 16}};
+    auto ckpt = Checkpoint::random(config, DType::F32, 11);
+    auto run = [&](bool fold, size_t* folded) {
+      RecordingDevice device;
+      device.recorder().fold = fold;
+      Model model(*ckpt, device, ForwardWorkspaceSizes{40, 16});
+      auto kv = make_simple_kv_cache(device, ckpt->config(), 96);
+      std::vector<float> logits(97), all;
+      int64_t pos = 0;
+      for (int64_t n : {37, 5, 12, 1, 1}) {
+        std::vector<int32_t> ids;
+        for (int64_t i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>(1 + (pos + i) * 7 % 90));
+        model.forward(ids, pos, *kv, logits);
+        all.insert(all.end(), logits.begin(), logits.end());
+        pos += n;
+      }
+      *folded = 0;
+      for (const auto& call : device.recorder().run)
+        for (const auto& o : call) *folded += std::get<11>(o) ? 1 : 0;
+      return all;
+    };
+    size_t plain_folded = 0, folded = 0;
+    const auto plain = run(false, &plain_folded), fold = run(true, &folded);
+    EXPECT_EQ(plain_folded, 0u);
+    ASSERT_EQ(plain.size(), fold.size());
+    EXPECT_EQ(0, std::memcmp(plain.data(), fold.data(), plain.size() * sizeof(float))) << type;
+    // gemma2's sandwich norms keep the plain path; the others fold o_proj and down of the chunks
+    // over 8 rows (37: o_proj and two 16-row down sub-chunks; 12: o_proj and down) in each layer.
+    EXPECT_EQ(folded, std::string(type) == "gemma2" ? 0u : 3u * (3 + 2)) << type;
   }
 }
 

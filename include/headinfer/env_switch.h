@@ -1,7 +1,8 @@
 #pragma once
 // A/B switches of the engine's prefill and decode paths (issue 11): a variable read from the
 // environment, "1" on, "0" off, unset or anything else the compiled default. Each switch is read
-// once, where it is used, and names the numbers it changes in its own comment.
+// once, at start-up (a namespace-scope constant beside the code it switches), and names the numbers
+// it changes in its own comment.
 #include <cstdlib>
 #include <cstring>
 

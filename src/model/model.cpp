@@ -281,11 +281,7 @@ const VecView* bias_or_null(const VecView& b) { return b.data != nullptr ? &b : 
 
 // HEADINFER_GATE_UP_16 (env_switch; off unless set to 1 until a card has measured it against the
 // F32 outputs): the prefill's gate/up GEMMs write 16-bit outputs (gate_up_outs).
-constexpr bool kGateUp16 = false;
-bool gate_up_16() {
-  static const bool on = env_switch("HEADINFER_GATE_UP_16", kGateUp16);
-  return on;
-}
+const bool kGateUp16 = env_switch("HEADINFER_GATE_UP_16", false);
 }  // namespace
 
 std::array<LinearOut, 3> Model::qkv_outs(const LayerWeights& w, int64_t n) const {
@@ -316,7 +312,7 @@ std::array<LinearOut, 2> Model::gate_up_outs(const LayerWeights& w, int64_t m, D
   const ModelConfig& c = config_;
   std::array<LinearOut, 2> outs{LinearOut{&w.w_gate, bias_or_null(w.b_gate), mat(gate_, m, c.intermediate_size)},
                                 LinearOut{&w.w_up, bias_or_null(w.b_up), mat(up_, m, c.intermediate_size)}};
-  const bool y16 = gate_up_16() && x_dtype != DType::F32 && x_dtype == h_dtype && w.w_gate.dtype == x_dtype &&
+  const bool y16 = kGateUp16 && x_dtype != DType::F32 && x_dtype == h_dtype && w.w_gate.dtype == x_dtype &&
                    w.w_up.dtype == x_dtype && outs[0].bias == nullptr && outs[1].bias == nullptr;
   if (y16)
     for (LinearOut& o : outs) o.y.dtype = x_dtype;  // the F32 buffer's first half, the same row stride

@@ -222,15 +222,11 @@ namespace {
 // attention_out16() says yes for cuDNN-sized chunks, so the model hands attention a 16-bit output
 // and cuDNN writes its O there, which o_proj reads as it is (no F32 pass and no cast; the same bits
 // where cuDNN runs the same engine for both layouts of O, since bf16 -> F32 -> bf16 is exact).
-constexpr bool kODirect = false;
-bool o_direct() {
-  static const bool on = env_switch("HEADINFER_O_DIRECT", kODirect);
-  return on;
-}
+const bool kODirect = env_switch("HEADINFER_O_DIRECT", false);
 }  // namespace
 
 bool CudaOps::attention_out16(int64_t n_queries) const {
-  return o_direct() && CudnnSdpa::available() && n_queries >= kCudnnMinQueries;
+  return kODirect && CudnnSdpa::available() && n_queries >= kCudnnMinQueries;
 }
 
 void CudaOps::attention(const AttentionArgs& a) {

@@ -107,10 +107,9 @@ class CudaOps final : public Ops {
                    bool accumulate = false);
   // x rounded to `dtype` into the GEMM cast scratch ([T, in] contiguous); returns the scratch.
   const void* cast_input(const MatView& x, DType dtype);
-  // cuBLASLt matmul y = x W^T for one shape, fp32 accumulation, y in y_type (F32, or ab_type):
-  // the heuristic's pick, cached by shape, output dtype, leading dimensions and pointer alignments
-  // (the heuristic's answer depends on all of them).
-  // beta 1: y += x W^T (C = D = y, F32).
+  // cuBLASLt matmul y = x W^T (beta 1: y += x W^T, C = D = y, F32) for one shape, fp32
+  // accumulation, y in y_type (F32, or ab_type): the heuristic's pick, cached by shape, dtypes,
+  // beta, leading dimensions and pointer alignments (the heuristic's answer depends on all of them).
   void lt_matmul(DType ab_type, const void* w, const void* x, int64_t x_ld, void* y, DType y_type, int64_t y_ld,
                  int64_t m_out, int64_t n_tokens, int64_t k_in, float beta = 0.0f);
   // One lt_matmul call: y = x W^T, x already in ab's dtype.

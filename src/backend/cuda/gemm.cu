@@ -465,11 +465,7 @@ namespace {
 // linear_accumulates() says yes on the tensor-core path, so the model adds o_proj's and down_proj's
 // products into the residual stream in the GEMM (beta = 1) instead of writing them out for
 // add_rms_norm.
-constexpr bool kResidualGemm = false;
-bool residual_gemm() {
-  static const bool on = env_switch("HEADINFER_RESIDUAL_GEMM", kResidualGemm);
-  return on;
-}
+const bool kResidualGemm = env_switch("HEADINFER_RESIDUAL_GEMM", false);
 }  // namespace
 
 // The decode GEMV for up to three weights of one 16-bit dtype sharing x; bias added after.
@@ -590,7 +586,7 @@ void CudaOps::linear(const MatView& x, const WeightView& w, const VecView* bias,
 }
 
 bool CudaOps::linear_accumulates(int64_t n_tokens, DType weight_dtype) const {
-  return residual_gemm() && weight_dtype != DType::F32 && n_tokens > kGemvMaxTokens;
+  return kResidualGemm && weight_dtype != DType::F32 && n_tokens > kGemvMaxTokens;
 }
 
 void CudaOps::linear_cast(const MatView& x, const WeightView& w, const VecView* bias, const MatView& y,
